@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian 12 machine lacks to build, test and run mezo:
+#   1. Debian packages: OpenMPI, parallel HDF5 (OpenMPI flavour), libclang for bindgen, h5dump.
+#   2. A Python venv with the PyPI torch 2.11.0 wheel (libtorch for tch 0.24) and the packages the
+#      test-fixture scripts need (transformers, numpy, pandas, h5py).
+#   3. The `.venv` symlink in the repository root that `.cargo/config.toml` points LIBTORCH into.
+#
+# Idempotent: each step checks first and prints what it does; when everything is in place it takes
+# about a second. The venv lives outside the repository (default ~/.cache/mezo/venv-torch-2.11.0,
+# override with MEZO_VENV) so that fresh clones reuse it. The binary's rpath points into it: keep it
+# at the same path on every node of a cluster.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${MEZO_VENV:-$HOME/.cache/mezo/venv-torch-2.11.0}"
+torch_version="2.11.0"
+# Versions the fixture scripts were written against; pinned so that fixtures regenerate identically.
+py_packages=(
+  "torch==${torch_version}"
+  "transformers==4.57.6"
+  "numpy==2.3.5"
+  "pandas==2.3.3"
+  "h5py==3.16.0"
+)
+apt_packages=(libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libclang-dev pkg-config)
+
+say() { printf 'setup: %s\n' "$*"; }
+
+# --- 1. Debian packages -------------------------------------------------------------------------
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || { say "need root to install: ${missing[*]}"; exit 1; }
+    sudo="sudo"
+  fi
+  say "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+  say "Debian packages present"
+fi
+
+# --- 2. Python venv -----------------------------------------------------------------------------
+venv_ok() {
+  "$venv/bin/python" - "$@" <<'PY' 2>/dev/null
+import importlib.metadata as md, sys
+for spec in sys.argv[1:]:
+    name, version = spec.split("==")
+    if md.version(name).split("+")[0] != version:
+        sys.exit(1)
+PY
+}
+if venv_ok "${py_packages[@]}"; then
+  say "Python venv present: $venv"
+else
+  say "creating Python venv with ${py_packages[*]} in $venv (about 5 GB, a few minutes)"
+  [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "${py_packages[@]}"
+  venv_ok "${py_packages[@]}" || { say "venv check failed after install: $venv"; exit 1; }
+fi
+
+# --- 3. .venv link for .cargo/config.toml ---------------------------------------------------------
+if [[ "$(readlink "$repo/.venv" 2>/dev/null)" != "$venv" ]]; then
+  say "linking $repo/.venv -> $venv"
+  ln -sfn "$venv" "$repo/.venv"
+fi
+say "done"

@@ -1,0 +1,34 @@
+use super::Context;
+use crate::check::{self, CheckConfig};
+use crate::error::{all_ranks_error, input_error};
+use anyhow::Result;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Directory for the HDF5 test file, shared by all ranks (on several nodes: a parallel file system).
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    scratch: PathBuf,
+    /// Keep the HDF5 test file (mezo-check-<id>.h5) and print its path.
+    #[arg(long)]
+    keep: bool,
+}
+
+pub fn run(ctx: &Context, args: &CheckArgs) -> Result<()> {
+    if !args.scratch.is_dir() {
+        return Err(input_error(format!("--scratch {}: not a directory", args.scratch.display())));
+    }
+    let config = CheckConfig { scratch_dir: args.scratch.clone(), keep_file: args.keep, device: ctx.device };
+    let outcomes = check::run(ctx.dist, &config);
+    if ctx.dist.is_root() {
+        for o in &outcomes {
+            println!("{}", o.render());
+        }
+    }
+    let failed = outcomes.iter().filter(|o| o.failed()).count();
+    if failed > 0 {
+        return Err(all_ranks_error(format!("{failed} of {} checks failed", outcomes.len())));
+    }
+    Ok(())
+}

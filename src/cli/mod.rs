@@ -1,0 +1,109 @@
+//! The command line: clap definitions and the translation of flags into the plain config structs
+//! of the library modules. Nothing outside this module knows a flag.
+
+mod check;
+mod info;
+
+use crate::dist::device::{self, DeviceRequest};
+use crate::dist::Dist;
+use crate::{error, logging};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mezo",
+    version,
+    about = "Forward-only (MeZO) fine-tuning and eNTK kernels of language models, on one process or MPI ranks",
+    after_help = "Run under `mpirun -np N` or `srun` for N ranks; every command gives the same results."
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command takes.
+#[derive(Args, Debug)]
+struct GlobalArgs {
+    /// More log output (-v: debug on every rank, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Less log output (-q: warnings, -qq: errors only).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    quiet: u8,
+    /// Device of each rank: auto (the rank's GPU if any, else CPU), cpu, cuda (the rank's GPU), cuda:N.
+    #[arg(long, global = true, default_value = "auto", value_name = "DEVICE")]
+    device: DeviceRequest,
+    /// CPU threads per rank for libtorch [default: the cores of the node divided among its ranks].
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show versions of mezo, libtorch, CUDA, NCCL, MPI and HDF5, and where each rank runs.
+    Info(info::InfoArgs),
+    /// Check collectives, collective HDF5 writes and the GPUs of this allocation.
+    Check(check::CheckArgs),
+}
+
+/// Runs the command line of this process; returns the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let dist = match Dist::init() {
+        Ok(dist) => dist,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 1;
+        }
+    };
+    install_panic_abort(&dist);
+    let verbosity = cli.global.verbose as i8 - cli.global.quiet as i8;
+    logging::init(verbosity, dist.is_root(), (dist.size() > 1).then_some(dist.rank()));
+    let threads = cli.global.threads.map_or_else(|| device::default_threads(dist.local_size()), usize::from);
+    device::set_threads(threads);
+    log::debug!("{dist:?}, {threads} intra-op thread(s)");
+
+    let context = Context { dist: &dist, device: cli.global.device, threads };
+    let result = match &cli.command {
+        Command::Info(args) => info::run(&context, args),
+        Command::Check(args) => check::run(&context, args),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) if error::is_all_ranks(&e) => {
+            if dist.is_root() {
+                log::error!("{e:#}");
+            }
+            error::exit_code(&e)
+        }
+        Err(e) => {
+            log::error!("{e:#}");
+            let code = error::exit_code(&e);
+            if dist.size() > 1 {
+                // Other ranks may be waiting in a collective for this one: end the whole job.
+                dist.abort(code);
+            }
+            code
+        }
+    }
+}
+
+/// What every command gets besides its own arguments.
+struct Context<'a> {
+    dist: &'a Dist,
+    device: DeviceRequest,
+    threads: usize,
+}
+
+/// A panic on one rank would leave the others blocked in their next collective forever.
+fn install_panic_abort(dist: &Dist) {
+    if dist.size() > 1 {
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default_hook(info);
+            crate::dist::abort_world(101);
+        }));
+    }
+}

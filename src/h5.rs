@@ -1,0 +1,314 @@
+//! One HDF5 file shared by all ranks, written in row blocks with collective MPI-IO.
+//!
+//! Kernel matrices are [N, C, M, C] arrays whose leading axis (train examples) is split over ranks.
+//! Each rank writes its own rows, and all ranks do so in *one* collective `H5Dwrite`, which lets
+//! MPI-IO aggregate the blocks into few large contiguous writes. hdf5-metno's typed writers always
+//! use independent I/O, so the transfers here go through `hdf5-sys` with an MPI-IO collective
+//! transfer property list.
+//!
+//! Every metadata operation of parallel HDF5 (create, open, dataset and attribute creation, close)
+//! is collective: all ranks call these methods in the same order with the same arguments. Without
+//! MPI the same code runs on the default (POSIX) driver.
+//!
+//! A file made with [`H5File::create`] lives under a `.partial` name until [`H5File::commit`]
+//! renames it, so that a crashed run never leaves a file that looks complete.
+
+use crate::dist::Dist;
+use anyhow::{bail, ensure, Context, Result};
+use hdf5::{Dataset, H5Type};
+use hdf5_sys::h5d::{H5D_mpio_actual_io_mode_t, H5Dread, H5Dwrite};
+use hdf5_sys::h5i::hid_t;
+use hdf5_sys::h5p::{H5FD_mpio_xfer_t, H5Pclose, H5Pcreate, H5Pset_dxpl_mpio, H5P_CLS_DATASET_XFER};
+use hdf5_sys::h5s::{H5S_seloper_t, H5Sselect_hyperslab, H5Sselect_none};
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// An open HDF5 file, shared by all ranks of a [`Dist`].
+pub struct H5File {
+    file: hdf5::File,
+    path: PathBuf,
+    /// Where [`H5File::commit`] moves the file; `None` for files opened in place.
+    final_path: Option<PathBuf>,
+    collective: bool,
+}
+
+/// The name a file has until it is complete: `kernels.h5` -> `kernels.h5.partial`.
+pub fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
+}
+
+impl H5File {
+    /// Creates (truncates) `partial_path(path)`; collective.
+    pub fn create(dist: &Dist, path: &Path) -> Result<H5File> {
+        let partial = partial_path(path);
+        let file = builder(dist)
+            .create(&partial)
+            .with_context(|| format!("creating HDF5 file {}", partial.display()))?;
+        Ok(H5File { file, path: partial, final_path: Some(path.to_owned()), collective: dist.uses_mpi() })
+    }
+
+    /// Reopens the `.partial` file of an interrupted [`H5File::create`] for writing; collective.
+    pub fn resume(dist: &Dist, path: &Path) -> Result<H5File> {
+        let partial = partial_path(path);
+        let file = builder(dist)
+            .open_rw(&partial)
+            .with_context(|| format!("reopening HDF5 file {}", partial.display()))?;
+        Ok(H5File { file, path: partial, final_path: Some(path.to_owned()), collective: dist.uses_mpi() })
+    }
+
+    /// Opens a complete file for reading; collective.
+    pub fn open(dist: &Dist, path: &Path) -> Result<H5File> {
+        let file =
+            builder(dist).open(path).with_context(|| format!("opening HDF5 file {}", path.display()))?;
+        Ok(H5File { file, path: path.to_owned(), final_path: None, collective: dist.uses_mpi() })
+    }
+
+    /// The underlying file, for attributes and groups (collective when writing). Handles taken
+    /// from it must be dropped before [`H5File::commit`]: parallel HDF5 does not close a file
+    /// with open objects.
+    pub fn file(&self) -> &hdf5::File {
+        &self.file
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Creates a dataset of `shape`; collective.
+    pub fn create_dataset<T: H5Type>(&self, name: &str, shape: &[usize]) -> Result<()> {
+        self.file
+            .new_dataset::<T>()
+            .shape(shape)
+            .create(name)
+            .with_context(|| format!("creating dataset '{name}' {shape:?} in {}", self.path.display()))?;
+        Ok(())
+    }
+
+    /// Shape of dataset `name`.
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        Ok(self.dataset(name)?.shape())
+    }
+
+    /// Writes `block` into rows `first_row..first_row + block.shape()[0]` of dataset `name`.
+    /// Collective: every rank calls it once, a rank without rows passes a block with zero rows.
+    /// Returns how HDF5 actually carried the transfer out.
+    pub fn write_rows<T: H5Type + Clone>(
+        &self,
+        name: &str,
+        first_row: usize,
+        block: ArrayViewD<T>,
+    ) -> Result<TransferMode> {
+        let dataset = self.dataset(name)?;
+        let block = block.as_standard_layout();
+        let rows = rows_of(name, &dataset, first_row, block.shape())?;
+        // SAFETY: `block` is contiguous, of the memory space's shape, and outlives the call.
+        self.transfer::<T>(&dataset, rows, |ds, mem_t, mspace, fspace, dxpl| unsafe {
+            H5Dwrite(ds, mem_t, mspace, fspace, dxpl, block.as_ptr().cast())
+        })
+        .with_context(|| format!("writing rows {first_row}.. of dataset '{name}' in {}", self.path.display()))
+    }
+
+    /// Reads `rows` (all trailing axes) of dataset `name`. Collective like [`H5File::write_rows`].
+    pub fn read_rows<T: H5Type + Clone + Default>(
+        &self,
+        name: &str,
+        rows: Range<usize>,
+    ) -> Result<ArrayD<T>> {
+        let dataset = self.dataset(name)?;
+        let mut shape = dataset.shape();
+        ensure!(!shape.is_empty(), "dataset '{name}' is a scalar");
+        shape[0] = rows.len();
+        let mut out = ArrayD::<T>::default(IxDyn(&shape));
+        let rows = rows_of(name, &dataset, rows.start, &shape)?;
+        let ptr = out.as_mut_ptr();
+        // SAFETY: `out` is a fresh contiguous array of the memory space's shape.
+        self.transfer::<T>(&dataset, rows, |ds, mem_t, mspace, fspace, dxpl| unsafe {
+            H5Dread(ds, mem_t, mspace, fspace, dxpl, ptr.cast())
+        })
+        .with_context(|| format!("reading dataset '{name}' of {}", self.path.display()))?;
+        Ok(out)
+    }
+
+    fn dataset(&self, name: &str) -> Result<Dataset> {
+        self.file.dataset(name).with_context(|| format!("no dataset '{name}' in {}", self.path.display()))
+    }
+
+    /// Closes the file and, for a created file, renames it to its final name; collective.
+    pub fn commit(self, dist: &Dist) -> Result<PathBuf> {
+        let H5File { file, path, final_path, .. } = self;
+        file.close().with_context(|| format!("closing {}", path.display()))?;
+        dist.barrier();
+        let done = final_path.unwrap_or_else(|| path.clone());
+        let mut failed = 0u8;
+        if dist.is_root() && done != path {
+            if let Err(e) = std::fs::rename(&path, &done) {
+                log::error!("renaming {} to {}: {e}", path.display(), done.display());
+                failed = 1;
+            }
+        }
+        dist.broadcast(std::slice::from_mut(&mut failed), 0);
+        if failed != 0 {
+            bail!("could not rename {} to {}", path.display(), done.display());
+        }
+        Ok(done)
+    }
+
+    fn transfer<T: H5Type>(
+        &self,
+        dataset: &Dataset,
+        rows: Range<usize>,
+        io: impl FnOnce(hid_t, hid_t, hid_t, hid_t, hid_t) -> i32,
+    ) -> Result<TransferMode> {
+        let shape = dataset.shape();
+        let mut count: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+        count[0] = rows.len() as u64;
+        let mut start = vec![0u64; shape.len()];
+        start[0] = rows.start as u64;
+        let file_space = dataset.space()?;
+        let mem_space = hdf5::Dataspace::try_new(count.iter().map(|&c| c as usize).collect::<Vec<_>>())?;
+        let mem_type = hdf5::Datatype::from_type::<T>()?;
+        let collective = self.collective;
+        let mut mode = H5D_mpio_actual_io_mode_t::H5D_MPIO_NO_COLLECTIVE;
+        let rc = hdf5::sync::sync(|| unsafe {
+            // SAFETY: ids are valid for the duration; start/count have the dataset's rank.
+            let selected = if rows.is_empty() {
+                H5Sselect_none(file_space.id()).min(H5Sselect_none(mem_space.id()))
+            } else {
+                H5Sselect_hyperslab(
+                    file_space.id(),
+                    H5S_seloper_t::H5S_SELECT_SET,
+                    start.as_ptr(),
+                    std::ptr::null(),
+                    count.as_ptr(),
+                    std::ptr::null(),
+                )
+            };
+            if selected < 0 {
+                return selected;
+            }
+            let dxpl = H5Pcreate(*H5P_CLS_DATASET_XFER);
+            if collective {
+                H5Pset_dxpl_mpio(dxpl, H5FD_mpio_xfer_t::H5FD_MPIO_COLLECTIVE);
+            }
+            let rc = io(dataset.id(), mem_type.id(), mem_space.id(), file_space.id(), dxpl);
+            if collective && rc >= 0 {
+                H5Pget_mpio_actual_io_mode(dxpl, &mut mode);
+            }
+            H5Pclose(dxpl);
+            rc
+        });
+        ensure!(rc >= 0, "HDF5 transfer failed (see the HDF5 error stack above)");
+        Ok(match mode {
+            H5D_mpio_actual_io_mode_t::H5D_MPIO_NO_COLLECTIVE => TransferMode::Independent,
+            _ => TransferMode::Collective,
+        })
+    }
+}
+
+/// The rows a block of `block_shape` covers at `first_row`, checked against the dataset.
+fn rows_of(name: &str, dataset: &Dataset, first_row: usize, block_shape: &[usize]) -> Result<Range<usize>> {
+    let shape = dataset.shape();
+    ensure!(
+        block_shape.len() == shape.len() && block_shape[1..] == shape[1..],
+        "block of shape {block_shape:?} does not fit rows of dataset '{name}' {shape:?}"
+    );
+    let rows = first_row..first_row + block_shape[0];
+    ensure!(rows.end <= shape[0], "rows {rows:?} are outside dataset '{name}' {shape:?}");
+    Ok(rows)
+}
+
+/// How HDF5 carried out a transfer (`H5Pget_mpio_actual_io_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferMode {
+    /// Each rank on its own: always the case without MPI.
+    Independent,
+    /// One collective MPI-IO operation.
+    Collective,
+}
+
+extern "C" {
+    // Exported by parallel libhdf5 but not bound by hdf5-metno-sys.
+    fn H5Pget_mpio_actual_io_mode(dxpl: hid_t, mode: *mut H5D_mpio_actual_io_mode_t) -> i32;
+}
+
+fn builder(dist: &Dist) -> hdf5::file::FileBuilder {
+    let mut builder = hdf5::File::with_options();
+    if let Some(comm) = dist.raw_comm() {
+        builder.with_fapl(|p| p.mpio(comm, None));
+    }
+    builder
+}
+
+/// HDF5 library version, and whether it was built with MPI-IO (read from the library's own
+/// configuration summary, so it describes the library actually loaded).
+pub fn library_info() -> (String, bool) {
+    let (major, minor, release) = hdf5::library_version();
+    extern "C" {
+        // A NUL-terminated configuration summary that libhdf5 exports.
+        static H5libhdf5_settings: std::ffi::c_char;
+    }
+    // SAFETY: the symbol is a NUL-terminated string constant of the loaded libhdf5.
+    let settings = unsafe { std::ffi::CStr::from_ptr(&raw const H5libhdf5_settings) };
+    let parallel = settings
+        .to_string_lossy()
+        .lines()
+        .any(|l| l.trim_start().starts_with("Parallel HDF5:") && l.trim_end().ends_with("yes"));
+    (format!("{major}.{minor}.{release}"), parallel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array;
+
+    #[test]
+    fn single_process_blocks_round_trip_through_partial_name() {
+        let dist = Dist::single();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.h5");
+        let f = H5File::create(&dist, &path).unwrap();
+        assert!(partial_path(&path).exists() && !path.exists());
+        f.create_dataset::<f64>("train", &[5, 2, 3, 2]).unwrap();
+        let all = Array::from_shape_fn(IxDyn(&[5, 2, 3, 2]), |i| {
+            (i[0] * 1000 + i[1] * 100 + i[2] * 10 + i[3]) as f64 + 0.25
+        });
+        let mode = f.write_rows("train", 0, all.slice(ndarray::s![0..3, .., .., ..]).into_dyn()).unwrap();
+        assert_eq!(mode, TransferMode::Independent);
+        f.write_rows("train", 3, all.slice(ndarray::s![3..3, .., .., ..]).into_dyn()).unwrap();
+        f.write_rows("train", 3, all.slice(ndarray::s![3..5, .., .., ..]).into_dyn()).unwrap();
+        assert_eq!(
+            f.read_rows::<f64>("train", 1..4).unwrap(),
+            all.slice(ndarray::s![1..4, .., .., ..]).into_dyn()
+        );
+        let done = f.commit(&dist).unwrap();
+        assert_eq!(done, path);
+        assert!(path.exists() && !partial_path(&path).exists());
+        let f = H5File::open(&dist, &path).unwrap();
+        assert_eq!(f.shape("train").unwrap(), [5, 2, 3, 2]);
+        assert_eq!(f.read_rows::<f64>("train", 0..5).unwrap(), all);
+        assert!(f.read_rows::<f64>("test", 0..1).unwrap_err().to_string().contains("'test'"));
+    }
+
+    #[test]
+    fn blocks_that_do_not_fit_are_errors() {
+        let dist = Dist::single();
+        let dir = tempfile::tempdir().unwrap();
+        let f = H5File::create(&dist, &dir.path().join("bad.h5")).unwrap();
+        f.create_dataset::<i64>("labels", &[4, 3]).unwrap();
+        let wrong_width = ArrayD::<i64>::zeros(IxDyn(&[2, 2]));
+        let e = f.write_rows("labels", 0, wrong_width.view()).unwrap_err();
+        assert!(format!("{e:#}").contains("does not fit") && format!("{e:#}").contains("'labels'"), "{e:#}");
+        let too_far = ArrayD::<i64>::zeros(IxDyn(&[2, 3]));
+        assert!(format!("{:#}", f.write_rows("labels", 3, too_far.view()).unwrap_err()).contains("outside"));
+    }
+
+    #[test]
+    fn linked_hdf5_is_parallel() {
+        let (version, parallel) = library_info();
+        assert!(version.starts_with("1."), "{version}");
+        assert!(parallel, "mezo is built against parallel HDF5; found a serial one");
+    }
+}

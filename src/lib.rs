@@ -1,0 +1,33 @@
+//! # mezo
+//!
+//! Forward-only fine-tuning of language models (MeZO: zeroth-order SGD, with the memory of
+//! inference) and empirical neural tangent kernels (eNTK) of prompt-based fine-tuning, in one
+//! binary that runs as one process on a laptop or as N MPI ranks on a GPU cluster.
+//!
+//! ## Architecture (what exists today)
+//!
+//! ```text
+//! cli      clap definitions and the flag -> config translation; the only module that knows flags
+//! dist     the communicator (one process, or MPI ranks under mpirun/srun), rank -> device and
+//!          thread placement, NCCL bootstrapped over MPI
+//! h5       one HDF5 file shared by all ranks: collective row-block writes, atomic completion
+//! cuda     CUDA through cudarc with dynamic loading: probing, NVRTC kernels; never panics
+//!          on a machine without a driver
+//! info     what the installation is made of, read from the loaded libraries
+//! check    end-to-end checks of collectives, collective HDF5 and GPUs on an allocation
+//! logging  `log` + env_logger with the rank in each line
+//! error    the input-error / failure distinction behind exit codes 2 and 1
+//! ```
+//!
+//! A [`dist::Dist`] is created once per process and passed down; no module reaches for a global
+//! communicator. The data, model, optimiser, training, kernel and solver layers of the design
+//! (`../shared/design.md` in the project workspace) are built on these as they land.
+
+pub mod check;
+pub mod cli;
+pub mod cuda;
+pub mod dist;
+pub mod error;
+pub mod h5;
+pub mod info;
+pub mod logging;

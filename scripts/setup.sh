@@ -3,7 +3,8 @@
 #   1. Debian packages: OpenMPI, parallel HDF5 (OpenMPI flavour), libclang for bindgen, h5dump.
 #   2. A Python venv with the PyPI torch 2.11.0 wheel (libtorch for tch 0.24) and the packages the
 #      test-fixture scripts need (transformers, numpy, pandas, h5py).
-#   3. The `.venv` symlink in the repository root that `.cargo/config.toml` points LIBTORCH into.
+#   3. Two links in the repository root: `.venv` (the venv, for fixture scripts) and `.libtorch`
+#      (its torch package, which `.cargo/config.toml` gives to torch-sys as LIBTORCH).
 #
 # Idempotent: each step checks first and prints what it does; when everything is in place it takes
 # about a second. The venv lives outside the repository (default ~/.cache/mezo/venv-torch-2.11.0,
@@ -22,7 +23,8 @@ py_packages=(
   "pandas==2.3.3"
   "h5py==3.16.0"
 )
-apt_packages=(libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libclang-dev pkg-config)
+# patchelf is for benches/gpu-check.sh, which bundles the binary for GPU nodes.
+apt_packages=(libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libclang-dev pkg-config patchelf)
 
 say() { printf 'setup: %s\n' "$*"; }
 
@@ -38,7 +40,7 @@ if ((${#missing[@]})); then
     sudo="sudo"
   fi
   say "installing Debian packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
+  export DEBIAN_FRONTEND=noninteractive DEBCONF_NOWARNINGS=yes
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 else
@@ -59,14 +61,21 @@ if venv_ok "${py_packages[@]}"; then
   say "Python venv present: $venv"
 else
   say "creating Python venv with ${py_packages[*]} in $venv (about 5 GB, a few minutes)"
-  [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
+  if [[ ! -x "$venv/bin/python" ]]; then
+    python3 -m venv "$venv" || { say "python3 -m venv failed: install python3-venv (Debian) and rerun"; exit 1; }
+  fi
   "$venv/bin/pip" install --quiet --disable-pip-version-check "${py_packages[@]}"
   venv_ok "${py_packages[@]}" || { say "venv check failed after install: $venv"; exit 1; }
 fi
 
-# --- 3. .venv link for .cargo/config.toml ---------------------------------------------------------
-if [[ "$(readlink "$repo/.venv" 2>/dev/null)" != "$venv" ]]; then
-  say "linking $repo/.venv -> $venv"
-  ln -sfn "$venv" "$repo/.venv"
-fi
+# --- 3. links for fixture scripts and .cargo/config.toml -------------------------------------------
+torch_dir="$("$venv/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
+link() {
+  if [[ "$(readlink "$repo/$1" 2>/dev/null)" != "$2" ]]; then
+    say "linking $repo/$1 -> $2"
+    ln -sfn "$2" "$repo/$1"
+  fi
+}
+link .venv "$venv"
+link .libtorch "$torch_dir"
 say "done"

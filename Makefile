@@ -1,0 +1,35 @@
+# The set-up entry point. `make demo` and `make test` are the README's two commands; both run the
+# idempotent set-up first (about a second once everything is installed).
+.PHONY: setup build demo test lint gpu-bundle
+
+# mpirun refuses to start as root without these; harmless otherwise.
+export OMPI_ALLOW_RUN_AS_ROOT := 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	cargo build --release
+
+# The built-in end-to-end path: what this installation is, then every collective, a collective
+# HDF5 write and the GPU checks, as one process and as two MPI ranks.
+demo: build
+	target/release/mezo info
+	@scratch=$$(mktemp -d) && \
+	  target/release/mezo check --scratch "$$scratch" && \
+	  mpirun --oversubscribe -np 2 target/release/mezo info --all-ranks && \
+	  mpirun --oversubscribe -np 2 target/release/mezo check --scratch "$$scratch"; \
+	  status=$$?; rm -rf "$$scratch"; exit $$status
+
+lint: setup
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+# The whole test suite, as CI runs it.
+test: lint
+	cargo test
+
+# Binary + shared libraries for a GPU node without a Rust toolchain (see benches/gpu-check.sh).
+gpu-bundle: build
+	bash benches/gpu-check.sh bundle

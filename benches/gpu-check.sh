@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Every GPU check of mezo in one call, for a GPU node that has no Rust toolchain.
+#
+#   make gpu-bundle                # on the build machine: target/gpu-bundle/{mezo,lib/}
+#   bash benches/gpu-check.sh      # on the GPU node, in the repository root, with
+#                                  # target/gpu-bundle copied there
+#
+# The bundled binary has no rpath: on the node it runs against the node's own PyTorch 2.11
+# libraries (found through `python3 -c 'import torch'`, or MEZO_TORCH_PYTHON) and the CUDA, NVRTC
+# and NCCL libraries of that PyTorch's nvidia-* packages. The OpenMPI and HDF5 libraries (and their
+# dependencies) travel in the bundle and are used only where the node lacks them. One process needs
+# no MPI launcher, so the node needs no OpenMPI installation.
+#
+# What runs: nvidia-smi, `mezo info --all-ranks`, and `mezo check --device cuda`, which covers
+# collectives, a collective HDF5 write, a tch matmul and randn on cuda, an NVRTC kernel through
+# cudarc and a one-rank NCCL all-reduce. Output goes to stdout and to $OUT/gpu-check.log (OUT:
+# the device tool's output folder, else a temporary directory). Exit status: number of failed steps.
+set -uo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bundle="$repo/target/gpu-bundle"
+
+make_bundle() {
+  set -e
+  local bin="$repo/target/release/mezo"
+  [[ -x "$bin" ]] || { echo "build first: make build" >&2; exit 1; }
+  rm -rf "$bundle" && mkdir -p "$bundle/lib"
+  cp "$bin" "$bundle/mezo"
+  # The build machine's venv paths mean nothing on the node; DT_RPATH would also beat
+  # LD_LIBRARY_PATH there.
+  patchelf --remove-rpath "$bundle/mezo"
+  # Everything ldd resolves outside torch and the C/C++ runtime, which the node must match itself.
+  ldd "$bin" | awk '$3 ~ /^\// {print $3}' | grep -v -E '/(torch|nvidia)/' \
+    | grep -v -E '/(libc|libm|libdl|librt|libpthread|libutil|libresolv|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so' \
+    | while read -r lib; do cp -L "$lib" "$bundle/lib/"; done
+  du -sh "$bundle"
+  echo "bundle ready: $bundle ($(ls "$bundle/lib" | wc -l) libraries)"
+}
+
+run_checks() {
+  local out="${OUT:-$(mktemp -d)}"
+  mkdir -p "$out"
+  exec > >(tee "$out/gpu-check.log") 2>&1
+  local failed=0
+  step() {
+    echo; echo "=== $*"
+    "$@" || { echo "=== FAILED ($?): $*"; failed=$((failed + 1)); }
+  }
+  echo "gpu-check on $(hostname) at $(date -u +%FT%TZ)"
+  [[ -x "$bundle/mezo" ]] || { echo "no $bundle/mezo: run 'make gpu-bundle' on the build machine"; exit 1; }
+
+  local python="${MEZO_TORCH_PYTHON:-python3}"
+  local torch_dir
+  torch_dir="$("$python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')" \
+    || { echo "$python cannot import torch: set MEZO_TORCH_PYTHON"; exit 1; }
+  local site nccl_link missing
+  site="$(dirname "$torch_dir")"
+  "$python" -c 'import torch; print("node torch", torch.__version__, "cuda", torch.version.cuda)'
+  # cudarc looks for libnccl.so, the wheel ships libnccl.so.2.
+  nccl_link="$(mktemp -d)"
+  [[ -e "$site/nvidia/nccl/lib/libnccl.so.2" ]] && ln -s "$site/nvidia/nccl/lib/libnccl.so.2" "$nccl_link/libnccl.so"
+  export LD_LIBRARY_PATH="$torch_dir/lib:$site/nvidia/cu13/lib:$site/nvidia/nccl/lib:$nccl_link${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+  # Only libraries the node lacks come from the bundle.
+  missing="$(mktemp -d)"
+  export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$missing"
+  for _ in 1 2 3 4 5 6; do
+    local names
+    names="$(ldd "$bundle/mezo" | awk '/not found/ {print $1}')"
+    [[ -z "$names" ]] && break
+    for name in $names; do
+      if [[ -e "$bundle/lib/$name" ]]; then
+        ln -sf "$bundle/lib/$name" "$missing/$name"
+      else
+        echo "missing on this node and not in the bundle: $name"
+      fi
+    done
+  done
+  echo "libraries taken from the bundle: $(ls "$missing" | tr '\n' ' ')"
+  if ldd "$bundle/mezo" | grep -q "not found"; then
+    ldd "$bundle/mezo" | grep "not found"
+    exit 1
+  fi
+
+  step nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  step "$bundle/mezo" info --all-ranks
+  step "$bundle/mezo" check --device cuda --scratch "$out"
+  echo; echo "gpu-check: $failed step(s) failed; log in $out/gpu-check.log"
+  exit "$failed"
+}
+
+case "${1:-run}" in
+  bundle) make_bundle ;;
+  run) run_checks ;;
+  *) echo "usage: $0 [bundle|run]" >&2; exit 2 ;;
+esac

@@ -143,11 +143,12 @@ fn check_broadcast(dist: &Dist) -> Result<Local> {
         dist.broadcast(&mut values, root);
         ensure!(values == pattern(root), "u64 values from rank {root} arrived changed");
     }
-    let text = "{\"config\": \"from rank 0\", \"λ\": 0.5}";
-    let mut bytes = if dist.is_root() { text.as_bytes().to_vec() } else { Vec::new() };
-    dist.broadcast_bytes(&mut bytes, 0);
-    ensure!(bytes == text.as_bytes(), "byte string from rank 0 arrived changed");
-    Ok(Local::Pass("u64 vectors from the first and the last rank, a byte string".to_string()))
+    for text in ["{\"config\": \"from rank 0\", \"λ\": 0.5}", ""] {
+        let mut bytes = if dist.is_root() { text.as_bytes().to_vec() } else { b"stale".to_vec() };
+        dist.broadcast_bytes(&mut bytes, 0);
+        ensure!(bytes == text.as_bytes(), "byte string {text:?} from rank 0 arrived changed");
+    }
+    Ok(Local::Pass("u64 vectors from the first and the last rank, byte strings".to_string()))
 }
 
 fn check_all_gather(dist: &Dist) -> Result<Local> {

@@ -13,14 +13,22 @@
 #[error("{0}")]
 pub struct InputError(pub String);
 
-/// A failure every rank of the job returns at the same point.
+/// A failure every rank of the job returns at the same point, with the exit code it implies.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct AllRanksError(pub String);
+#[error("{message}")]
+pub struct AllRanksError {
+    pub message: String,
+    pub code: i32,
+}
 
-/// An [`AllRanksError`] as an `anyhow::Error`.
+/// An [`AllRanksError`] (exit code 1) as an `anyhow::Error`.
 pub fn all_ranks_error(message: impl Into<String>) -> anyhow::Error {
-    AllRanksError(message.into()).into()
+    AllRanksError { message: message.into(), code: 1 }.into()
+}
+
+/// `error`, which every rank learnt about, as an [`AllRanksError`] with the same exit code.
+pub fn on_all_ranks(error: &anyhow::Error) -> anyhow::Error {
+    AllRanksError { message: format!("{error:#}"), code: exit_code(error) }.into()
 }
 
 /// Whether every rank fails with `error` (no need to abort the others).
@@ -35,6 +43,9 @@ pub fn input_error(message: impl Into<String>) -> anyhow::Error {
 
 /// Exit code for a failed command.
 pub fn exit_code(error: &anyhow::Error) -> i32 {
+    if let Some(all) = error.chain().find_map(|cause| cause.downcast_ref::<AllRanksError>()) {
+        return all.code;
+    }
     if error.chain().any(|cause| cause.is::<InputError>()) {
         2
     } else {
@@ -57,5 +68,7 @@ mod tests {
         let agreed = Err::<(), _>(all_ranks_error("2 checks failed")).context("check").unwrap_err();
         assert!(is_all_ranks(&agreed));
         assert_eq!(exit_code(&agreed), 1);
+        let shared = on_all_ranks(&e);
+        assert_eq!((exit_code(&shared), shared.to_string()), (2, "while starting: bad flag --x".to_string()));
     }
 }

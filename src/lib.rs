@@ -26,6 +26,7 @@
 pub mod check;
 pub mod cli;
 pub mod cuda;
+pub mod data;
 pub mod dist;
 pub mod error;
 pub mod h5;

@@ -3,6 +3,7 @@
 
 mod check;
 mod info;
+mod kshot;
 
 use crate::dist::device::{self, DeviceRequest};
 use crate::dist::Dist;
@@ -46,6 +47,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Check collectives, collective HDF5 writes and the GPUs of this allocation.
     Check(check::CheckArgs),
+    /// Make k-shot train/dev/test splits, byte-identical to LM-BFF's generate_k_shot_data.py.
+    Kshot(kshot::KshotArgs),
 }
 
 /// Runs the command line of this process; returns the exit code.
@@ -69,6 +72,7 @@ pub fn main() -> i32 {
     let result = match &cli.command {
         Command::Info(args) => info::run(&context, args),
         Command::Check(args) => check::run(&context, args),
+        Command::Kshot(args) => kshot::run(&context, args),
     };
     match result {
         Ok(()) => 0,
@@ -95,6 +99,42 @@ struct Context<'a> {
     dist: &'a Dist,
     device: DeviceRequest,
     threads: usize,
+}
+
+/// Runs `work` on rank 0 only (file generation, reports) while the other ranks wait; every rank
+/// returns the same outcome, so a failure ends the job normally.
+fn on_root<T>(dist: &Dist, work: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<Option<T>> {
+    let outcome = if dist.is_root() { Some(work()) } else { None };
+    let mut code = [match &outcome {
+        Some(Err(e)) => error::exit_code(e) as u8,
+        _ => 0,
+    }];
+    dist.broadcast(&mut code, 0);
+    let mut message = match &outcome {
+        Some(Err(e)) => format!("{e:#}").into_bytes(),
+        _ => Vec::new(),
+    };
+    dist.broadcast_bytes(&mut message, 0);
+    match outcome {
+        Some(Ok(value)) => Ok(Some(value)),
+        _ if code[0] == 0 => Ok(None),
+        _ => Err(error::AllRanksError {
+            message: String::from_utf8_lossy(&message).into_owned(),
+            code: code[0].into(),
+        }
+        .into()),
+    }
+}
+
+/// A progress bar on rank 0 (hidden elsewhere and when stderr is not a terminal).
+fn progress_bar(dist: &Dist, len: u64, unit: &str) -> indicatif::ProgressBar {
+    if !dist.is_root() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    let template = format!("{{bar:40}} {{pos}}/{{len}} {unit} [{{elapsed_precise}}, eta {{eta}}]");
+    bar.set_style(indicatif::ProgressStyle::with_template(&template).expect("valid template"));
+    bar
 }
 
 /// A panic on one rank would leave the others blocked in their next collective forever.

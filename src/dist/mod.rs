@@ -171,7 +171,10 @@ impl Dist {
         let mut len = [bytes.len() as u64];
         self.broadcast(&mut len, root);
         bytes.resize(len[0] as usize, 0);
-        self.broadcast(&mut bytes[..], root);
+        // An empty buffer is a dangling pointer that MPI rejects (MPI_ERR_ARG).
+        if !bytes.is_empty() {
+            self.broadcast(&mut bytes[..], root);
+        }
     }
 
     /// Every rank's `values` (lengths may differ), in rank order, on every rank.

@@ -33,11 +33,11 @@ fn toy_data(root: &Path) {
     let mr = root.join("mr");
     std::fs::create_dir_all(&mr).unwrap();
     let mut train = String::new();
-    for i in 0..12 {
+    for (i, label) in LABELS.iter().enumerate() {
         match i {
             3 => train.push_str("0,\"mr text 03, with comma\"\n"),
-            11 => train.push_str(&format!("{},NA\n", LABELS[i])),
-            _ => train.push_str(&format!("{},\"mr text {i:02}\"\n", LABELS[i])),
+            11 => train.push_str(&format!("{label},NA\n")),
+            _ => train.push_str(&format!("{label},\"mr text {i:02}\"\n")),
         }
     }
     std::fs::write(mr.join("train.csv"), train).unwrap();

@@ -123,8 +123,9 @@ fn k_shot_mode_copies_the_eval_file_and_short_labels_give_short_slices() {
     c.seeds = vec![13];
     generate(&c, &|_| {}).unwrap();
     let split = dir.path().join("out/k-shot/SST-2/5-13");
-    let raw = std::fs::read(dir.path().join("original/SST-2/dev.tsv")).unwrap();
-    assert_eq!(std::fs::read(split.join("test.tsv")).unwrap(), raw);
+    // The eval file as Python's readlines() gives it: universal newlines, header included.
+    let test = std::fs::read_to_string(split.join("test.tsv")).unwrap();
+    assert_eq!(test, "sentence\tlabel\nd0 \t1\nd1 \t0\nd2 \t1\nd3 \t0\nd4 \t1\n");
     rows(&split.join("train.tsv"), sst2_row, "sentence\tlabel\n", &[5, 3, 11, 6, 10, 9, 7, 8, 1, 4]);
     rows(&split.join("dev.tsv"), sst2_row, "sentence\tlabel\n", &[0, 2]);
 }
@@ -215,5 +216,53 @@ fn two_ranks_give_the_same_files() {
                 );
             }
         }
+    }
+}
+
+/// Every file under `dir`, relative to `dir`, sorted.
+fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.push(path.strip_prefix(root).unwrap().to_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// tests/fixtures/kshot: raw data of every reader kind and what scripts/reference_kshot.py (numpy
+/// and pandas) made of it; scripts/make_kshot_fixtures.py regenerates both.
+#[test]
+fn byte_identical_to_the_reference_on_every_reader_kind() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kshot");
+    let out = tempfile::tempdir().unwrap();
+    let tasks = ["SST-2", "CoLA", "MNLI", "STS-B", "mr", "sst-5", "ag_news"];
+    for (mode, seeds) in
+        [(Mode::KShot1kTest, vec![100, 13, 42]), (Mode::KShot, vec![21]), (Mode::KShot10x, vec![87])]
+    {
+        let config = KshotConfig {
+            data_dir: fixtures.join("original"),
+            out_dir: out.path().to_owned(),
+            mode,
+            k: 4,
+            tasks: tasks.iter().map(|t| t.to_string()).collect(),
+            seeds,
+        };
+        generate(&config, &|_| {}).unwrap();
+    }
+    let expected = files(&fixtures.join("expected"));
+    assert_eq!(files(out.path()), expected);
+    assert!(expected.len() > 50, "{} expected files", expected.len());
+    for file in &expected {
+        let want = std::fs::read(fixtures.join("expected").join(file)).unwrap();
+        let got = std::fs::read(out.path().join(file)).unwrap();
+        assert!(got == want, "{} differs from the reference", file.display());
     }
 }

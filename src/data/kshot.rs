@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 /// Which files to make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// LM-BFF: dev = next k per label; test = the original eval file.
+    /// LM-BFF: dev = next k per label; test = the original eval file (lines as read).
     KShot,
     /// dev = next 10k per label.
     KShot10x,
@@ -79,8 +79,6 @@ pub struct KshotConfig {
 /// A GLUE-style file split into header and data lines (each with its original line number).
 struct GlueFile {
     path: PathBuf,
-    /// The whole file, for the copies of `k-shot` mode.
-    raw: Vec<u8>,
     header: Option<String>,
     lines: Vec<(usize, String)>,
 }
@@ -133,7 +131,7 @@ fn load(data_dir: &Path, task: &str) -> Result<Loaded> {
             let mut lines: Vec<(usize, String)> =
                 tsv::lines(&text).into_iter().enumerate().map(|(i, l)| (i + 1, l)).collect();
             let header = if has_header { Some(lines.remove(0).1) } else { None };
-            Ok(GlueFile { path, raw: text.into_bytes(), header, lines })
+            Ok(GlueFile { path, header, lines })
         };
         let train = glue("train.tsv")?;
         let eval_names: &[&str] = if task == "MNLI" { &["dev_matched", "dev_mismatched"] } else { &["dev"] };
@@ -285,10 +283,6 @@ fn write_split(config: &KshotConfig, task: &str, data: &mut Loaded, seed: u32) -
             rng.shuffle(pool);
             for (test_name, file) in evals.iter_mut() {
                 let name = format!("{test_name}.tsv");
-                if !cap_1k {
-                    write(&name, &file.raw)?;
-                    continue;
-                }
                 let mut copy;
                 let lines = if task == "CoLA" {
                     &mut file.lines
@@ -296,10 +290,13 @@ fn write_split(config: &KshotConfig, task: &str, data: &mut Loaded, seed: u32) -
                     copy = file.lines.clone();
                     &mut copy
                 };
-                if lines.len() > 1000 {
+                let cap = if cap_1k && lines.len() > 1000 {
                     RandomState::new(42).shuffle(lines);
-                }
-                let kept = &lines[..lines.len().min(1000)];
+                    1000
+                } else {
+                    lines.len()
+                };
+                let kept = &lines[..cap];
                 write(
                     &name,
                     glue_text(file.header.as_deref(), kept.iter().map(|(_, l)| l.as_str())).as_bytes(),

@@ -18,6 +18,7 @@ use super::tasks::{self, Column, Layout};
 use super::tsv;
 use crate::error::InputError;
 use anyhow::{Context, Result};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Which files to make.
@@ -76,16 +77,28 @@ pub struct KshotConfig {
     pub seeds: Vec<u32>,
 }
 
-/// A GLUE-style file split into header and data lines (each with its original line number).
-struct GlueFile {
-    path: PathBuf,
+/// One raw file, read once. Splits work on permutations of row indices, which draw the same
+/// random numbers as shuffling the rows themselves and need no copies of the text.
+struct RawFile {
+    /// GLUE-style header line (kept with its newline).
     header: Option<String>,
-    lines: Vec<(usize, String)>,
+    /// Data rows as written back: GLUE lines as read, or CSV records re-serialised.
+    rows: Vec<String>,
+    /// Balanced-sampling label of each row, as an index into `label_names`.
+    labels: Vec<usize>,
+    /// The row order that persists across seeds: only CoLA's lists are shuffled in place.
+    order: Vec<usize>,
 }
 
-enum Loaded {
-    Glue { train: GlueFile, evals: Vec<(String, GlueFile)>, label: Column, sts_b: bool },
-    Csv { train: Vec<CsvRecord>, test: Vec<CsvRecord>, train_path: PathBuf },
+struct Loaded {
+    train: RawFile,
+    /// (output file stem, file): `test`, or `test_matched` and `test_mismatched`.
+    evals: Vec<(String, RawFile)>,
+    /// Label values in no particular order (groups are ordered per split).
+    label_names: Vec<String>,
+    glue: bool,
+    /// CoLA: pool and eval lists are the loaded lists themselves (accumulating shuffles).
+    aliased: bool,
 }
 
 /// Runs the generator; returns the completed `K-SEED` directories. `on_split` is called after
@@ -121,17 +134,58 @@ fn read(path: &Path) -> Result<String> {
     Ok(text)
 }
 
+/// Interns label values; the index of a value is its first-seen order across files.
+#[derive(Default)]
+struct LabelNames(Vec<String>);
+
+impl LabelNames {
+    fn id(&mut self, value: String) -> usize {
+        match self.0.iter().position(|v| *v == value) {
+            Some(i) => i,
+            None => {
+                self.0.push(value);
+                self.0.len() - 1
+            }
+        }
+    }
+}
+
 fn load(data_dir: &Path, task: &str) -> Result<Loaded> {
     let dir = data_dir.join(task);
+    let registered = tasks::task_by_dir(task);
+    let mut names = LabelNames::default();
     if GLUE_TASKS.contains(&task) {
-        let has_header = task != "CoLA";
-        let glue = |name: &str| -> Result<GlueFile> {
+        let label = match task {
+            "CoLA" => Column::Index(1),
+            "MRPC" => Column::Index(0),
+            _ => Column::Last,
+        };
+        let sts_b = task == "STS-B";
+        let known = registered.filter(|_| !sts_b).map(|t| t.labels);
+        let mut glue = |name: &str| -> Result<RawFile> {
             let path = dir.join(name);
             let text = read(&path)?;
-            let mut lines: Vec<(usize, String)> =
-                tsv::lines(&text).into_iter().enumerate().map(|(i, l)| (i + 1, l)).collect();
-            let header = if has_header { Some(lines.remove(0).1) } else { None };
-            Ok(GlueFile { path, header, lines })
+            let mut rows = tsv::lines(&text);
+            let header = if task == "CoLA" { None } else { Some(rows.remove(0)) };
+            let first_line = if header.is_some() { 2 } else { 1 };
+            let labels = rows
+                .iter()
+                .enumerate()
+                .map(|(i, row)| {
+                    let value = glue_label(&path, first_line + i, row, label, sts_b)?;
+                    if let Some(labels) = known.filter(|l| !l.contains(&value.as_str())) {
+                        return Err(InputError(format!(
+                            "{}: line {}: unknown label '{value}' for {task} (labels: {})",
+                            path.display(),
+                            first_line + i,
+                            labels.join(", ")
+                        )));
+                    }
+                    Ok(names.id(value))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let order = (0..rows.len()).collect();
+            Ok(RawFile { header, rows, labels, order })
         };
         let train = glue("train.tsv")?;
         let eval_names: &[&str] = if task == "MNLI" { &["dev_matched", "dev_mismatched"] } else { &["dev"] };
@@ -139,23 +193,18 @@ fn load(data_dir: &Path, task: &str) -> Result<Loaded> {
             .iter()
             .map(|n| Ok((n.replace("dev", "test"), glue(&format!("{n}.tsv"))?)))
             .collect::<Result<_>>()?;
-        let label = match task {
-            "CoLA" => Column::Index(1),
-            "MRPC" => Column::Index(0),
-            _ => Column::Last,
-        };
-        let loaded = Loaded::Glue { train, evals, label, sts_b: task == "STS-B" };
-        validate_glue_labels(task, &loaded)?;
-        Ok(loaded)
+        Ok(Loaded { train, evals, label_names: names.0, glue: true, aliased: task == "CoLA" })
     } else {
-        let columns = match tasks::task_by_dir(task).map(|t| t.layout) {
+        let columns = match registered.map(|t| t.layout) {
             Some(Layout::Csv { columns, .. }) => Some(columns),
             _ => None,
         };
-        let csv_file = |name: &str| -> Result<(PathBuf, Vec<CsvRecord>)> {
+        let mut csv_file = |name: &str| -> Result<RawFile> {
             let path = dir.join(name);
             let records = csv::parse(&path, &read(&path)?)?;
             let width = columns.unwrap_or(records[0].cells.len());
+            let mut rows = Vec::with_capacity(records.len());
+            let mut labels = Vec::with_capacity(records.len());
             for r in &records {
                 if r.cells.len() != width {
                     return Err(InputError(format!(
@@ -166,13 +215,28 @@ fn load(data_dir: &Path, task: &str) -> Result<Loaded> {
                     ))
                     .into());
                 }
-                csv_label(&path, r, task)?;
+                let label = csv_label(&path, r, task)?;
+                // pandas parsed the label column as int64 and writes it back as a plain integer.
+                let label_text = label.to_string();
+                let mut cells: Vec<Option<&str>> = r.cells.iter().map(|c| c.as_deref()).collect();
+                cells[0] = Some(&label_text);
+                let mut row = String::new();
+                csv::write_record(&mut row, &cells);
+                rows.push(row);
+                labels.push(names.id(label_text));
             }
-            Ok((path, records))
+            let order = (0..rows.len()).collect();
+            Ok(RawFile { header: None, rows, labels, order })
         };
-        let (train_path, train) = csv_file("train.csv")?;
-        let (_, test) = csv_file("test.csv")?;
-        Ok(Loaded::Csv { train, test, train_path })
+        let train = csv_file("train.csv")?;
+        let test = csv_file("test.csv")?;
+        Ok(Loaded {
+            train,
+            evals: vec![("test".into(), test)],
+            label_names: names.0,
+            glue: false,
+            aliased: false,
+        })
     }
 }
 
@@ -215,35 +279,17 @@ fn glue_label(
     Ok(value.to_string())
 }
 
-fn validate_glue_labels(task: &str, loaded: &Loaded) -> Result<()> {
-    let Loaded::Glue { train, evals, label, sts_b } = loaded else { return Ok(()) };
-    let known = tasks::task_by_dir(task).filter(|_| !sts_b).map(|t| t.labels);
-    for file in std::iter::once(train).chain(evals.iter().map(|(_, f)| f)) {
-        for (line_no, line) in &file.lines {
-            let value = glue_label(&file.path, *line_no, line, *label, *sts_b)?;
-            if let Some(labels) = known {
-                if !labels.contains(&value.as_str()) {
-                    return Err(InputError(format!(
-                        "{}: line {line_no}: unknown label '{value}' for {task} (labels: {})",
-                        file.path.display(),
-                        labels.join(", ")
-                    ))
-                    .into());
-                }
-            }
+/// Row indices grouped by label, groups in order of the label's first appearance in `order`.
+fn group_by_label(order: &[usize], labels: &[usize], label_count: usize) -> Vec<Vec<usize>> {
+    let mut group_of = vec![usize::MAX; label_count];
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for &row in order {
+        let label = labels[row];
+        if group_of[label] == usize::MAX {
+            group_of[label] = groups.len();
+            groups.push(Vec::new());
         }
-    }
-    Ok(())
-}
-
-/// Items of the shuffled pool grouped by label, groups in order of first appearance.
-fn group_by_label<T>(items: Vec<(String, T)>) -> Vec<(String, Vec<T>)> {
-    let mut groups: Vec<(String, Vec<T>)> = Vec::new();
-    for (label, item) in items {
-        match groups.iter_mut().find(|(l, _)| *l == label) {
-            Some((_, g)) => g.push(item),
-            None => groups.push((label, vec![item])),
-        }
+        groups[group_of[label]].push(row);
     }
     groups
 }
@@ -257,91 +303,77 @@ fn write_split(config: &KshotConfig, task: &str, data: &mut Loaded, seed: u32) -
         std::fs::remove_dir_all(&partial).with_context(|| format!("removing {}", partial.display()))?;
     }
     std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
-    let write = |name: &str, content: &[u8]| -> Result<()> {
-        let path = partial.join(name);
-        std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))
+    let extension = if data.glue { "tsv" } else { "csv" };
+    let write = |stem: &str,
+                 header: Option<&str>,
+                 file: &RawFile,
+                 rows: &mut dyn Iterator<Item = usize>|
+     -> Result<()> {
+        let path = partial.join(format!("{stem}.{extension}"));
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        out.write_all(header.unwrap_or("").as_bytes())?;
+        for row in rows {
+            out.write_all(file.rows[row].as_bytes())?;
+        }
+        out.flush().with_context(|| format!("writing {}", path.display()))
     };
+
+    // The train pool: CoLA shuffles its loaded list, the others a copy.
     let mut rng = RandomState::new(seed);
-    let cap_1k = config.mode == Mode::KShot1kTest;
-    let warn_short = |label: &str, have: usize| {
-        if have < k {
-            log::warn!("{task} seed {seed}: label {label} has {have} training examples, fewer than k = {k}");
-        }
+    let mut fresh;
+    let pool = if data.aliased {
+        &mut data.train.order
+    } else {
+        fresh = (0..data.train.rows.len()).collect::<Vec<_>>();
+        &mut fresh
     };
-    match data {
-        Loaded::Glue { train, evals, label, sts_b } => {
-            let train_path = train.path.clone();
-            let header = train.header.clone();
-            // CoLA's pool is the loaded list itself (accumulating shuffles); the others copy it.
-            let mut copy;
-            let pool = if task == "CoLA" {
-                &mut train.lines
-            } else {
-                copy = train.lines.clone();
-                &mut copy
-            };
-            rng.shuffle(pool);
-            for (test_name, file) in evals.iter_mut() {
-                let name = format!("{test_name}.tsv");
-                let mut copy;
-                let lines = if task == "CoLA" {
-                    &mut file.lines
-                } else {
-                    copy = file.lines.clone();
-                    &mut copy
-                };
-                let cap = if cap_1k && lines.len() > 1000 {
-                    RandomState::new(42).shuffle(lines);
-                    1000
-                } else {
-                    lines.len()
-                };
-                let kept = &lines[..cap];
-                write(
-                    &name,
-                    glue_text(file.header.as_deref(), kept.iter().map(|(_, l)| l.as_str())).as_bytes(),
-                )?;
-            }
-            let labelled = pool
-                .iter()
-                .map(|(n, l)| Ok((glue_label(&train_path, *n, l, *label, *sts_b)?, l.as_str())))
-                .collect::<Result<Vec<_>, InputError>>()?;
-            let groups = group_by_label(labelled);
-            let header = header.as_deref();
-            let slice = |from: usize, to: usize| {
-                groups.iter().flat_map(move |(_, g)| g[from.min(g.len())..to.min(g.len())].iter().copied())
-            };
-            for (l, g) in &groups {
-                warn_short(l, g.len());
-            }
-            write("train.tsv", glue_text(header, slice(0, k)).as_bytes())?;
-            let dev_name = if task == "MNLI" { "dev_matched.tsv" } else { "dev.tsv" };
-            write(dev_name, glue_text(header, slice(k, dev_ratio * k)).as_bytes())?;
-        }
-        Loaded::Csv { train, test, train_path } => {
-            let mut pool: Vec<&CsvRecord> = train.iter().collect();
-            rng.shuffle(&mut pool);
-            let kept: Vec<&CsvRecord> = if cap_1k && test.len() > 1000 {
-                RandomState::new(42).permutation(test.len())[..1000].iter().map(|&i| &test[i]).collect()
-            } else {
-                test.iter().collect()
-            };
-            write("test.csv", csv_text(kept.iter().copied()).as_bytes())?;
-            let labelled = pool
-                .into_iter()
-                .map(|r| Ok((csv_label(train_path, r, task)?.to_string(), r)))
-                .collect::<Result<Vec<_>, InputError>>()?;
-            let groups = group_by_label(labelled);
-            for (l, g) in &groups {
-                warn_short(l, g.len());
-            }
-            let slice = |from: usize, to: usize| {
-                groups.iter().flat_map(move |(_, g)| g[from.min(g.len())..to.min(g.len())].iter().copied())
-            };
-            write("train.csv", csv_text(slice(0, k)).as_bytes())?;
-            write("dev.csv", csv_text(slice(k, dev_ratio * k)).as_bytes())?;
+    rng.shuffle(pool);
+    let pool = pool.clone();
+
+    for (stem, file) in data.evals.iter_mut() {
+        let mut fresh;
+        let order = if data.aliased {
+            &mut file.order
+        } else {
+            fresh = (0..file.rows.len()).collect::<Vec<_>>();
+            &mut fresh
+        };
+        let cap_1k = config.mode == Mode::KShot1kTest && order.len() > 1000;
+        let kept = if !cap_1k {
+            order.len()
+        } else if data.glue {
+            // GLUE-style: re-seed the global RNG with 42 and shuffle the lines in place.
+            RandomState::new(42).shuffle(order);
+            1000
+        } else {
+            // pandas' sample(1000, random_state=42): the first 1000 of a seed-42 permutation.
+            *order = RandomState::new(42).permutation(order.len());
+            1000
+        };
+        let kept: Vec<usize> = order[..kept].to_vec();
+        write(stem, file.header.as_deref(), file, &mut kept.into_iter())?;
+    }
+
+    let groups = group_by_label(&pool, &data.train.labels, data.label_names.len());
+    for group in &groups {
+        if group.len() < k {
+            let label = &data.label_names[data.train.labels[group[0]]];
+            log::warn!(
+                "{task} seed {seed}: label {label} has {} training examples, fewer than k = {k}",
+                group.len()
+            );
         }
     }
+    let slice = |from: usize, to: usize| {
+        groups.iter().flat_map(move |g| g[from.min(g.len())..to.min(g.len())].iter().copied())
+    };
+    let header = data.train.header.as_deref();
+    write("train", header, &data.train, &mut slice(0, k))?;
+    let dev = if task == "MNLI" { "dev_matched" } else { "dev" };
+    write(dev, header, &data.train, &mut slice(k, dev_ratio * k))?;
+
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir).with_context(|| format!("replacing {}", final_dir.display()))?;
     }
@@ -349,24 +381,4 @@ fn write_split(config: &KshotConfig, task: &str, data: &mut Loaded, seed: u32) -
         .with_context(|| format!("renaming {} to {}", partial.display(), final_dir.display()))?;
     log::debug!("wrote {}", final_dir.display());
     Ok(final_dir)
-}
-
-fn glue_text<'a>(header: Option<&str>, lines: impl Iterator<Item = &'a str>) -> String {
-    let mut out = header.unwrap_or("").to_string();
-    lines.for_each(|l| out.push_str(l));
-    out
-}
-
-/// Records as pandas writes them back: the label column as a plain integer (it was parsed as
-/// int64), the text cells as read.
-fn csv_text<'a>(records: impl Iterator<Item = &'a CsvRecord>) -> String {
-    let mut out = String::new();
-    for r in records {
-        // Labels were validated as integers when loading.
-        let label = r.cells[0].as_deref().and_then(|c| c.trim().parse::<i64>().ok()).map(|l| l.to_string());
-        let mut cells: Vec<Option<&str>> = r.cells.iter().map(|c| c.as_deref()).collect();
-        cells[0] = label.as_deref();
-        csv::write_record(&mut out, &cells);
-    }
-    out
 }

@@ -5,4 +5,5 @@ pub mod csv;
 pub mod kshot;
 pub mod mt19937;
 pub mod tasks;
+pub mod template;
 pub mod tsv;

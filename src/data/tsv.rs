@@ -7,27 +7,25 @@
 
 /// Lines with Python universal-newline semantics; each keeps its `\n` (the last one may have none).
 pub fn lines(text: &str) -> Vec<String> {
+    let bytes = text.as_bytes();
     let mut out = Vec::new();
-    let mut current = String::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\r' => {
-                if chars.peek() == Some(&'\n') {
-                    chars.next();
-                }
-                current.push('\n');
-                out.push(std::mem::take(&mut current));
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\n' | b'\r' => {
+                let mut line = String::with_capacity(i - start + 1);
+                line.push_str(&text[start..i]);
+                line.push('\n');
+                out.push(line);
+                i += if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
+                start = i;
             }
-            '\n' => {
-                current.push('\n');
-                out.push(std::mem::take(&mut current));
-            }
-            c => current.push(c),
+            _ => i += 1,
         }
     }
-    if !current.is_empty() {
-        out.push(current);
+    if start < bytes.len() {
+        out.push(text[start..].to_string());
     }
     out
 }

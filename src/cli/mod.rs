@@ -2,6 +2,8 @@
 //! of the library modules. Nothing outside this module knows a flag.
 
 mod check;
+mod data;
+mod encode;
 mod info;
 mod kshot;
 
@@ -49,6 +51,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Make k-shot train/dev/test splits, byte-identical to LM-BFF's generate_k_shot_data.py.
     Kshot(kshot::KshotArgs),
+    /// Show how a task's examples are encoded: tokens, mask position and label of each feature.
+    Encode(encode::EncodeArgs),
 }
 
 /// Runs the command line of this process; returns the exit code.
@@ -73,6 +77,7 @@ pub fn main() -> i32 {
         Command::Info(args) => info::run(&context, args),
         Command::Check(args) => check::run(&context, args),
         Command::Kshot(args) => kshot::run(&context, args),
+        Command::Encode(args) => encode::run(&context, args),
     };
     match result {
         Ok(()) => 0,

@@ -1,0 +1,95 @@
+//! Flags shared by every command that reads a task's data.
+
+use crate::data::dataset::{DataConfig, FewShotType};
+use crate::data::tasks::{self, Preset};
+use crate::data::template;
+use crate::error::InputError;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct DataArgs {
+    /// Task name (sst-2, sst-5, mr, cr, mpqa, subj, trec, cola, mnli, mnli-mm, snli, qnli, rte,
+    /// mrpc, qqp, sts-b, ag_news), case-insensitive.
+    #[arg(long)]
+    task: String,
+    /// The k-shot directory of one split, e.g. data/k-shot-1k-test/SST-2/16-42.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Hugging Face model directory; its tokenizer.json is used.
+    #[arg(long, value_name = "DIR", required_unless_present = "tokenizer")]
+    model: Option<PathBuf>,
+    /// A tokenizer.json to use instead of the model's.
+    #[arg(long, value_name = "FILE")]
+    tokenizer: Option<PathBuf>,
+    /// prompt, prompt-demo (one demonstration per label) or finetune (no template).
+    #[arg(long, default_value = "prompt", value_name = "TYPE")]
+    few_shot_type: FewShotType,
+    /// Template [default: the task's, as in the reference run scripts].
+    #[arg(long)]
+    template: Option<String>,
+    /// Label words: a Python dict literal {'0':'terrible','1':'great'} or 0:terrible,1:great
+    /// [default: the task's].
+    #[arg(long)]
+    mapping: Option<String>,
+    /// Length settings of which reference scripts: mezo, kernel-ft or lm-bff.
+    #[arg(long, default_value = "mezo")]
+    preset: Preset,
+    #[arg(long, value_name = "N")]
+    max_seq_length: Option<usize>,
+    /// Token limit of sentence 0.
+    #[arg(long, value_name = "N")]
+    first_sent_limit: Option<usize>,
+    /// Token limit of the other sentences.
+    #[arg(long, value_name = "N")]
+    other_sent_limit: Option<usize>,
+    /// With demonstrations, keep the last tokens of over-long inputs instead of the first.
+    #[arg(long)]
+    truncate_head: bool,
+    /// Demonstration samples per dev/test example [default: the preset's, else 16].
+    #[arg(long, value_name = "N")]
+    num_sample: Option<usize>,
+    /// With demonstrations, double the maximum length [default: the preset's].
+    #[arg(long, value_name = "BOOL")]
+    double_demo: Option<bool>,
+    /// Seed of the demonstration sampler.
+    #[arg(long, default_value_t = 42)]
+    seed: u32,
+}
+
+impl DataArgs {
+    pub fn config(&self) -> Result<DataConfig, InputError> {
+        let task = tasks::task(&self.task).map_err(|e| InputError(format!("--task: {e}")))?;
+        let mapping = match &self.mapping {
+            Some(text) => template::parse_mapping(text).map_err(|e| InputError(format!("--mapping: {e}")))?,
+            None => task.mapping.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        let mut lengths = task.lengths(self.preset);
+        if let Some(n) = self.max_seq_length {
+            lengths.max_seq_length = n;
+        }
+        lengths.first_sent_limit = self.first_sent_limit.or(lengths.first_sent_limit);
+        lengths.other_sent_limit = self.other_sent_limit.or(lengths.other_sent_limit);
+        lengths.num_sample = self.num_sample.or(lengths.num_sample);
+        lengths.double_demo = self.double_demo.unwrap_or(lengths.double_demo);
+        if lengths.max_seq_length == 0 || lengths.num_sample == Some(0) {
+            return Err(InputError("--max-seq-length and --num-sample must be positive".into()));
+        }
+        let tokenizer = match (&self.tokenizer, &self.model) {
+            (Some(file), _) => file.clone(),
+            (None, Some(dir)) => dir.join("tokenizer.json"),
+            (None, None) => unreachable!("clap requires --model or --tokenizer"),
+        };
+        Ok(DataConfig {
+            task,
+            data_dir: self.data_dir.clone(),
+            tokenizer,
+            few_shot_type: self.few_shot_type,
+            template: self.template.clone().unwrap_or_else(|| task.template.to_string()),
+            mapping,
+            lengths,
+            truncate_head: self.truncate_head,
+            seed: self.seed,
+        })
+    }
+}

@@ -23,10 +23,13 @@ WORDS = (
     "awful brilliant slow long short dark warm cold but not very quite really the of in with this that"
 ).split()
 STARTS = ["it", "The", "How", "A", "pen", "This", "the", "a", "film", "plot", "movie", "story"]
+# The built-in demo task's sentences, so that `mezo demo` shows whole-word tokens.
+DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "demo", "original", "SST-2", "train.tsv")
 
 
 def corpus():
-    lines = []
+    with open(DEMO) as f:
+        lines = [line.split("\t")[0] for line in f.readlines()[1:]]
     for _ in range(20):
         lines.append(" ".join(WORDS))
         lines.extend(STARTS)

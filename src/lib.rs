@@ -8,6 +8,8 @@
 //!
 //! ```text
 //! cli      clap definitions and the flag -> config translation; the only module that knows flags
+//! data     LM-BFF-compatible tasks: registry, byte-identical k-shot splits, prompt encoding,
+//!          demonstrations, batching
 //! dist     the communicator (one process, or MPI ranks under mpirun/srun), rank -> device and
 //!          thread placement, NCCL bootstrapped over MPI
 //! h5       one HDF5 file shared by all ranks: collective row-block writes, atomic completion
@@ -20,7 +22,7 @@
 //! ```
 //!
 //! A [`dist::Dist`] is created once per process and passed down; no module reaches for a global
-//! communicator. The data, model, optimiser, training, kernel and solver layers of the design
+//! communicator. The model, optimiser, training, kernel and solver layers of the design
 //! (`../shared/design.md` in the project workspace) are built on these as they land.
 
 pub mod check;

@@ -25,6 +25,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// An open HDF5 file, shared by all ranks of a [`Dist`].
+#[derive(Debug)]
 pub struct H5File {
     file: hdf5::File,
     path: PathBuf,
@@ -43,19 +44,20 @@ pub fn partial_path(path: &Path) -> PathBuf {
 impl H5File {
     /// Creates (truncates) `partial_path(path)`; collective.
     pub fn create(dist: &Dist, path: &Path) -> Result<H5File> {
-        let partial = partial_path(path);
-        let file = builder(dist)
-            .create(&partial)
-            .with_context(|| format!("creating HDF5 file {}", partial.display()))?;
-        Ok(H5File { file, path: partial, final_path: Some(path.to_owned()), collective: dist.uses_mpi() })
+        Self::partial(dist, path, true)
     }
 
     /// Reopens the `.partial` file of an interrupted [`H5File::create`] for writing; collective.
     pub fn resume(dist: &Dist, path: &Path) -> Result<H5File> {
+        Self::partial(dist, path, false)
+    }
+
+    fn partial(dist: &Dist, path: &Path, create: bool) -> Result<H5File> {
         let partial = partial_path(path);
-        let file = builder(dist)
-            .open_rw(&partial)
-            .with_context(|| format!("reopening HDF5 file {}", partial.display()))?;
+        let file = if create { builder(dist).create(&partial) } else { builder(dist).open_rw(&partial) }
+            .with_context(|| {
+                format!("{} HDF5 file {}", if create { "creating" } else { "reopening" }, partial.display())
+            })?;
         Ok(H5File { file, path: partial, final_path: Some(path.to_owned()), collective: dist.uses_mpi() })
     }
 
@@ -290,6 +292,27 @@ mod tests {
         assert_eq!(f.shape("train").unwrap(), [5, 2, 3, 2]);
         assert_eq!(f.read_rows::<f64>("train", 0..5).unwrap(), all);
         assert!(f.read_rows::<f64>("test", 0..1).unwrap_err().to_string().contains("'test'"));
+    }
+
+    #[test]
+    fn an_interrupted_file_resumes() {
+        let dist = Dist::single();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.h5");
+        assert!(H5File::resume(&dist, &path).unwrap_err().to_string().contains("reopening HDF5 file"));
+        let f = H5File::create(&dist, &path).unwrap();
+        f.create_dataset::<i64>("rows", &[4, 2]).unwrap();
+        let first = ArrayD::from_shape_fn(IxDyn(&[2, 2]), |i| (i[0] * 2 + i[1]) as i64);
+        f.write_rows("rows", 0, first.view()).unwrap();
+        drop(f); // interrupted: never committed
+        assert!(!path.exists());
+        let f = H5File::resume(&dist, &path).unwrap();
+        let rest = ArrayD::from_shape_fn(IxDyn(&[2, 2]), |i| (4 + i[0] * 2 + i[1]) as i64);
+        f.write_rows("rows", 2, rest.view()).unwrap();
+        f.commit(&dist).unwrap();
+        let f = H5File::open(&dist, &path).unwrap();
+        let all: Vec<i64> = f.read_rows::<i64>("rows", 0..4).unwrap().into_iter().collect();
+        assert_eq!(all, (0..8).collect::<Vec<i64>>());
     }
 
     #[test]

@@ -266,3 +266,24 @@ fn byte_identical_to_the_reference_on_every_reader_kind() {
         assert!(got == want, "{} differs from the reference", file.display());
     }
 }
+
+#[test]
+fn k_above_a_labels_examples_warns_and_writes_the_short_slice() {
+    let dir = tempfile::tempdir().unwrap();
+    toy_data(&dir.path().join("original"));
+    let out = Command::new(env!("CARGO_BIN_EXE_mezo"))
+        .args(["kshot", "--k", "7", "--seed", "13", "--task", "SST-2"])
+        .arg("--data-dir")
+        .arg(dir.path().join("original"))
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("SST-2 seed 13: label 0 has 6 training examples, fewer than k = 7"), "{stderr}");
+    let train = std::fs::read_to_string(dir.path().join("out/k-shot/SST-2/7-13/train.tsv")).unwrap();
+    assert_eq!(train.lines().count(), 1 + 6 + 6);
+    let dev = std::fs::read_to_string(dir.path().join("out/k-shot/SST-2/7-13/dev.tsv")).unwrap();
+    assert_eq!(dev.lines().count(), 1, "nothing is left for dev");
+}

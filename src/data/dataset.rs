@@ -71,6 +71,19 @@ pub struct EvalSet {
     pub num_sample: usize,
 }
 
+impl EvalSet {
+    /// Per-example logits from per-feature logits [num_sample · N, C] (features sample-major): the
+    /// mean over each example's demonstration samples, as the reference averages before argmax.
+    pub fn average_samples(&self, feature_logits: &tch::Tensor) -> tch::Tensor {
+        let classes = *feature_logits.size().last().expect("logits have a class axis");
+        feature_logits.reshape([self.num_sample as i64, self.examples.len() as i64, classes]).mean_dim(
+            [0i64].as_slice(),
+            false,
+            None,
+        )
+    }
+}
+
 pub struct TaskData {
     pub config: DataConfig,
     pub encoder: Encoder,
@@ -179,5 +192,21 @@ impl TaskData {
             None => self.encoder.encode(&example.sentences(), &[])?,
         };
         Ok(Feature { encoded, label: example.label, query: index })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logits_average_over_sample_major_features() {
+        let examples = vec![Example { text_a: "a".into(), text_b: None, label: Label::Class(0) }; 2];
+        let set = EvalSet { examples, features: Vec::new(), num_sample: 3 };
+        // Rows: sample 0 of examples 0 and 1, then sample 1, then sample 2.
+        let logits =
+            tch::Tensor::from_slice(&[1.0f32, 0., 10., 0., 2., 0., 20., 0., 3., 3., 30., 3.]).reshape([6, 2]);
+        let avg: Vec<f32> = Vec::try_from(set.average_samples(&logits).reshape([-1])).unwrap();
+        assert_eq!(avg, [2.0, 1.0, 20.0, 1.0]);
     }
 }

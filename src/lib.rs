@@ -34,3 +34,4 @@ pub mod error;
 pub mod h5;
 pub mod info;
 pub mod logging;
+pub mod model;

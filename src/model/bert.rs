@@ -1,0 +1,255 @@
+//! BERT and RoBERTa encoders as prompt-based fine-tuning uses them (LM-BFF, LM-Kernel-FT, MeZO):
+//! the encoder, the masked-LM head applied only at the mask positions and only for the label
+//! words, and a linear classifier on the first token's final state for `finetune` mode.
+//!
+//! Layout follows `transformers`: RoBERTa's positions count non-padding tokens from
+//! `pad_token_id + 1`, BERT's count from 0; no token-type ids are passed (segment 0). The RoBERTa
+//! head's decoder is its own tensor, not tied to the word embeddings (LM-Kernel-FT's
+//! `ModelForPromptFinetuning` defines no output embeddings); a checkpoint without
+//! `lm_head.decoder.weight` gets a copy of the word embeddings. BERT's decoder is tied.
+
+use super::nn::{merge_heads, split_heads, Activation, LayerNorm, Linear, Loader};
+use crate::error::InputError;
+use serde::Deserialize;
+use tch::{Kind, Tensor};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    pub intermediate_size: i64,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    pub max_position_embeddings: i64,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: i64,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: Option<i64>,
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_type_vocab() -> i64 {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Bert,
+    Roberta,
+}
+
+impl Flavor {
+    fn prefix(self) -> &'static str {
+        match self {
+            Flavor::Bert => "bert",
+            Flavor::Roberta => "roberta",
+        }
+    }
+}
+
+struct Embeddings {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    norm: LayerNorm,
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attention_output: Linear,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+}
+
+/// The masked-LM head's transform and vocabulary projection.
+struct MlmHead {
+    /// RoBERTa's head always uses exact GELU; BERT's uses the config's activation.
+    activation: Activation,
+    dense: Linear,
+    norm: LayerNorm,
+    decoder: Tensor,
+    bias: Tensor,
+}
+
+/// An encoder with its MLM head (prompt mode) and classifier (finetune mode).
+pub struct PromptEncoder {
+    pub flavor: Flavor,
+    pub config: Config,
+    activation: Activation,
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    /// Only when the checkpoint has one; no output uses it, but MeZO perturbs it.
+    pooler: Option<Linear>,
+    head: MlmHead,
+    classifier: Linear,
+    pad_id: i64,
+}
+
+impl PromptEncoder {
+    /// Builds the model in `transformers`' registration order. `num_labels` sizes a classifier
+    /// the checkpoint does not have (initialised N(0, 0.02) from `init_seed`, bias 0).
+    pub fn load(
+        l: &mut Loader,
+        flavor: Flavor,
+        config: Config,
+        num_labels: i64,
+        init_seed: i64,
+    ) -> Result<Self, InputError> {
+        if config.position_embedding_type.as_deref().is_some_and(|p| p != "absolute") {
+            return Err(InputError(format!(
+                "position_embedding_type {:?} is not supported (only absolute)",
+                config.position_embedding_type
+            )));
+        }
+        if config.hidden_size % config.num_attention_heads != 0 {
+            return Err(InputError("hidden_size is not a multiple of num_attention_heads".into()));
+        }
+        let activation = Activation::parse(&config.hidden_act)?;
+        let (h, p) = (config.hidden_size, flavor.prefix());
+        let eps = config.layer_norm_eps;
+        let embeddings = Embeddings {
+            word: l.tensor(&format!("{p}.embeddings.word_embeddings.weight"), &[config.vocab_size, h]),
+            position: l.tensor(
+                &format!("{p}.embeddings.position_embeddings.weight"),
+                &[config.max_position_embeddings, h],
+            ),
+            token_type: l.tensor(
+                &format!("{p}.embeddings.token_type_embeddings.weight"),
+                &[config.type_vocab_size, h],
+            ),
+            norm: LayerNorm::load(l, &format!("{p}.embeddings.LayerNorm"), h, eps),
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| {
+                let q = format!("{p}.encoder.layer.{i}");
+                Layer {
+                    query: Linear::load(l, &format!("{q}.attention.self.query"), h, h, true),
+                    key: Linear::load(l, &format!("{q}.attention.self.key"), h, h, true),
+                    value: Linear::load(l, &format!("{q}.attention.self.value"), h, h, true),
+                    attention_output: Linear::load(l, &format!("{q}.attention.output.dense"), h, h, true),
+                    attention_norm: LayerNorm::load(l, &format!("{q}.attention.output.LayerNorm"), h, eps),
+                    intermediate: Linear::load(
+                        l,
+                        &format!("{q}.intermediate.dense"),
+                        h,
+                        config.intermediate_size,
+                        true,
+                    ),
+                    output: Linear::load(l, &format!("{q}.output.dense"), config.intermediate_size, h, true),
+                    output_norm: LayerNorm::load(l, &format!("{q}.output.LayerNorm"), h, eps),
+                }
+            })
+            .collect();
+        let pooler = l
+            .has(&format!("{p}.pooler.dense.weight"))
+            .then(|| Linear::load(l, &format!("{p}.pooler.dense"), h, h, true));
+        let v = config.vocab_size;
+        let head = match flavor {
+            Flavor::Roberta => {
+                let bias = l.tensor("lm_head.bias", &[v]);
+                let dense = Linear::load(l, "lm_head.dense", h, h, true);
+                let norm = LayerNorm::load(l, "lm_head.layer_norm", h, eps);
+                let word = embeddings.word.shallow_clone();
+                let decoder = l.or_init("lm_head.decoder.weight", &[v, h], || word.copy());
+                MlmHead { activation: Activation::Gelu, dense, norm, decoder, bias }
+            }
+            Flavor::Bert => {
+                let bias = l.tensor("cls.predictions.bias", &[v]);
+                let dense = Linear::load(l, "cls.predictions.transform.dense", h, h, true);
+                let norm = LayerNorm::load(l, "cls.predictions.transform.LayerNorm", h, eps);
+                MlmHead { activation, dense, norm, decoder: embeddings.word.shallow_clone(), bias }
+            }
+        };
+        let classifier = Linear {
+            weight: l.or_init("classifier.weight", &[num_labels, h], || {
+                tch::manual_seed(init_seed);
+                Tensor::randn([num_labels, h], (Kind::Float, tch::Device::Cpu)) * 0.02
+            }),
+            bias: Some(l.or_init("classifier.bias", &[num_labels], || {
+                Tensor::zeros([num_labels], (Kind::Float, tch::Device::Cpu))
+            })),
+        };
+        let pad_id = config.pad_token_id.unwrap_or(if flavor == Flavor::Roberta { 1 } else { 0 });
+        Ok(PromptEncoder { flavor, config, activation, embeddings, layers, pooler, head, classifier, pad_id })
+    }
+
+    pub fn has_pooler(&self) -> bool {
+        self.pooler.is_some()
+    }
+
+    /// Final hidden states `[B, T, H]` of `input_ids` `[B, T]` with `attention_mask` `[B, T]`.
+    pub fn hidden_states(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
+        let (b, t) = input_ids.size2().expect("input_ids is [B, T]");
+        let device = input_ids.device();
+        let positions = match self.flavor {
+            // transformers' create_position_ids_from_input_ids.
+            Flavor::Roberta => {
+                let real = input_ids.ne(self.pad_id).to_kind(Kind::Int64);
+                real.cumsum(1, Kind::Int64) * &real + self.pad_id
+            }
+            Flavor::Bert => Tensor::arange(t, (Kind::Int64, device)).unsqueeze(0).expand([b, t], false),
+        };
+        let e = &self.embeddings;
+        let x = Tensor::embedding(&e.word, input_ids, -1, false, false)
+            + Tensor::embedding(&e.position, &positions, -1, false, false)
+            + e.token_type.get(0);
+        let mut x = e.norm.forward(&x);
+        // [B, 1, 1, T]: every query sees the non-padding keys.
+        let mask = attention_mask.to_kind(Kind::Bool).view([b, 1, 1, t]);
+        let heads = self.config.num_attention_heads;
+        for layer in &self.layers {
+            let q = split_heads(&layer.query.forward(&x), heads);
+            let k = split_heads(&layer.key.forward(&x), heads);
+            let v = split_heads(&layer.value.forward(&x), heads);
+            let attended =
+                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), 0.0, false, None, false);
+            let x1 =
+                layer.attention_norm.forward(&(layer.attention_output.forward(&merge_heads(&attended)) + &x));
+            let inner = self.activation.forward(&layer.intermediate.forward(&x1));
+            x = layer.output_norm.forward(&(layer.output.forward(&inner) + &x1));
+        }
+        x
+    }
+
+    /// Prompt mode: the MLM scores of `label_word_ids` `[L]` at each row's first mask position
+    /// (`mask_pos` `[B, 1]`), `[B, L]`. The head runs on B vectors and L vocabulary rows only.
+    pub fn label_scores(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        mask_pos: &Tensor,
+        label_word_ids: &Tensor,
+    ) -> Tensor {
+        let hidden = self.hidden_states(input_ids, attention_mask);
+        let h = self.config.hidden_size;
+        let at_mask =
+            hidden.gather(1, &mask_pos.view([-1, 1, 1]).expand([-1, 1, h], false), false).squeeze_dim(1);
+        let head = &self.head;
+        let x = head.norm.forward(&head.activation.forward(&head.dense.forward(&at_mask)));
+        x.linear(
+            &head.decoder.index_select(0, label_word_ids),
+            Some(&head.bias.index_select(0, label_word_ids)),
+        )
+    }
+
+    /// Finetune mode: the classifier on the first token's final state (no pooler), `[B, labels]`.
+    pub fn classifier_logits(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
+        let hidden = self.hidden_states(input_ids, attention_mask);
+        self.classifier.forward(&hidden.select(1, 0))
+    }
+}

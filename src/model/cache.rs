@@ -1,0 +1,82 @@
+//! The key/value cache of causal LMs, and greedy generation on top of it.
+
+use tch::{Kind, Tensor};
+
+/// Keys and values of the positions seen so far, per layer, `[B, kv_heads, S, D]`.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new(layers: usize) -> KvCache {
+        KvCache { layers: (0..layers).map(|_| None).collect() }
+    }
+
+    /// Positions already cached.
+    pub fn len(&self) -> i64 {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.size()[2])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends this step's keys and values of `layer`; returns the full ones.
+    pub fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
+        let slot = &mut self.layers[layer];
+        let (k, v) = match slot.take() {
+            Some((pk, pv)) => (Tensor::cat(&[pk, k], 2), Tensor::cat(&[pv, v], 2)),
+            None => (k, v),
+        };
+        *slot = Some((k.shallow_clone(), v.shallow_clone()));
+        (k, v)
+    }
+}
+
+/// A decoder-only language model.
+pub trait CausalLm {
+    /// Logits `[B, T, V]` of `input_ids` `[B, T]`. `attention_mask` `[B, S]` covers the cached
+    /// positions and these (S = cached + T); the cache, when given, is extended.
+    fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: Option<&mut KvCache>) -> Tensor;
+
+    fn num_layers(&self) -> usize;
+}
+
+/// The boolean attention mask `[B, 1, T, S]` of T new positions after `past` cached ones: causal,
+/// and no padding keys.
+pub fn causal_mask(attention_mask: &Tensor, t: i64) -> Tensor {
+    let (b, s) = attention_mask.size2().expect("attention_mask is [B, S]");
+    let past = s - t;
+    let device = attention_mask.device();
+    let rows = Tensor::arange_start(past, s, (Kind::Int64, device)).view([t, 1]);
+    let cols = Tensor::arange(s, (Kind::Int64, device)).view([1, s]);
+    let causal = cols.le_tensor(&rows).view([1, 1, t, s]);
+    causal.logical_and(&attention_mask.to_kind(Kind::Bool).view([b, 1, 1, s]))
+}
+
+/// Greedy decoding of `max_new_tokens` after `prompt` `[1, P]` with a KV cache; stops early at
+/// `eos`. Returns prompt and continuation, `[1, P + n]`.
+pub fn greedy_generate(
+    model: &dyn CausalLm,
+    prompt: &Tensor,
+    max_new_tokens: usize,
+    eos: Option<i64>,
+) -> Tensor {
+    let _guard = tch::no_grad_guard();
+    let device = prompt.device();
+    let mut cache = KvCache::new(model.num_layers());
+    let mut tokens: Vec<i64> = Vec::try_from(prompt.view([-1])).expect("prompt ids are int64");
+    let mut input = prompt.shallow_clone();
+    for _ in 0..max_new_tokens {
+        let mask = Tensor::ones([1, tokens.len() as i64], (Kind::Int64, device));
+        let logits = model.forward(&input, &mask, Some(&mut cache));
+        let next = logits.select(1, -1).argmax(-1, false).int64_value(&[0]);
+        tokens.push(next);
+        if Some(next) == eos {
+            break;
+        }
+        input = Tensor::from_slice(&[next]).view([1, 1]).to_device(device);
+    }
+    Tensor::from_slice(&tokens).view([1, -1])
+}

@@ -1,0 +1,218 @@
+//! Llama-family causal LMs: Llama, Mistral and Qwen2 (`LlamaForCausalLM`, `MistralForCausalLM`,
+//! `Qwen2ForCausalLM`): RMSNorm, rotary position embeddings, SwiGLU MLP, grouped-query attention,
+//! and q/k/v biases where the config (Qwen2, `attention_bias`) asks for them.
+
+use super::cache::{causal_mask, CausalLm, KvCache};
+use super::nn::{merge_heads, Activation, Linear, Loader, RmsNorm};
+use crate::error::InputError;
+use serde::Deserialize;
+use tch::{Kind, Tensor};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    #[serde(default)]
+    pub num_key_value_heads: Option<i64>,
+    #[serde(default)]
+    pub head_dim: Option<i64>,
+    #[serde(default = "eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "theta")]
+    pub rope_theta: f64,
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(default = "silu")]
+    pub hidden_act: String,
+}
+
+fn eps() -> f64 {
+    1e-6
+}
+fn theta() -> f64 {
+    10000.0
+}
+fn silu() -> String {
+    "silu".into()
+}
+
+/// Which config family, for the bias rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Llama,
+    Mistral,
+    /// q/k/v always have biases, o_proj never.
+    Qwen2,
+}
+
+struct Layer {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    input_norm: RmsNorm,
+    post_attention_norm: RmsNorm,
+}
+
+pub struct Llama {
+    pub config: Config,
+    activation: Activation,
+    heads: i64,
+    kv_heads: i64,
+    head_dim: i64,
+    embed_tokens: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    inv_freq: Tensor,
+}
+
+impl Llama {
+    pub fn load(l: &mut Loader, flavor: Flavor, config: Config) -> Result<Llama, InputError> {
+        if let Some(scaling) = &config.rope_scaling {
+            let kind = scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(|v| v.as_str());
+            if !matches!(kind, None | Some("default")) {
+                return Err(InputError(format!(
+                    "rope_scaling {scaling} is not supported (only the default rotary)"
+                )));
+            }
+        }
+        let activation = Activation::parse(&config.hidden_act)?;
+        let h = config.hidden_size;
+        let heads = config.num_attention_heads;
+        let kv_heads = config.num_key_value_heads.unwrap_or(heads);
+        let head_dim = config.head_dim.unwrap_or(h / heads);
+        if heads % kv_heads != 0 {
+            return Err(InputError(format!(
+                "{heads} attention heads are not a multiple of {kv_heads} key/value heads"
+            )));
+        }
+        let qkv_bias = flavor == Flavor::Qwen2 || config.attention_bias;
+        let o_bias = flavor != Flavor::Qwen2 && config.attention_bias;
+        let (mlp, inter, eps) = (config.mlp_bias, config.intermediate_size, config.rms_norm_eps);
+        let embed_tokens = l.tensor("model.embed_tokens.weight", &[config.vocab_size, h]);
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| {
+                let p = format!("model.layers.{i}");
+                Layer {
+                    q: Linear::load(l, &format!("{p}.self_attn.q_proj"), h, heads * head_dim, qkv_bias),
+                    k: Linear::load(l, &format!("{p}.self_attn.k_proj"), h, kv_heads * head_dim, qkv_bias),
+                    v: Linear::load(l, &format!("{p}.self_attn.v_proj"), h, kv_heads * head_dim, qkv_bias),
+                    o: Linear::load(l, &format!("{p}.self_attn.o_proj"), heads * head_dim, h, o_bias),
+                    gate: Linear::load(l, &format!("{p}.mlp.gate_proj"), h, inter, mlp),
+                    up: Linear::load(l, &format!("{p}.mlp.up_proj"), h, inter, mlp),
+                    down: Linear::load(l, &format!("{p}.mlp.down_proj"), inter, h, mlp),
+                    input_norm: RmsNorm::load(l, &format!("{p}.input_layernorm"), h, eps),
+                    post_attention_norm: RmsNorm::load(l, &format!("{p}.post_attention_layernorm"), h, eps),
+                }
+            })
+            .collect();
+        let norm = RmsNorm::load(l, "model.norm", h, eps);
+        let lm_head = if config.tie_word_embeddings {
+            embed_tokens.shallow_clone()
+        } else {
+            l.tensor("lm_head.weight", &[config.vocab_size, h])
+        };
+        let exponents = Tensor::arange_start_step(0, head_dim, 2, (Kind::Float, l.device)) / head_dim as f64;
+        let inv_freq = Tensor::from(config.rope_theta).to_device(l.device).pow(&exponents).reciprocal();
+        Ok(Llama {
+            config,
+            activation,
+            heads,
+            kv_heads,
+            head_dim,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+        })
+    }
+
+    /// cos and sin `[1, 1, T, D]` of positions `start..start + t`, in f32 then cast, as transformers.
+    fn rotary(&self, start: i64, t: i64, kind: Kind) -> (Tensor, Tensor) {
+        let positions = Tensor::arange_start(start, start + t, (Kind::Float, self.inv_freq.device()));
+        let freqs = positions.unsqueeze(1) * self.inv_freq.unsqueeze(0);
+        let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        (emb.cos().to_kind(kind).view([1, 1, t, -1]), emb.sin().to_kind(kind).view([1, 1, t, -1]))
+    }
+}
+
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size().last().copied().expect("head dim") / 2;
+    Tensor::cat(&[x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)], -1)
+}
+
+/// `[B, kv, S, D]` -> `[B, kv * n, S, D]`, each key/value head repeated for its query heads.
+fn repeat_kv(x: &Tensor, n: i64) -> Tensor {
+    if n == 1 {
+        return x.shallow_clone();
+    }
+    let (b, kv, s, d) = x.size4().expect("[B, kv, S, D]");
+    x.unsqueeze(2).expand([b, kv, n, s, d], false).reshape([b, kv * n, s, d])
+}
+
+impl CausalLm for Llama {
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        let (_, t) = input_ids.size2().expect("input_ids is [B, T]");
+        let past = cache.as_deref().map_or(0, KvCache::len);
+        let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
+        let (cos, sin) = self.rotary(past, t, x.kind());
+        let attend = causal_mask(attention_mask, t);
+        let rep = self.heads / self.kv_heads;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = layer.input_norm.forward(&x);
+            let split = |y: Tensor, n: i64| {
+                let (b, t, _) = y.size3().expect("[B, T, H]");
+                y.view([b, t, n, self.head_dim]).transpose(1, 2)
+            };
+            let q = split(layer.q.forward(&h), self.heads);
+            let k = split(layer.k.forward(&h), self.kv_heads);
+            let v = split(layer.v.forward(&h), self.kv_heads);
+            let q = &q * &cos + rotate_half(&q) * &sin;
+            let mut k = &k * &cos + rotate_half(&k) * &sin;
+            let mut v = v;
+            if let Some(c) = cache.as_deref_mut() {
+                (k, v) = c.append(i, k, v);
+            }
+            let attended = Tensor::scaled_dot_product_attention(
+                &q,
+                &repeat_kv(&k, rep),
+                &repeat_kv(&v, rep),
+                Some(&attend),
+                0.0,
+                false,
+                None,
+                false,
+            );
+            x = &x + layer.o.forward(&merge_heads(&attended));
+            let h = layer.post_attention_norm.forward(&x);
+            x = &x
+                + layer
+                    .down
+                    .forward(&(self.activation.forward(&layer.gate.forward(&h)) * layer.up.forward(&h)));
+        }
+        self.norm.forward(&x).linear::<Tensor>(&self.lm_head, None)
+    }
+
+    fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+}

@@ -1,0 +1,208 @@
+//! The building blocks the model files share, and the loader that builds them from a checkpoint
+//! in Hugging Face registration order (the order of `named_parameters()`, which MeZO's
+//! reference-compatible perturbation stream follows).
+
+use super::weights::Weights;
+use crate::error::InputError;
+use tch::{Device, Kind, Tensor};
+
+/// A named parameter of a model; `tensor` shares storage with the model's own handle, so in-place
+/// updates through either are seen by both.
+pub struct Param {
+    pub name: String,
+    pub tensor: Tensor,
+}
+
+/// Builds parameters from a checkpoint, recording them in the order they are requested, and
+/// collecting every missing or mis-shaped tensor before failing.
+pub struct Loader<'a> {
+    weights: &'a Weights,
+    pub device: Device,
+    pub kind: Kind,
+    params: Vec<Param>,
+    errors: Vec<String>,
+    /// A prefix HF may have left out of the checkpoint's names (`roberta.`, `model.`).
+    base_prefix: &'static str,
+}
+
+impl<'a> Loader<'a> {
+    pub fn new(weights: &'a Weights, device: Device, kind: Kind, base_prefix: &'static str) -> Loader<'a> {
+        Loader { weights, device, kind, params: Vec::new(), errors: Vec::new(), base_prefix }
+    }
+
+    /// The checkpoint's name for `name`: as is, or without the base-model prefix.
+    fn stored_name(&self, name: &str) -> Option<String> {
+        if self.weights.contains(name) {
+            return Some(name.to_string());
+        }
+        name.strip_prefix(self.base_prefix).filter(|n| self.weights.contains(n)).map(String::from)
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.stored_name(name).is_some()
+    }
+
+    /// A required parameter of `shape`.
+    pub fn tensor(&mut self, name: &str, shape: &[i64]) -> Tensor {
+        match self.stored_name(name) {
+            Some(stored) => self.read(name, &stored, shape),
+            None => {
+                self.errors.push(format!("missing tensor {name} {shape:?}"));
+                self.placeholder(shape)
+            }
+        }
+    }
+
+    /// A parameter that the checkpoint may lack; `None` then, and nothing is registered.
+    pub fn optional(&mut self, name: &str, shape: &[i64]) -> Option<Tensor> {
+        let stored = self.stored_name(name)?;
+        Some(self.read(name, &stored, shape))
+    }
+
+    /// A parameter made by `init` when the checkpoint lacks it (a new head, an untied copy).
+    pub fn or_init(&mut self, name: &str, shape: &[i64], init: impl FnOnce() -> Tensor) -> Tensor {
+        match self.stored_name(name) {
+            Some(stored) => self.read(name, &stored, shape),
+            None => {
+                let t = init().to_device(self.device).to_kind(self.kind);
+                self.register(name, &t);
+                t
+            }
+        }
+    }
+
+    fn read(&mut self, name: &str, stored: &str, shape: &[i64]) -> Tensor {
+        let found = self.weights.shape(stored).unwrap_or(&[]);
+        if found != shape {
+            self.errors.push(format!("tensor {stored} has shape {found:?}, the config implies {shape:?}"));
+            return self.placeholder(shape);
+        }
+        match self.weights.load(stored, self.device, self.kind) {
+            Ok(t) => {
+                self.register(name, &t);
+                t
+            }
+            Err(e) => {
+                self.errors.push(e);
+                self.placeholder(shape)
+            }
+        }
+    }
+
+    fn register(&mut self, name: &str, t: &Tensor) {
+        self.params.push(Param { name: name.to_string(), tensor: t.shallow_clone() });
+    }
+
+    fn placeholder(&self, shape: &[i64]) -> Tensor {
+        Tensor::zeros(shape, (self.kind, self.device))
+    }
+
+    /// The parameters in registration order, or every loading problem at once.
+    pub fn finish(self, what: &str) -> Result<Vec<Param>, InputError> {
+        if self.errors.is_empty() {
+            return Ok(self.params);
+        }
+        Err(InputError(format!("cannot load {what}:\n  {}", self.errors.join("\n  "))))
+    }
+}
+
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(l: &mut Loader, prefix: &str, input: i64, output: i64, bias: bool) -> Linear {
+        let weight = l.tensor(&format!("{prefix}.weight"), &[output, input]);
+        let bias = bias.then(|| l.tensor(&format!("{prefix}.bias"), &[output]));
+        Linear { weight, bias }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(l: &mut Loader, prefix: &str, size: i64, eps: f64) -> LayerNorm {
+        let weight = l.tensor(&format!("{prefix}.weight"), &[size]);
+        let bias = l.tensor(&format!("{prefix}.bias"), &[size]);
+        LayerNorm { weight, bias, eps }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let size = *self.weight.size().last().expect("1-D");
+        x.layer_norm([size].as_slice(), Some(&self.weight), Some(&self.bias), self.eps, true)
+    }
+}
+
+/// Llama's RMSNorm: computed in f32, scaled in the model dtype, as `transformers` does.
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn load(l: &mut Loader, prefix: &str, size: i64, eps: f64) -> RmsNorm {
+        RmsNorm { weight: l.tensor(&format!("{prefix}.weight"), &[size]), eps }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let x = x.to_kind(Kind::Float);
+        let variance = x.pow_tensor_scalar(2).mean_dim([-1i64].as_slice(), true, None);
+        let normed = x * (variance + self.eps).rsqrt();
+        &self.weight * normed.to_kind(kind)
+    }
+}
+
+/// The activations the supported configs name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact (erf) GELU: BERT/RoBERTa `gelu`.
+    Gelu,
+    /// tanh-approximated GELU: `gelu_new`, `gelu_pytorch_tanh`.
+    GeluTanh,
+    Relu,
+    /// SiLU: Llama's `silu`.
+    Silu,
+}
+
+impl Activation {
+    pub fn parse(name: &str) -> Result<Activation, InputError> {
+        Ok(match name {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            "silu" | "swish" => Activation::Silu,
+            other => return Err(InputError(format!("unsupported activation '{other}'"))),
+        })
+    }
+
+    pub fn forward(self, x: &Tensor) -> Tensor {
+        match self {
+            Activation::Gelu => x.gelu("none"),
+            Activation::GeluTanh => x.gelu("tanh"),
+            Activation::Relu => x.relu(),
+            Activation::Silu => x.silu(),
+        }
+    }
+}
+
+/// `[B, T, H]` -> `[B, heads, T, H / heads]`.
+pub fn split_heads(x: &Tensor, heads: i64) -> Tensor {
+    let (b, t, h) = x.size3().expect("[B, T, H]");
+    x.view([b, t, heads, h / heads]).transpose(1, 2)
+}
+
+/// `[B, heads, T, D]` -> `[B, T, heads * D]`.
+pub fn merge_heads(x: &Tensor) -> Tensor {
+    let (b, heads, t, d) = x.size4().expect("[B, heads, T, D]");
+    x.transpose(1, 2).contiguous().view([b, t, heads * d])
+}

@@ -30,9 +30,11 @@ lint: setup
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 
-# The whole test suite, as CI runs it.
+# The whole test suite, as CI runs it: cargo's tests (no Python needed), then the checks that
+# need transformers: models mezo saves load back in transformers with the same outputs.
 test: lint
 	cargo test
+	.venv/bin/python scripts/check_transformers_roundtrip.py target/debug/mezo
 
 # Binary + shared libraries for a GPU node without a Rust toolchain (see benches/gpu-check.sh).
 gpu-bundle: build

@@ -170,7 +170,10 @@ def decoder_fixture(name, model_cls, config):
         prompt = ids[:1, :6].clone()
         generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=False,
                                    pad_token_id=1, eos_token_id=None)
-        logits_bf16 = model.to(torch.bfloat16)(input_ids=ids, attention_mask=mask).logits.float()
+        # As a user loads it: model.to(bfloat16) would also round the rotary inverse frequencies,
+        # which from_pretrained keeps in float32.
+        bf16 = model_cls.from_pretrained(d, dtype=torch.bfloat16).eval()
+        logits_bf16 = bf16(input_ids=ids, attention_mask=mask).logits.float()
     save_file({"input_ids": ids, "attention_mask": mask, "logits": logits.contiguous(),
                "logits_bf16": logits_bf16.contiguous(), "generate_prompt": prompt.contiguous(),
                "generate_output": generated.contiguous()}, os.path.join(d, "reference.safetensors"))

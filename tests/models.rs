@@ -16,7 +16,7 @@ fn reference(name: &str) -> HashMap<String, Tensor> {
 }
 
 fn load(name: &str, dtype: Dtype) -> Model {
-    let options = LoadOptions { device: Device::Cpu, dtype, num_labels: 3, init_seed: 0 };
+    let options = LoadOptions { device: Device::Cpu, dtype, num_labels: Some(3), init_seed: 0 };
     model::load(&fixture(name), &options).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
@@ -50,7 +50,7 @@ fn encoders_match_transformers() {
         let d = max_diff(&scores, &r["label_scores"]);
         eprintln!("{name}: label-word scores max diff {d:.2e}");
         assert!(d <= 1e-5, "{name}: label-word scores differ by {d}");
-        let logits = e.classifier_logits(&r["input_ids"], &r["attention_mask"]);
+        let logits = e.classifier_logits(&r["input_ids"], &r["attention_mask"]).unwrap();
         let d = max_diff(&logits, &r["cls_logits"]);
         assert!(d <= 1e-5, "{name}: classifier logits differ by {d}");
 
@@ -106,5 +106,110 @@ fn decoders_match_transformers() {
         let scale = r["logits"].abs().max().double_value(&[]);
         eprintln!("{name}: bf16 logits max diff {d:.2e} (scale {scale:.1})");
         assert!(d <= BF16_TOLERANCE * scale.max(1.0), "{name}: bf16 logits differ by {d} (scale {scale})");
+    }
+}
+
+fn copy_fixture(name: &str, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
+}
+
+fn load_error(dir: &Path) -> String {
+    let options = LoadOptions { device: Device::Cpu, dtype: Dtype::F32, num_labels: Some(3), init_seed: 0 };
+    match model::load(dir, &options) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn loading_errors_list_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("m");
+    copy_fixture("roberta", &d);
+    let tensors = Tensor::read_safetensors(d.join("model.safetensors")).unwrap();
+    let kept: Vec<(String, Tensor)> = tensors
+        .into_iter()
+        .filter(|(n, _)| n != "roberta.encoder.layer.1.output.dense.weight" && n != "lm_head.bias")
+        .collect();
+    Tensor::write_safetensors(&kept, d.join("model.safetensors")).unwrap();
+    let e = load_error(&d);
+    assert!(e.contains("missing tensor roberta.encoder.layer.1.output.dense.weight [32, 64]"), "{e}");
+    assert!(e.contains("missing tensor lm_head.bias [622]"), "{e}");
+
+    copy_fixture("llama", &d);
+    let config = std::fs::read_to_string(d.join("config.json")).unwrap();
+    std::fs::write(
+        d.join("config.json"),
+        config.replace("\"intermediate_size\": 64", "\"intermediate_size\": 48"),
+    )
+    .unwrap();
+    let e = load_error(&d);
+    assert!(
+        e.contains(
+            "tensor model.layers.0.mlp.gate_proj.weight has shape [64, 32], the config implies [48, 32]"
+        ),
+        "{e}"
+    );
+    assert!(e.contains("model.layers.1.mlp.down_proj.weight"), "every mismatch is listed: {e}");
+
+    std::fs::write(
+        d.join("config.json"),
+        config.replace("\"model_type\": \"llama\"", "\"model_type\": \"gpt2\""),
+    )
+    .unwrap();
+    let e = load_error(&d);
+    assert!(
+        e.contains(
+            "model_type 'gpt2' is not supported (supported: roberta, bert, opt, llama, mistral, qwen2)"
+        ),
+        "{e}"
+    );
+
+    std::fs::write(
+        d.join("config.json"),
+        config.replace("\"rope_scaling\": null", "\"rope_scaling\": {\"rope_type\": \"yarn\"}"),
+    )
+    .unwrap();
+    assert!(load_error(&d).contains("rope_scaling"));
+
+    std::fs::remove_file(d.join("model.safetensors")).unwrap();
+    std::fs::write(d.join("config.json"), &config).unwrap();
+    assert!(load_error(&d).contains("no model.safetensors or model.safetensors.index.json"));
+    std::fs::remove_file(d.join("config.json")).unwrap();
+    assert!(load_error(&d).contains("config.json"));
+}
+
+#[test]
+fn saved_directories_load_back_identically_and_shard() {
+    let _guard = tch::no_grad_guard();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, shard) in [("roberta", model::MAX_SHARD_BYTES), ("llama", 40_000)] {
+        let m = load(name, Dtype::F32);
+        let out = dir.path().join(name);
+        m.save(&out, shard).unwrap();
+        if name == "llama" {
+            let index: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap(),
+            )
+            .unwrap();
+            assert!(
+                index["weight_map"]["lm_head.weight"].as_str().unwrap().ends_with("-of-00004.safetensors"),
+                "{index}"
+            );
+            assert!(!out.join("model.safetensors").exists());
+        }
+        assert!(out.join("tokenizer.json").exists());
+        let options =
+            LoadOptions { device: Device::Cpu, dtype: Dtype::F32, num_labels: Some(3), init_seed: 0 };
+        let back = model::load(&out, &options).unwrap();
+        assert_eq!(back.params.len(), m.params.len());
+        for (a, b) in m.params.iter().zip(&back.params) {
+            assert_eq!(a.name, b.name);
+            assert_eq!(max_diff(&a.tensor, &b.tensor), 0.0, "{}", a.name);
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! of the library modules. Nothing outside this module knows a flag.
 
 mod check;
+mod convert;
 mod data;
 mod encode;
 mod info;
@@ -53,6 +54,8 @@ enum Command {
     Kshot(kshot::KshotArgs),
     /// Show how a task's examples are encoded: tokens, mask position and label of each feature.
     Encode(encode::EncodeArgs),
+    /// Read a Hugging Face model and write it back: another dtype, other shards.
+    Convert(convert::ConvertArgs),
 }
 
 /// Runs the command line of this process; returns the exit code.
@@ -78,6 +81,7 @@ pub fn main() -> i32 {
         Command::Check(args) => check::run(&context, args),
         Command::Kshot(args) => kshot::run(&context, args),
         Command::Encode(args) => encode::run(&context, args),
+        Command::Convert(args) => convert::run(&context, args),
     };
     match result {
         Ok(()) => 0,

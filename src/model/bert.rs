@@ -96,18 +96,19 @@ pub struct PromptEncoder {
     /// Only when the checkpoint has one; no output uses it, but MeZO perturbs it.
     pooler: Option<Linear>,
     head: MlmHead,
-    classifier: Linear,
+    classifier: Option<Linear>,
     pad_id: i64,
 }
 
 impl PromptEncoder {
     /// Builds the model in `transformers`' registration order. `num_labels` sizes a classifier
-    /// the checkpoint does not have (initialised N(0, 0.02) from `init_seed`, bias 0).
+    /// the checkpoint does not have (initialised N(0, 0.02) from `init_seed`, bias 0); without it
+    /// the classifier is the checkpoint's, if any.
     pub fn load(
         l: &mut Loader,
         flavor: Flavor,
         config: Config,
-        num_labels: i64,
+        num_labels: Option<i64>,
         init_seed: i64,
     ) -> Result<Self, InputError> {
         if config.position_embedding_type.as_deref().is_some_and(|p| p != "absolute") {
@@ -175,14 +176,19 @@ impl PromptEncoder {
                 MlmHead { activation, dense, norm, decoder: embeddings.word.shallow_clone(), bias }
             }
         };
-        let classifier = Linear {
-            weight: l.or_init("classifier.weight", &[num_labels, h], || {
-                tch::manual_seed(init_seed);
-                Tensor::randn([num_labels, h], (Kind::Float, tch::Device::Cpu)) * 0.02
+        let classifier = match num_labels {
+            Some(n) => Some(Linear {
+                weight: l.or_init("classifier.weight", &[n, h], || {
+                    tch::manual_seed(init_seed);
+                    Tensor::randn([n, h], (Kind::Float, tch::Device::Cpu)) * 0.02
+                }),
+                bias: Some(l.or_init("classifier.bias", &[n], || {
+                    Tensor::zeros([n], (Kind::Float, tch::Device::Cpu))
+                })),
             }),
-            bias: Some(l.or_init("classifier.bias", &[num_labels], || {
-                Tensor::zeros([num_labels], (Kind::Float, tch::Device::Cpu))
-            })),
+            None => {
+                l.shape("classifier.weight").map(|shape| Linear::load(l, "classifier", h, shape[0], true))
+            }
         };
         let pad_id = config.pad_token_id.unwrap_or(if flavor == Flavor::Roberta { 1 } else { 0 });
         Ok(PromptEncoder { flavor, config, activation, embeddings, layers, pooler, head, classifier, pad_id })
@@ -247,9 +253,20 @@ impl PromptEncoder {
         )
     }
 
+    pub fn has_classifier(&self) -> bool {
+        self.classifier.is_some()
+    }
+
     /// Finetune mode: the classifier on the first token's final state (no pooler), `[B, labels]`.
-    pub fn classifier_logits(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
+    pub fn classifier_logits(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<Tensor, InputError> {
+        let classifier = self.classifier.as_ref().ok_or_else(|| {
+            InputError("the model has no classifier (finetune mode needs the task's number of labels)".into())
+        })?;
         let hidden = self.hidden_states(input_ids, attention_mask);
-        self.classifier.forward(&hidden.select(1, 0))
+        Ok(classifier.forward(&hidden.select(1, 0)))
     }
 }

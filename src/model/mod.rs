@@ -71,8 +71,9 @@ impl std::str::FromStr for Dtype {
 pub struct LoadOptions {
     pub device: Device,
     pub dtype: Dtype,
-    /// Classes of the task: sizes an encoder classifier the checkpoint lacks.
-    pub num_labels: i64,
+    /// Classes of the task: an encoder whose checkpoint has no classifier gets a new one of this
+    /// size; `None` keeps the checkpoint as it is.
+    pub num_labels: Option<i64>,
     /// Seed of new parameters' initialisation (a missing classifier).
     pub init_seed: i64,
 }
@@ -198,6 +199,11 @@ impl Model {
         weights::save(&partial, &tensors, max_shard_bytes)?;
         let mut config = self.config.clone();
         config["torch_dtype"] = self.dtype.torch_name().into();
+        if matches!(&self.body, Body::Encoder(e) if e.flavor == bert::Flavor::Roberta) {
+            // mezo's RoBERTa decoder is its own tensor (saved as lm_head.decoder.weight);
+            // transformers must not tie it back to the word embeddings.
+            config["tie_word_embeddings"] = false.into();
+        }
         std::fs::write(partial.join("config.json"), serde_json::to_string_pretty(&config)?)?;
         for name in [
             "tokenizer.json",

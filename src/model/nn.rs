@@ -42,6 +42,11 @@ impl<'a> Loader<'a> {
         self.stored_name(name).is_some()
     }
 
+    /// The stored shape of `name`, if the checkpoint has it.
+    pub fn shape(&self, name: &str) -> Option<Vec<i64>> {
+        self.stored_name(name).and_then(|n| self.weights.shape(&n).map(<[i64]>::to_vec))
+    }
+
     /// A required parameter of `shape`.
     pub fn tensor(&mut self, name: &str, shape: &[i64]) -> Tensor {
         match self.stored_name(name) {

@@ -1,0 +1,34 @@
+use super::{on_root, Context};
+use crate::model::{self, Dtype, LoadOptions};
+use anyhow::Result;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// Hugging Face model directory to read.
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// Directory to write (replaced when complete).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Parameter type of the written model: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: Dtype,
+    /// Files above this many bytes are split into model-0000i-of-0000n.safetensors shards.
+    #[arg(long, default_value_t = model::MAX_SHARD_BYTES, value_name = "BYTES")]
+    max_shard_size: usize,
+}
+
+/// Reads a model and writes it back (another dtype, resharded): what mezo saves after training.
+pub fn run(ctx: &Context, args: &ConvertArgs) -> Result<()> {
+    on_root(ctx.dist, || {
+        let options =
+            LoadOptions { device: tch::Device::Cpu, dtype: args.dtype, num_labels: None, init_seed: 0 };
+        let m = model::load(&args.model, &options)?;
+        m.save(&args.out, args.max_shard_size)?;
+        log::info!("wrote {} ({} tensors, {:?})", args.out.display(), m.params.len(), args.dtype);
+        Ok(())
+    })?;
+    Ok(())
+}

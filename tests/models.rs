@@ -213,3 +213,48 @@ fn saved_directories_load_back_identically_and_shard() {
         }
     }
 }
+
+/// The eval path's batched, sharded scores equal the model's scores of each feature alone.
+#[test]
+fn eval_scores_are_the_models_scores() {
+    use mezo::data::dataset::{DataConfig, FewShotType, TaskData};
+    use mezo::data::tasks::{task, Preset};
+    let _guard = tch::no_grad_guard();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_mezo"))
+        .args(["-q", "kshot", "--task", "SST-2", "--k", "4", "--seed", "1", "--mode", "k-shot"])
+        .arg("--data-dir")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/demo/original"))
+        .arg("--out")
+        .arg(out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let sst2 = task("sst-2").unwrap();
+    let m = load("roberta", Dtype::F32);
+    let config = DataConfig {
+        task: sst2,
+        data_dir: out.join("k-shot/SST-2/4-1"),
+        tokenizer: fixture("roberta").join("tokenizer.json"),
+        few_shot_type: FewShotType::Prompt,
+        template: sst2.template.into(),
+        mapping: sst2.mapping.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        lengths: sst2.lengths(Preset::Mezo),
+        truncate_head: false,
+        seed: 1,
+        causal: false,
+    };
+    let data = TaskData::load(config).unwrap();
+    let dist = mezo::dist::Dist::single();
+    let batched = mezo::eval::feature_scores(&m, &data, &data.dev, &dist, 5).unwrap();
+    let words = Tensor::from_slice(data.encoder.label_word_ids());
+    for (i, f) in data.dev.features.iter().enumerate() {
+        let ids = Tensor::from_slice(&f.encoded.input_ids).view([1, -1]);
+        let mask = ids.ones_like();
+        let pos = Tensor::from_slice(&[f.encoded.mask_pos.unwrap() as i64]).view([1, 1]);
+        let alone = m.encoder().unwrap().label_scores(&ids, &mask, &pos, &words).to_kind(Kind::Double);
+        let d = max_diff(&alone.view([-1]), &batched.get(i as i64));
+        assert!(d < 1e-5, "feature {i}: padded batch differs from the unpadded forward by {d}");
+    }
+}

@@ -58,6 +58,10 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
+    pub fn model_dir(&self) -> Option<PathBuf> {
+        self.model.clone()
+    }
+
     pub fn config(&self) -> Result<DataConfig, InputError> {
         let task = tasks::task(&self.task).map_err(|e| InputError(format!("--task: {e}")))?;
         let mapping = match &self.mapping {
@@ -90,6 +94,7 @@ impl DataArgs {
             lengths,
             truncate_head: self.truncate_head,
             seed: self.seed,
+            causal: false,
         })
     }
 }

@@ -5,6 +5,7 @@ mod check;
 mod convert;
 mod data;
 mod encode;
+mod eval;
 mod info;
 mod kshot;
 
@@ -56,6 +57,8 @@ enum Command {
     Encode(encode::EncodeArgs),
     /// Read a Hugging Face model and write it back: another dtype, other shards.
     Convert(convert::ConvertArgs),
+    /// Evaluate a model (zero-shot or fine-tuned) on a task's dev and test sets.
+    Eval(eval::EvalArgs),
 }
 
 /// Runs the command line of this process; returns the exit code.
@@ -82,6 +85,7 @@ pub fn main() -> i32 {
         Command::Kshot(args) => kshot::run(&context, args),
         Command::Encode(args) => encode::run(&context, args),
         Command::Convert(args) => convert::run(&context, args),
+        Command::Eval(args) => eval::run(&context, args),
     };
     match result {
         Ok(()) => 0,

@@ -51,6 +51,9 @@ pub struct DataConfig {
     pub truncate_head: bool,
     /// Seed of the demonstration sampler (the run seed).
     pub seed: u32,
+    /// Encode for a causal LM: the template is cut at its mask and the label words are scored at
+    /// the last token.
+    pub causal: bool,
 }
 
 /// One model input: an encoded example and its label; `query` is its example index (with
@@ -120,7 +123,11 @@ impl TaskData {
                 } else {
                     config.template.clone()
                 };
-                Encoder::prompt(tokenizer, &template, &words, encode_config)?
+                if config.causal {
+                    Encoder::causal_prompt(tokenizer, &template, &words, encode_config)?
+                } else {
+                    Encoder::prompt(tokenizer, &template, &words, encode_config)?
+                }
             }
         };
         let train = load_split(task, &config.data_dir, Split::Train)?;

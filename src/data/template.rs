@@ -173,7 +173,7 @@ pub struct Encoded {
 }
 
 enum Mode {
-    Prompt { template: String, parts: Vec<Part>, label_word_ids: Vec<i64> },
+    Prompt { template: String, parts: Vec<Part>, label_word_ids: Vec<i64>, last_token: bool },
     Finetune,
 }
 
@@ -198,7 +198,28 @@ impl Encoder {
         let parts = parse(template)?;
         let label_word_ids =
             label_words.iter().map(|w| label_word_id(&tokenizer, w)).collect::<Result<_, _>>()?;
-        let mode = Mode::Prompt { template: template.to_string(), parts, label_word_ids };
+        let mode = Mode::Prompt { template: template.to_string(), parts, label_word_ids, last_token: false };
+        Ok(Encoder { tokenizer, special, mode, config })
+    }
+
+    /// Prompt mode for a causal LM (MeZO's GPT-style models): the template is cut before its
+    /// `*mask*`, and the label words are scored as the next token after the last one.
+    pub fn causal_prompt(
+        tokenizer: Tokenizer,
+        template: &str,
+        label_words: &[String],
+        config: EncodeConfig,
+    ) -> Result<Encoder, InputError> {
+        let cut = template
+            .find("*mask*")
+            .ok_or_else(|| InputError(format!("template '{template}' has no *mask*")))?;
+        let special = SpecialTokens::of(&tokenizer)?;
+        let mut parts = parse(&format!("{}*mask*", &template[..cut]))?;
+        parts.pop();
+        let label_word_ids =
+            label_words.iter().map(|w| label_word_id(&tokenizer, w)).collect::<Result<_, _>>()?;
+        let mode =
+            Mode::Prompt { template: template[..cut].to_string(), parts, label_word_ids, last_token: true };
         Ok(Encoder { tokenizer, special, mode, config })
     }
 
@@ -236,9 +257,11 @@ impl Encoder {
     /// Encodes sentences `S[0..]` (query, then demonstrations). `support_labels[i]` is the class
     /// of the i-th demonstration, used by `labelx_i` parts.
     pub fn encode(&self, sentences: &[&str], support_labels: &[usize]) -> Result<Encoded, InputError> {
-        let (template, parts, label_word_ids) = match &self.mode {
+        let (template, parts, label_word_ids, last_token) = match &self.mode {
             Mode::Finetune => return self.encode_finetune(sentences),
-            Mode::Prompt { template, parts, label_word_ids } => (template, parts, label_word_ids),
+            Mode::Prompt { template, parts, label_word_ids, last_token } => {
+                (template, parts, label_word_ids, *last_token)
+            }
         };
         let sentence = |i: usize| {
             sentences.get(i).copied().ok_or_else(|| {
@@ -293,6 +316,13 @@ impl Encoder {
             ids.extend(tokens);
         }
         let ids = self.truncate(ids);
+        if last_token {
+            let last = ids
+                .len()
+                .checked_sub(1)
+                .ok_or_else(|| InputError(format!("template '{template}' made no tokens")))?;
+            return Ok(Encoded { input_ids: ids, mask_pos: Some(last) });
+        }
         let mask_pos = ids.iter().position(|&t| t == s.mask).ok_or_else(|| {
             InputError(format!(
                 "the mask was truncated away (max length {}): shorten the input or raise the limits",
@@ -600,6 +630,21 @@ mod tests {
         assert_eq!(drop_last_char("The cat sat."), "The cat sat");
         assert_eq!(drop_last_char("units "), "units");
         assert_eq!(change_first("Énorme", Case::LowerFirst), "énorme");
+    }
+
+    #[test]
+    fn causal_prompts_score_the_next_token() {
+        let e = Encoder::causal_prompt(
+            tokenizer(),
+            "*cls**sent_0*_It_was*mask*.*sep+*",
+            &words(&["terrible", "great"]),
+            config(64, None),
+        )
+        .unwrap();
+        let out = e.encode(&["it 's a charming and often affecting journey . "], &[]).unwrap();
+        let toks = tokens(&e, &out.input_ids);
+        assert_eq!(&toks[toks.len() - 3..], ["Ġ", "ĠIt", "Ġwas"]);
+        assert_eq!(out.mask_pos, Some(toks.len() - 1));
     }
 
     #[test]

@@ -1,0 +1,67 @@
+use super::data::DataArgs;
+use super::Context;
+use crate::data::dataset::{FewShotType, TaskData};
+use crate::error::input_error;
+use crate::eval::evaluate;
+use crate::model::{self, Dtype, LoadOptions};
+use anyhow::{Context as _, Result};
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Parameter and activation type: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: Dtype,
+    /// Features per forward pass on each rank.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    batch_size: usize,
+    /// Also write the results to this JSON file.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+pub fn run(ctx: &Context, args: &EvalArgs) -> Result<()> {
+    let dist = ctx.dist;
+    let model_dir = args.data.model_dir().ok_or_else(|| input_error("mezo eval needs --model DIR"))?;
+    let device = ctx.device.resolve(dist.local_rank())?;
+    let mut config = args.data.config()?;
+    let finetune = config.few_shot_type == FewShotType::Finetune;
+    let options = LoadOptions {
+        device,
+        dtype: args.dtype,
+        num_labels: finetune.then_some(config.task.labels.len() as i64),
+        init_seed: config.seed as i64,
+    };
+    let model = model::load(&model_dir, &options)?;
+    config.causal = model.causal_lm().is_some();
+    if finetune && model.encoder().is_some_and(|e| !e.has_classifier()) {
+        log::warn!(
+            "{} has no classifier: finetune mode scores with a freshly initialised one",
+            model_dir.display()
+        );
+    }
+    let data = TaskData::load(config)?;
+    let task = data.config.task;
+    let dev = evaluate(&model, &data, &data.dev, dist, args.batch_size)?;
+    let test = evaluate(&model, &data, &data.test, dist, args.batch_size)?;
+    if dist.is_root() {
+        let results = serde_json::json!({
+            "task": task.name, "model": model_dir, "few_shot_type": format!("{:?}", data.config.few_shot_type).to_lowercase(),
+            "dev": dev, "test": test, "dev_examples": data.dev.examples.len(), "test_examples": data.test.examples.len(),
+        });
+        println!("{:<24} {:>10} {:>10}", format!("{} ({} ranks)", task.name, dist.size()), "dev", "test");
+        for (key, value) in &dev {
+            println!("{key:<24} {value:>10.4} {:>10.4}", test.get(key).copied().unwrap_or(f64::NAN));
+        }
+        if let Some(out) = &args.out {
+            let partial = crate::h5::partial_path(out);
+            std::fs::write(&partial, serde_json::to_string_pretty(&results)?)
+                .and_then(|()| std::fs::rename(&partial, out))
+                .with_context(|| format!("writing {}", out.display()))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! Evaluation of a model on a task's dev and test sets: scores of every feature, computed on
+//! each rank's contiguous share of the features and gathered, averaged over demonstration
+//! samples, and turned into the task's metrics (keys with LM-BFF's `eval_` prefix).
+
+use crate::data::batch::{collate, shard};
+use crate::data::dataset::{EvalSet, FewShotType, TaskData};
+use crate::data::examples::Label;
+use crate::dist::Dist;
+use crate::error::InputError;
+use crate::metrics;
+use crate::model::{Body, Model};
+use anyhow::Result;
+use std::collections::BTreeMap;
+use tch::{Device, Kind, Tensor};
+
+/// Label scores `[F, C]` (f64, CPU) of `set`'s features, every rank computing its share.
+pub fn feature_scores(
+    model: &Model,
+    data: &TaskData,
+    set: &EvalSet,
+    dist: &Dist,
+    batch_size: usize,
+) -> Result<Tensor> {
+    let _guard = tch::no_grad_guard();
+    let mine = shard(set.features.len(), dist.rank(), dist.size());
+    let pad = data.encoder.special().pad;
+    let words = Tensor::from_slice(data.encoder.label_word_ids()).to_device(model.device);
+    let mut rows: Vec<f64> = Vec::new();
+    let mut classes = 0;
+    for start in (mine.start..mine.end).step_by(batch_size.max(1)) {
+        let end = (start + batch_size).min(mine.end);
+        let batch_rows: Vec<_> = set.features[start..end].iter().map(|f| (&f.encoded, f.label)).collect();
+        let b = collate(&batch_rows, pad);
+        let ids = b.input_ids.to_device(model.device);
+        let mask = b.attention_mask.to_device(model.device);
+        let scores = match (&model.body, data.config.few_shot_type) {
+            (Body::Encoder(e), FewShotType::Finetune) => e.classifier_logits(&ids, &mask)?,
+            (Body::Encoder(e), _) => {
+                let pos =
+                    b.mask_pos.as_ref().expect("prompt features have mask positions").to_device(model.device);
+                e.label_scores(&ids, &mask, &pos, &words)
+            }
+            (_, FewShotType::Finetune) => {
+                return Err(InputError("finetune mode needs an encoder model (RoBERTa/BERT)".into()).into())
+            }
+            (_, _) => {
+                let lm = model.causal_lm().expect("a decoder body is a causal LM");
+                let logits = lm.forward(&ids, &mask, None);
+                let pos = b
+                    .mask_pos
+                    .as_ref()
+                    .expect("prompt features have a scoring position")
+                    .to_device(model.device);
+                let v = logits.size()[2];
+                let last =
+                    logits.gather(1, &pos.view([-1, 1, 1]).expand([-1, 1, v], false), false).squeeze_dim(1);
+                last.index_select(1, &words)
+            }
+        };
+        classes = scores.size()[1];
+        rows.extend(Vec::<f64>::try_from(scores.to_kind(Kind::Double).to_device(Device::Cpu).view([-1]))?);
+    }
+    let all: Vec<f64> = dist.all_gather(&rows).concat();
+    let mut classes = [classes as u64];
+    dist.all_reduce(&mut classes, crate::dist::Reduce::Max);
+    Ok(Tensor::from_slice(&all).view([set.features.len() as i64, classes[0] as i64]))
+}
+
+/// The task's metrics of `set`, identical on every rank.
+pub fn evaluate(
+    model: &Model,
+    data: &TaskData,
+    set: &EvalSet,
+    dist: &Dist,
+    batch_size: usize,
+) -> Result<BTreeMap<String, f64>> {
+    let scores = set.average_samples(&feature_scores(model, data, set, dist, batch_size)?);
+    let task = data.config.task;
+    let metrics = if task.regression {
+        // LM-BFF's regression head: the softmax weight of the "high" word scales [0, 5].
+        let predicted: Vec<f64> = Vec::try_from(scores.softmax(-1, Kind::Double).select(1, 1) * 5.0)?;
+        let gold: Vec<f64> =
+            set.examples.iter().map(|e| if let Label::Score(s) = e.label { s } else { f64::NAN }).collect();
+        metrics::regression(&predicted, &gold)
+    } else {
+        let predicted: Vec<usize> =
+            Vec::<i64>::try_from(scores.argmax(-1, false))?.into_iter().map(|p| p as usize).collect();
+        let gold: Vec<usize> =
+            set.examples.iter().map(|e| if let Label::Class(c) = e.label { c } else { usize::MAX }).collect();
+        metrics::classification(task.metrics, &predicted, &gold)
+    };
+    Ok(metrics.into_iter().map(|(k, v)| (format!("eval_{k}"), v)).collect())
+}

@@ -16,7 +16,7 @@ fn reference(name: &str) -> HashMap<String, Tensor> {
 }
 
 fn load(name: &str, dtype: Dtype) -> Model {
-    let options = LoadOptions { device: Device::Cpu, dtype, num_labels: Some(3), init_seed: 0 };
+    let options = LoadOptions { num_labels: Some(3), ..LoadOptions::new(Device::Cpu, dtype) };
     model::load(&fixture(name), &options).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
@@ -118,7 +118,7 @@ fn copy_fixture(name: &str, to: &Path) {
 }
 
 fn load_error(dir: &Path) -> String {
-    let options = LoadOptions { device: Device::Cpu, dtype: Dtype::F32, num_labels: Some(3), init_seed: 0 };
+    let options = LoadOptions { num_labels: Some(3), ..LoadOptions::new(Device::Cpu, Dtype::F32) };
     match model::load(dir, &options) {
         Ok(_) => panic!("{} loaded", dir.display()),
         Err(e) => e.to_string(),
@@ -203,8 +203,7 @@ fn saved_directories_load_back_identically_and_shard() {
             assert!(!out.join("model.safetensors").exists());
         }
         assert!(out.join("tokenizer.json").exists());
-        let options =
-            LoadOptions { device: Device::Cpu, dtype: Dtype::F32, num_labels: Some(3), init_seed: 0 };
+        let options = LoadOptions { num_labels: Some(3), ..LoadOptions::new(Device::Cpu, Dtype::F32) };
         let back = model::load(&out, &options).unwrap();
         assert_eq!(back.params.len(), m.params.len());
         for (a, b) in m.params.iter().zip(&back.params) {
@@ -257,4 +256,110 @@ fn eval_scores_are_the_models_scores() {
         let d = max_diff(&alone.view([-1]), &batched.get(i as i64));
         assert!(d < 1e-5, "feature {i}: padded batch differs from the unpadded forward by {d}");
     }
+}
+
+#[test]
+fn freezing_rules_select_by_name_in_order() {
+    use mezo::model::{FreezeRules, Scope};
+    let m = load("roberta", Dtype::F32);
+    let names =
+        |rules: FreezeRules| -> Vec<String> { m.trainable(&rules).iter().map(|p| p.name.clone()).collect() };
+    assert_eq!(names(FreezeRules::default()).len(), m.params.len());
+    let no_embed = names(FreezeRules { exclude_embeddings: true, ..Default::default() });
+    assert!(no_embed.iter().all(|n| !n.contains("embed")));
+    assert!(no_embed.contains(&"lm_head.decoder.weight".to_string()), "the decoder is not an embedding");
+    let no_head = names(FreezeRules { exclude_head: true, ..Default::default() });
+    assert!(no_head.iter().all(|n| !n.starts_with("lm_head")));
+    assert!(no_head.contains(&"classifier.weight".to_string()), "as in the reference, classifier stays");
+    let biases = names(FreezeRules { only_biases: true, ..Default::default() });
+    assert!(biases.contains(&"lm_head.bias".to_string()) && biases.iter().all(|n| n.contains("bias")));
+    let head = names(FreezeRules { scope: Scope::Head, ..Default::default() });
+    assert_eq!(
+        head,
+        [
+            "lm_head.bias",
+            "lm_head.dense.weight",
+            "lm_head.dense.bias",
+            "lm_head.layer_norm.weight",
+            "lm_head.layer_norm.bias",
+            "lm_head.decoder.weight"
+        ]
+    );
+    // grad_dim of the fixture: every parameter counted.
+    let numel: i64 = m.params.iter().map(|p| p.tensor.numel() as i64).sum();
+    assert_eq!(
+        numel,
+        622 * 32
+            + 66 * 32
+            + 32
+            + 64
+            + 2 * (4 * (32 * 32 + 32) + 4 * 32 + 2 * 32 * 64 + 64 + 32)
+            + 32 * 32
+            + 32
+            + 622
+            + 32 * 32
+            + 32
+            + 64
+            + 622 * 32
+            + 3 * 32
+            + 3
+    );
+}
+
+#[test]
+fn lora_adapters_attach_train_save_and_load() {
+    use mezo::model::{FreezeRules, LoraConfig, Scope};
+    let _guard = tch::no_grad_guard();
+    let r = reference("opt");
+    let lora = LoraConfig { rank: 4, alpha: 16.0, targets: vec!["q_proj".into(), "v_proj".into()], seed: 5 };
+    let options = LoadOptions { lora: Some(lora.clone()), ..LoadOptions::new(Device::Cpu, Dtype::F32) };
+    let m = model::load(&fixture("opt"), &options).unwrap();
+    let trainable: Vec<&str> = m
+        .trainable(&FreezeRules { scope: Scope::Lora, ..Default::default() })
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    // v before q, as the reference's replaced modules keep their slots; A then B.
+    assert_eq!(
+        &trainable[..4],
+        [
+            "model.decoder.layers.0.self_attn.v_proj.lora_A",
+            "model.decoder.layers.0.self_attn.v_proj.lora_B",
+            "model.decoder.layers.0.self_attn.q_proj.lora_A",
+            "model.decoder.layers.0.self_attn.q_proj.lora_B",
+        ]
+    );
+    assert_eq!(trainable.len(), 8);
+    let a = &m.params.iter().find(|p| p.name.ends_with("q_proj.lora_A")).unwrap().tensor;
+    assert_eq!(a.size(), [4, 32]);
+    assert!(a.abs().max().double_value(&[]) <= 1.0 / 32f64.sqrt());
+    // B = 0: the adapted model computes the base model's logits.
+    let lm = m.causal_lm().unwrap();
+    let valid = r["attention_mask"].to_kind(Kind::Bool).unsqueeze(-1).expand_as(&r["logits"]);
+    let base = lm.forward(&r["input_ids"], &r["attention_mask"], None);
+    assert!(max_diff(&base.masked_select(&valid), &r["logits"].masked_select(&valid)) <= 1e-5);
+    // Train B a little: the output moves; saved and reloaded adapters reproduce it.
+    for p in m.params.iter().filter(|p| p.name.ends_with("lora_B")) {
+        let _ = p.tensor.shallow_clone().fill_(0.01);
+    }
+    let adapted = lm.forward(&r["input_ids"], &r["attention_mask"], None);
+    assert!(max_diff(&adapted, &base) > 1e-3);
+    let dir = tempfile::tempdir().unwrap();
+    m.save_adapter(&dir.path().join("adapter")).unwrap();
+    let options = LoadOptions {
+        adapter: Some(dir.path().join("adapter")),
+        ..LoadOptions::new(Device::Cpu, Dtype::F32)
+    };
+    let back = model::load(&fixture("opt"), &options).unwrap();
+    assert_eq!(back.params.len(), m.params.len());
+    let again = back.causal_lm().unwrap().forward(&r["input_ids"], &r["attention_mask"], None);
+    assert_eq!(max_diff(&again, &adapted), 0.0);
+    // A target that matches nothing is an error, not a silent no-op.
+    let bad = LoraConfig { targets: vec!["query".into()], ..lora };
+    let options = LoadOptions { lora: Some(bad), ..LoadOptions::new(Device::Cpu, Dtype::F32) };
+    assert!(model::load(&fixture("opt"), &options)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("match no linear layer"));
 }

@@ -23,8 +23,7 @@ pub struct ConvertArgs {
 /// Reads a model and writes it back (another dtype, resharded): what mezo saves after training.
 pub fn run(ctx: &Context, args: &ConvertArgs) -> Result<()> {
     on_root(ctx.dist, || {
-        let options =
-            LoadOptions { device: tch::Device::Cpu, dtype: args.dtype, num_labels: None, init_seed: 0 };
+        let options = LoadOptions::new(tch::Device::Cpu, args.dtype);
         let m = model::load(&args.model, &options)?;
         m.save(&args.out, args.max_shard_size)?;
         log::info!("wrote {} ({} tensors, {:?})", args.out.display(), m.params.len(), args.dtype);

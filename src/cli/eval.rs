@@ -18,6 +18,9 @@ pub struct EvalArgs {
     /// Features per forward pass on each rank.
     #[arg(long, default_value_t = 32, value_name = "N")]
     batch_size: usize,
+    /// LoRA adapters saved by mezo (adapter_model.safetensors + adapter_config.json) to apply.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
     /// Also write the results to this JSON file.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -34,6 +37,8 @@ pub fn run(ctx: &Context, args: &EvalArgs) -> Result<()> {
         dtype: args.dtype,
         num_labels: finetune.then_some(config.task.labels.len() as i64),
         init_seed: config.seed as i64,
+        lora: None,
+        adapter: args.adapter.clone(),
     };
     let model = model::load(&model_dir, &options)?;
     config.causal = model.causal_lm().is_some();

@@ -185,6 +185,7 @@ impl PromptEncoder {
                 bias: Some(l.or_init("classifier.bias", &[n], || {
                     Tensor::zeros([n], (Kind::Float, tch::Device::Cpu))
                 })),
+                lora: None,
             }),
             None => {
                 l.shape("classifier.weight").map(|shape| Linear::load(l, "classifier", h, shape[0], true))
@@ -200,6 +201,13 @@ impl PromptEncoder {
 
     /// Final hidden states `[B, T, H]` of `input_ids` `[B, T]` with `attention_mask` `[B, T]`.
     pub fn hidden_states(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
+        self.encode(input_ids, attention_mask, None)
+    }
+
+    /// The encoder; with `only_rows` `[B, 1]`, the last layer computes (and returns, `[B, H]`)
+    /// only those positions' outputs: attention rows and the feed-forward are independent per
+    /// position, so this is exact and saves most of a layer when one position is scored.
+    fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor, only_rows: Option<&Tensor>) -> Tensor {
         let (b, t) = input_ids.size2().expect("input_ids is [B, T]");
         let device = input_ids.device();
         let positions = match self.flavor {
@@ -215,21 +223,38 @@ impl PromptEncoder {
             + Tensor::embedding(&e.position, &positions, -1, false, false)
             + e.token_type.get(0);
         let mut x = e.norm.forward(&x);
-        // [B, 1, 1, T]: every query sees the non-padding keys.
-        let mask = attention_mask.to_kind(Kind::Bool).view([b, 1, 1, t]);
+        // [B, 1, 1, T]: every query sees the non-padding keys; no mask at all without padding,
+        // which lets libtorch pick its fastest kernel.
+        let mask = if attention_mask.min().int64_value(&[]) == 0 {
+            Some(attention_mask.to_kind(Kind::Bool).view([b, 1, 1, t]))
+        } else {
+            None
+        };
         let heads = self.config.num_attention_heads;
-        for layer in &self.layers {
-            let q = split_heads(&layer.query.forward(&x), heads);
+        let h = self.config.hidden_size;
+        let last = self.layers.len().saturating_sub(1);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let queries = match only_rows {
+                Some(rows) if i == last => {
+                    x.gather(1, &rows.view([-1, 1, 1]).expand([-1, 1, h], false), false)
+                }
+                _ => x.shallow_clone(),
+            };
+            let q = split_heads(&layer.query.forward(&queries), heads);
             let k = split_heads(&layer.key.forward(&x), heads);
             let v = split_heads(&layer.value.forward(&x), heads);
             let attended =
-                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), 0.0, false, None, false);
-            let x1 =
-                layer.attention_norm.forward(&(layer.attention_output.forward(&merge_heads(&attended)) + &x));
+                Tensor::scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), 0.0, false, None, false);
+            let x1 = layer
+                .attention_norm
+                .forward(&(layer.attention_output.forward(&merge_heads(&attended)) + &queries));
             let inner = self.activation.forward(&layer.intermediate.forward(&x1));
             x = layer.output_norm.forward(&(layer.output.forward(&inner) + &x1));
         }
-        x
+        match only_rows {
+            Some(_) => x.squeeze_dim(1),
+            None => x,
+        }
     }
 
     /// Prompt mode: the MLM scores of `label_word_ids` `[L]` at each row's first mask position

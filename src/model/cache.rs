@@ -55,6 +55,21 @@ pub fn causal_mask(attention_mask: &Tensor, t: i64) -> Tensor {
     causal.logical_and(&attention_mask.to_kind(Kind::Bool).view([b, 1, 1, s]))
 }
 
+/// What `scaled_dot_product_attention` needs for T new positions: an explicit mask when there is
+/// padding, else none — causal by flag for a prompt, nothing for one new token — which lets
+/// libtorch choose its fused kernels.
+pub fn attention_for(attention_mask: &Tensor, t: i64) -> (Option<Tensor>, bool) {
+    let s = attention_mask.size()[1];
+    if attention_mask.min().int64_value(&[]) == 0 {
+        return (Some(causal_mask(attention_mask, t)), false);
+    }
+    match (t, s - t) {
+        (1, _) => (None, false),
+        (_, 0) => (None, true),
+        _ => (Some(causal_mask(attention_mask, t)), false),
+    }
+}
+
 /// Greedy decoding of `max_new_tokens` after `prompt` `[1, P]` with a KV cache; stops early at
 /// `eos`. Returns prompt and continuation, `[1, P + n]`.
 pub fn greedy_generate(

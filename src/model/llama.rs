@@ -2,7 +2,7 @@
 //! `Qwen2ForCausalLM`): RMSNorm, rotary position embeddings, SwiGLU MLP, grouped-query attention,
 //! and q/k/v biases where the config (Qwen2, `attention_bias`) asks for them.
 
-use super::cache::{causal_mask, CausalLm, KvCache};
+use super::cache::{attention_for, CausalLm, KvCache};
 use super::nn::{merge_heads, Activation, Linear, Loader, RmsNorm};
 use crate::error::InputError;
 use serde::Deserialize;
@@ -175,7 +175,7 @@ impl CausalLm for Llama {
         let past = cache.as_deref().map_or(0, KvCache::len);
         let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
         let (cos, sin) = self.rotary(past, t, x.kind());
-        let attend = causal_mask(attention_mask, t);
+        let (attend, is_causal) = attention_for(attention_mask, t);
         let rep = self.heads / self.kv_heads;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_norm.forward(&x);
@@ -196,9 +196,9 @@ impl CausalLm for Llama {
                 &q,
                 &repeat_kv(&k, rep),
                 &repeat_kv(&v, rep),
-                Some(&attend),
+                attend.as_ref(),
                 0.0,
-                false,
+                is_causal,
                 None,
                 false,
             );

@@ -23,6 +23,7 @@ pub mod weights;
 
 use crate::error::InputError;
 use anyhow::{Context, Result};
+pub use nn::LoraConfig;
 use nn::{Loader, Param};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
@@ -76,6 +77,63 @@ pub struct LoadOptions {
     pub num_labels: Option<i64>,
     /// Seed of new parameters' initialisation (a missing classifier).
     pub init_seed: i64,
+    /// Attach new LoRA adapters.
+    pub lora: Option<LoraConfig>,
+    /// Load adapters saved by [`Model::save_adapter`] (their config overrides `lora`).
+    pub adapter: Option<PathBuf>,
+}
+
+impl LoadOptions {
+    /// Plain loading on `device` in `dtype`: no new classifier, no adapters.
+    pub fn new(device: Device, dtype: Dtype) -> LoadOptions {
+        LoadOptions { device, dtype, num_labels: None, init_seed: 0, lora: None, adapter: None }
+    }
+}
+
+/// Which parameters an optimiser changes (MeZO spec §2, LM-Kernel-FT's exclusion flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FreezeRules {
+    pub scope: Scope,
+    /// Drop names containing "embed" (word/position/token-type embeddings, embedding LayerNorm).
+    pub exclude_embeddings: bool,
+    /// Drop names containing "head" (`lm_head.*`; not `classifier`, as in the reference).
+    pub exclude_head: bool,
+    /// Keep only names containing "bias".
+    pub only_biases: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// Every parameter (embeddings included, as in full-parameter MeZO).
+    #[default]
+    Full,
+    /// Only LoRA tensors (MeZO large `--lora`).
+    Lora,
+    /// LoRA tensors plus everything outside the base model (MeZO medium `--apply_lora`:
+    /// `lm_head.*` and `classifier.*` stay trainable).
+    LoraAndHeads,
+    /// Only prefix tensors.
+    Prefix,
+    /// Only the MLM head (`--head_tuning`).
+    Head,
+}
+
+impl FreezeRules {
+    pub fn keeps(&self, name: &str) -> bool {
+        let in_scope = match self.scope {
+            Scope::Full => true,
+            Scope::Lora => name.contains("lora"),
+            Scope::LoraAndHeads => {
+                name.contains("lora") || !["roberta.", "bert.", "model."].iter().any(|p| name.starts_with(p))
+            }
+            Scope::Prefix => name.contains("prefix"),
+            Scope::Head => name.starts_with("lm_head.") || name.starts_with("cls."),
+        };
+        in_scope
+            && !(self.exclude_embeddings && name.contains("embed"))
+            && !(self.exclude_head && name.contains("head"))
+            && (!self.only_biases || name.contains("bias"))
+    }
 }
 
 /// The architecture of a loaded model.
@@ -95,6 +153,8 @@ pub struct Model {
     pub dtype: Dtype,
     pub device: Device,
     pub source: PathBuf,
+    /// The LoRA adapters attached, if any.
+    pub lora: Option<LoraConfig>,
 }
 
 const SUPPORTED: &str = "roberta, bert, opt, llama, mistral, qwen2";
@@ -112,18 +172,28 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<Model, InputError> {
         .to_string();
     let weights = weights::Weights::open(dir)?;
     let kind = options.dtype.kind();
+    let (lora, adapter) = match &options.adapter {
+        Some(adapter_dir) => {
+            let (config, weights) = read_adapter(adapter_dir)?;
+            (Some(config), Some(weights))
+        }
+        None => (options.lora.clone(), None),
+    };
+    let loader = |prefix: &'static str| {
+        Loader::new(&weights, options.device, kind, prefix).with_lora(lora.clone(), adapter.as_ref())
+    };
     let (body, params) = match model_type.as_str() {
         "roberta" | "bert" => {
             let flavor = if model_type == "roberta" { bert::Flavor::Roberta } else { bert::Flavor::Bert };
             let c: bert::Config = parse_config(&config, &config_path, "BERT/RoBERTa")?;
             let prefix = if flavor == bert::Flavor::Roberta { "roberta." } else { "bert." };
-            let mut l = Loader::new(&weights, options.device, kind, prefix);
+            let mut l = loader(prefix);
             let m = bert::PromptEncoder::load(&mut l, flavor, c, options.num_labels, options.init_seed)?;
             (Body::Encoder(m), l.finish(&dir.display().to_string())?)
         }
         "opt" => {
             let c: opt::Config = parse_config(&config, &config_path, "OPT")?;
-            let mut l = Loader::new(&weights, options.device, kind, "model.");
+            let mut l = loader("model.");
             let m = opt::Opt::load(&mut l, c)?;
             (Body::Opt(m), l.finish(&dir.display().to_string())?)
         }
@@ -134,7 +204,7 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<Model, InputError> {
                 _ => llama::Flavor::Qwen2,
             };
             let c: llama::Config = parse_config(&config, &config_path, "Llama")?;
-            let mut l = Loader::new(&weights, options.device, kind, "model.");
+            let mut l = loader("model.");
             let m = llama::Llama::load(&mut l, flavor, c)?;
             (Body::Llama(m), l.finish(&dir.display().to_string())?)
         }
@@ -145,6 +215,14 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<Model, InputError> {
             )))
         }
     };
+    if let Some(config) = &lora {
+        if !params.iter().any(|p| p.name.contains(".lora_")) {
+            return Err(InputError(format!(
+                "LoRA targets {:?} match no linear layer of this {model_type} model",
+                config.targets
+            )));
+        }
+    }
     Ok(Model {
         body,
         params,
@@ -153,7 +231,34 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<Model, InputError> {
         dtype: options.dtype,
         device: options.device,
         source: dir.to_owned(),
+        lora,
     })
+}
+
+const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+const ADAPTER_CONFIG: &str = "adapter_config.json";
+
+fn read_adapter(dir: &Path) -> Result<(LoraConfig, weights::Weights), InputError> {
+    let path = dir.join(ADAPTER_CONFIG);
+    let text = std::fs::read_to_string(&path).map_err(|e| InputError(format!("{}: {e}", path.display())))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| InputError(format!("{}: {e}", path.display())))?;
+    let bad = || InputError(format!("{}: expected type lora with rank, alpha and targets", path.display()));
+    if json["type"] != "lora" {
+        return Err(bad());
+    }
+    let config = LoraConfig {
+        rank: json["rank"].as_i64().ok_or_else(bad)?,
+        alpha: json["alpha"].as_f64().ok_or_else(bad)?,
+        targets: json["targets"]
+            .as_array()
+            .ok_or_else(bad)?
+            .iter()
+            .filter_map(|t| t.as_str().map(String::from))
+            .collect(),
+        seed: 0,
+    };
+    Ok((config, weights::Weights::open_file(&dir.join(ADAPTER_WEIGHTS))?))
 }
 
 fn parse_config<T: serde::de::DeserializeOwned>(
@@ -176,6 +281,37 @@ impl Model {
             Body::Llama(m) => Some(m),
             Body::Encoder(_) => None,
         }
+    }
+
+    /// The parameters an optimiser changes under `rules`, in registration order.
+    pub fn trainable(&self, rules: &FreezeRules) -> Vec<&Param> {
+        self.params.iter().filter(|p| rules.keeps(&p.name)).collect()
+    }
+
+    /// Writes the LoRA adapters alone: `adapter_model.safetensors` and `adapter_config.json`,
+    /// loadable with [`LoadOptions::adapter`] on top of the base model.
+    pub fn save_adapter(&self, out: &Path) -> Result<()> {
+        let config =
+            self.lora.as_ref().ok_or_else(|| InputError("the model has no LoRA adapters to save".into()))?;
+        let partial = crate::h5::partial_path(out);
+        std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
+        let tensors: Vec<(String, tch::Tensor)> = self
+            .params
+            .iter()
+            .filter(|p| p.name.contains(".lora_"))
+            .map(|p| (p.name.clone(), p.tensor.shallow_clone()))
+            .collect();
+        weights::save_file(&partial.join(ADAPTER_WEIGHTS), &tensors)?;
+        let json = serde_json::json!({
+            "type": "lora", "rank": config.rank, "alpha": config.alpha, "targets": config.targets,
+            "base_model": self.source, "model_type": self.model_type,
+        });
+        std::fs::write(partial.join(ADAPTER_CONFIG), serde_json::to_string_pretty(&json)?)?;
+        if out.exists() {
+            std::fs::remove_dir_all(out).with_context(|| format!("replacing {}", out.display()))?;
+        }
+        std::fs::rename(&partial, out)
+            .with_context(|| format!("renaming {} to {}", partial.display(), out.display()))
     }
 
     pub fn encoder(&self) -> Option<&bert::PromptEncoder> {

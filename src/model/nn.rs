@@ -13,6 +13,19 @@ pub struct Param {
     pub tensor: Tensor,
 }
 
+/// LoRA adapters to attach while loading (MeZO's large-model LoRA): every linear layer whose
+/// name ends with one of `targets` gets `W x + b + (alpha / rank) B A x`, A `[rank, in]`
+/// Kaiming-uniform (bound 1/sqrt(in)), B `[out, rank]` zero, never merged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraConfig {
+    pub rank: i64,
+    pub alpha: f64,
+    /// Module-name suffixes: `q_proj`, `v_proj` (OPT, Llama) or `query`, `value` (BERT, RoBERTa).
+    pub targets: Vec<String>,
+    /// Seed of the A initialisation (libtorch's generator, in registration order).
+    pub seed: i64,
+}
+
 /// Builds parameters from a checkpoint, recording them in the order they are requested, and
 /// collecting every missing or mis-shaped tensor before failing.
 pub struct Loader<'a> {
@@ -23,11 +36,76 @@ pub struct Loader<'a> {
     errors: Vec<String>,
     /// A prefix HF may have left out of the checkpoint's names (`roberta.`, `model.`).
     base_prefix: &'static str,
+    lora: Option<LoraConfig>,
+    /// Saved adapter tensors, used instead of a fresh initialisation.
+    adapter: Option<&'a Weights>,
+    seeded: bool,
 }
 
 impl<'a> Loader<'a> {
     pub fn new(weights: &'a Weights, device: Device, kind: Kind, base_prefix: &'static str) -> Loader<'a> {
-        Loader { weights, device, kind, params: Vec::new(), errors: Vec::new(), base_prefix }
+        Loader {
+            weights,
+            device,
+            kind,
+            params: Vec::new(),
+            errors: Vec::new(),
+            base_prefix,
+            lora: None,
+            adapter: None,
+            seeded: false,
+        }
+    }
+
+    /// Attach LoRA adapters (from `adapter` when given, else freshly initialised).
+    pub fn with_lora(mut self, lora: Option<LoraConfig>, adapter: Option<&'a Weights>) -> Loader<'a> {
+        self.lora = lora;
+        self.adapter = adapter;
+        self
+    }
+
+    /// The LoRA adapter of linear layer `prefix`, if it is a target; registered after its weight
+    /// and bias, where the reference's LoRALinear registers them.
+    fn lora_for(&mut self, prefix: &str, input: i64, output: i64) -> Option<Lora> {
+        let config = self.lora.clone()?;
+        let module = prefix.rsplit('.').next().unwrap_or(prefix);
+        if !config.targets.iter().any(|t| t == module) {
+            return None;
+        }
+        let (a_name, b_name) = (format!("{prefix}.lora_A"), format!("{prefix}.lora_B"));
+        let r = config.rank;
+        let (a, b) = match self.adapter {
+            Some(adapter) => {
+                let mut read = |name: &str, shape: &[i64]| match adapter.shape(name) {
+                    Some(found) if found == shape => {
+                        adapter.load(name, self.device, self.kind).unwrap_or_else(|e| {
+                            self.errors.push(e);
+                            Tensor::zeros(shape, (self.kind, self.device))
+                        })
+                    }
+                    found => {
+                        self.errors
+                            .push(format!("adapter tensor {name}: found {found:?}, expected {shape:?}"));
+                        Tensor::zeros(shape, (self.kind, self.device))
+                    }
+                };
+                (read(&a_name, &[r, input]), read(&b_name, &[output, r]))
+            }
+            None => {
+                if !self.seeded {
+                    tch::manual_seed(config.seed);
+                    self.seeded = true;
+                }
+                let bound = 1.0 / (input as f64).sqrt();
+                let a = (Tensor::rand([r, input], (Kind::Float, Device::Cpu)) * (2.0 * bound) - bound)
+                    .to_device(self.device)
+                    .to_kind(self.kind);
+                (a, Tensor::zeros([output, r], (self.kind, self.device)))
+            }
+        };
+        self.register(&a_name, &a);
+        self.register(&b_name, &b);
+        Some(Lora { a, b, scale: config.alpha / r as f64 })
     }
 
     /// The checkpoint's name for `name`: as is, or without the base-model prefix.
@@ -111,20 +189,33 @@ impl<'a> Loader<'a> {
     }
 }
 
+/// A low-rank update of a linear layer.
+pub struct Lora {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+}
+
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub lora: Option<Lora>,
 }
 
 impl Linear {
     pub fn load(l: &mut Loader, prefix: &str, input: i64, output: i64, bias: bool) -> Linear {
         let weight = l.tensor(&format!("{prefix}.weight"), &[output, input]);
         let bias = bias.then(|| l.tensor(&format!("{prefix}.bias"), &[output]));
-        Linear { weight, bias }
+        let lora = l.lora_for(prefix, input, output);
+        Linear { weight, bias, lora }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        let y = x.linear(&self.weight, self.bias.as_ref());
+        match &self.lora {
+            Some(lora) => y + x.linear::<Tensor>(&lora.a, None).linear::<Tensor>(&lora.b, None) * lora.scale,
+            None => y,
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! per `do_layer_norm_before` (opt-350m is post-LN and projects 512 <-> 1024 at the ends); the
 //! LM head tied to `embed_tokens` unless the config unties it.
 
-use super::cache::{causal_mask, CausalLm, KvCache};
+use super::cache::{attention_for, CausalLm, KvCache};
 use super::nn::{merge_heads, split_heads, Activation, LayerNorm, Linear, Loader};
 use crate::error::InputError;
 use serde::Deserialize;
@@ -138,7 +138,7 @@ impl CausalLm for Opt {
             x = p.forward(&x);
         }
         x = &x + Tensor::embedding(&self.embed_positions, &positions, -1, false, false);
-        let attend = causal_mask(attention_mask, t);
+        let (attend, is_causal) = attention_for(attention_mask, t);
         let heads = self.config.num_attention_heads;
         let scaling = ((self.config.hidden_size / heads) as f64).powf(-0.5);
         let pre = self.config.do_layer_norm_before;
@@ -152,7 +152,7 @@ impl CausalLm for Opt {
                 (k, v) = c.append(i, k, v);
             }
             let attended =
-                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&attend), 0.0, false, 1.0, false);
+                Tensor::scaled_dot_product_attention(&q, &k, &v, attend.as_ref(), 0.0, is_causal, 1.0, false);
             x = residual + layer.out.forward(&merge_heads(&attended));
             if !pre {
                 x = layer.attention_norm.forward(&x);

@@ -51,6 +51,15 @@ impl Weights {
                 dir.display()
             )));
         };
+        Weights::open_files(files)
+    }
+
+    /// Opens one safetensors file (an adapter).
+    pub fn open_file(path: &Path) -> Result<Weights, InputError> {
+        Weights::open_files(vec![path.to_owned()])
+    }
+
+    fn open_files(files: Vec<PathBuf>) -> Result<Weights, InputError> {
         let mut weights = Weights { files: Vec::new(), entries: HashMap::new() };
         for path in files {
             let file =
@@ -169,6 +178,19 @@ impl View for &HostTensor {
     fn data_len(&self) -> usize {
         self.data.len()
     }
+}
+
+/// Writes `tensors` into one safetensors file.
+pub fn save_file(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let host: Vec<(String, HostTensor)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            Ok((n.clone(), HostTensor::new(t).with_context(|| format!("copying tensor {n} to host memory"))?))
+        })
+        .collect::<Result<_>>()?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(host.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata), path)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Writes `tensors` into `dir` as `model.safetensors`, or as `model-0000i-of-0000n.safetensors`

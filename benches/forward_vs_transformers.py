@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""mezo against transformers, side by side in one run on this machine, same thread count:
+
+  roberta-base-sized random prompt model, batch 8 x 64 tokens: transformers' RobertaForMaskedLM
+  forward then picking the mask position's label-word logits, vs mezo's label-word scores
+  (which run the head at the mask only);
+  OPT-125m-sized random model, batch 8 x 64: causal LM loss (logits at every position + shifted
+  cross-entropy) in both.
+
+    .venv/bin/python benches/forward_vs_transformers.py [--threads N] [--iters N]
+
+Prints each median and the ratio transformers / mezo (> 1: mezo is faster).
+"""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+
+import torch
+from transformers import OPTConfig, OPTForCausalLM, RobertaConfig, RobertaForMaskedLM
+
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def median_ms(fn, iters):
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--iters", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    batch, seq = 8, 64
+    work = tempfile.mkdtemp()
+    try:
+        roberta = RobertaForMaskedLM(RobertaConfig(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1,
+                                                   layer_norm_eps=1e-5, pad_token_id=1)).eval()
+        opt = OPTForCausalLM(OPTConfig(vocab_size=50272, hidden_size=768, ffn_dim=3072, num_hidden_layers=12,
+                                       num_attention_heads=12, max_position_embeddings=2048,
+                                       word_embed_proj_dim=768, pad_token_id=1)).eval()
+        dirs = {}
+        for name, model in [("roberta", roberta), ("opt", opt)]:
+            dirs[name] = os.path.join(work, name)
+            model.save_pretrained(dirs[name], safe_serialization=True)
+        ids = torch.randint(4, 50263, (batch, seq))
+        mask = torch.ones_like(ids)
+        masked = ids.clone()
+        masked[:, 10] = 50264
+        words = torch.tensor([5, 6])
+        rows = torch.arange(batch)
+
+        def hf_prompt():
+            with torch.no_grad():
+                return roberta(input_ids=masked, attention_mask=mask).logits[rows, 10][:, words].sum()
+
+        def hf_causal():
+            with torch.no_grad():
+                return opt(input_ids=ids, attention_mask=mask, labels=ids).loss
+
+        results = {"prompt": median_ms(hf_prompt, args.iters), "causal": median_ms(hf_causal, args.iters)}
+        print(f"{args.threads} threads, batch {batch} x {seq} tokens, torch {torch.__version__}")
+        for mode, name in [("prompt", "roberta"), ("causal", "opt")]:
+            out = subprocess.run(["cargo", "bench", "-q", "--bench", "forward", "--", "--model", dirs[name], "--mode", mode,
+                                  "--threads", str(args.threads), "--iters", str(args.iters)],
+                                 cwd=REPO, check=True, capture_output=True, text=True).stdout
+            ours = float(re.search(r"median_ms=([0-9.]+)", out).group(1))
+            hf = results[mode]
+            what = "roberta-base prompt (mask label words)" if mode == "prompt" else "opt-125m causal LM loss"
+            print(f"{what:40} transformers {hf:8.1f} ms   mezo {ours:8.1f} ms   ratio {hf / ours:4.2f}x")
+    finally:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()

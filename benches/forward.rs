@@ -64,6 +64,10 @@ fn main() {
                     .double_value(&[])
             })
         }
+        "causal-logits" => {
+            let lm = m.causal_lm().expect("causal mode needs a causal LM");
+            Box::new(move || lm.forward(&ids, &mask, None).sum(Kind::Double).double_value(&[]))
+        }
         other => panic!("unknown mode {other}"),
     };
     for _ in 0..2 {

@@ -363,3 +363,63 @@ fn lora_adapters_attach_train_save_and_load() {
         .to_string()
         .contains("match no linear layer"));
 }
+
+#[test]
+fn prefix_tuning_initialises_from_activations_and_caches_consistently() {
+    use mezo::model::cache::KvCache;
+    use mezo::model::{FreezeRules, Scope};
+    let _guard = tch::no_grad_guard();
+    for name in ["opt", "llama"] {
+        let options = |seed| LoadOptions {
+            num_prefix: Some(5),
+            init_seed: seed,
+            ..LoadOptions::new(Device::Cpu, Dtype::F32)
+        };
+        let m = model::load(&fixture(name), &options(3)).unwrap();
+        let prefix: Vec<&str> = m
+            .trainable(&FreezeRules { scope: Scope::Prefix, ..Default::default() })
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(prefix.len(), 4, "{name}: keys and values of 2 layers");
+        assert!(
+            prefix[0].ends_with("layers.0.self_attn.prefix_keys")
+                && prefix[1].ends_with("layers.0.self_attn.prefix_values")
+        );
+        let keys = &m.params.iter().find(|p| p.name == prefix[0]).unwrap().tensor;
+        let width = if name == "llama" { 16 } else { 32 }; // Llama: 2 key/value heads of 8
+        assert_eq!(keys.size(), [5, width]);
+        assert!(keys.abs().sum(Kind::Double).double_value(&[]) > 0.0, "{name}: initialised from activations");
+        let same = model::load(&fixture(name), &options(3)).unwrap();
+        let other = model::load(&fixture(name), &options(4)).unwrap();
+        let find = |m: &Model| m.params.iter().find(|p| p.name == prefix[0]).unwrap().tensor.shallow_clone();
+        assert_eq!(max_diff(&find(&same), keys), 0.0, "{name}: seeded");
+        assert!(max_diff(&find(&other), keys) > 0.0, "{name}: another seed, other tokens");
+
+        // The prefix changes the output, and cached incremental decoding agrees with full forwards.
+        let lm = m.causal_lm().unwrap();
+        let base = load(name, Dtype::F32);
+        let ids = Tensor::from_slice(&[7i64, 90, 33, 400, 12, 5]).view([1, 6]);
+        let full = lm.forward(&ids, &ids.ones_like(), None);
+        assert!(max_diff(&full, &base.causal_lm().unwrap().forward(&ids, &ids.ones_like(), None)) > 1e-3);
+        let mut cache = KvCache::new(lm.num_layers());
+        let mut last = lm.forward(&ids.narrow(1, 0, 3), &ids.narrow(1, 0, 3).ones_like(), Some(&mut cache));
+        for t in 3..6 {
+            last = lm.forward(&ids.narrow(1, t, 1), &ids.narrow(1, 0, t + 1).ones_like(), Some(&mut cache));
+        }
+        let d = max_diff(&last.select(1, -1), &full.select(1, 5));
+        assert!(d < 1e-5, "{name}: cached decoding with a prefix differs by {d}");
+
+        // Saved on its own, loaded back on the base model: the same outputs.
+        let dir = tempfile::tempdir().unwrap();
+        m.save_adapter(&dir.path().join("prefix")).unwrap();
+        let adapted = LoadOptions {
+            adapter: Some(dir.path().join("prefix")),
+            ..LoadOptions::new(Device::Cpu, Dtype::F32)
+        };
+        let back = model::load(&fixture(name), &adapted).unwrap();
+        assert_eq!(max_diff(&back.causal_lm().unwrap().forward(&ids, &ids.ones_like(), None), &full), 0.0);
+    }
+    let options = LoadOptions { num_prefix: Some(5), ..LoadOptions::new(Device::Cpu, Dtype::F32) };
+    assert!(model::load(&fixture("roberta"), &options).err().unwrap().to_string().contains("prefix tuning"));
+}

@@ -38,6 +38,7 @@ pub fn run(ctx: &Context, args: &EvalArgs) -> Result<()> {
         num_labels: finetune.then_some(config.task.labels.len() as i64),
         init_seed: config.seed as i64,
         lora: None,
+        num_prefix: None,
         adapter: args.adapter.clone(),
     };
     let model = model::load(&model_dir, &options)?;

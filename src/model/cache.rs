@@ -41,6 +41,38 @@ pub trait CausalLm {
     fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: Option<&mut KvCache>) -> Tensor;
 
     fn num_layers(&self) -> usize;
+
+    /// The prefix of each layer (prefix tuning), if the model has them.
+    fn prefixes(&self) -> Vec<&super::nn::Prefix> {
+        Vec::new()
+    }
+
+    /// Switches the prefix slots on or off (off while initialising them from the model's own
+    /// activations).
+    fn set_prefix_active(&self, _active: bool) {}
+}
+
+/// Prefix tuning's real-activation initialisation (MeZO spec §3.5): `m` token ids drawn
+/// uniformly from the vocabulary (libtorch's generator seeded with `seed`) run through the model
+/// without prefixes, and each layer's cached keys and values become its prefix.
+pub fn init_prefix_from_activations(model: &dyn CausalLm, vocab_size: i64, seed: i64) {
+    let prefixes = model.prefixes();
+    let Some(first) = prefixes.first() else { return };
+    let _guard = tch::no_grad_guard();
+    let m = first.len();
+    let device = first.keys.device();
+    tch::manual_seed(seed);
+    let tokens = Tensor::randint(vocab_size, [1, m], (Kind::Int64, tch::Device::Cpu)).to_device(device);
+    let mut cache = KvCache::new(model.num_layers());
+    model.set_prefix_active(false);
+    let _ = model.forward(&tokens, &tokens.ones_like(), Some(&mut cache));
+    model.set_prefix_active(true);
+    for (layer, prefix) in prefixes.iter().enumerate() {
+        let (k, v) = cache.layers[layer].as_ref().expect("every layer cached");
+        let flat = |x: &Tensor| x.get(0).transpose(0, 1).reshape([m, -1]);
+        prefix.keys.shallow_clone().copy_(&flat(k));
+        prefix.values.shallow_clone().copy_(&flat(v));
+    }
 }
 
 /// The boolean attention mask `[B, 1, T, S]` of T new positions after `past` cached ones: causal,
@@ -55,11 +87,16 @@ pub fn causal_mask(attention_mask: &Tensor, t: i64) -> Tensor {
     causal.logical_and(&attention_mask.to_kind(Kind::Bool).view([b, 1, 1, s]))
 }
 
-/// What `scaled_dot_product_attention` needs for T new positions: an explicit mask when there is
-/// padding, else none — causal by flag for a prompt, nothing for one new token — which lets
-/// libtorch choose its fused kernels.
-pub fn attention_for(attention_mask: &Tensor, t: i64) -> (Option<Tensor>, bool) {
+/// What `scaled_dot_product_attention` needs for T new positions after `prefix` always-visible
+/// prefix slots: an explicit mask when there is padding or a prefix, else none — causal by flag
+/// for a prompt, nothing for one new token — which lets libtorch choose its fused kernels.
+pub fn attention_for(attention_mask: &Tensor, t: i64, prefix: i64) -> (Option<Tensor>, bool) {
     let s = attention_mask.size()[1];
+    if prefix > 0 {
+        let b = attention_mask.size()[0];
+        let slots = Tensor::ones([b, 1, t, prefix], (Kind::Bool, attention_mask.device()));
+        return (Some(Tensor::cat(&[slots, causal_mask(attention_mask, t)], 3)), false);
+    }
     if attention_mask.min().int64_value(&[]) == 0 {
         return (Some(causal_mask(attention_mask, t)), false);
     }

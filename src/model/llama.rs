@@ -3,9 +3,10 @@
 //! and q/k/v biases where the config (Qwen2, `attention_bias`) asks for them.
 
 use super::cache::{attention_for, CausalLm, KvCache};
-use super::nn::{merge_heads, Activation, Linear, Loader, RmsNorm};
+use super::nn::{merge_heads, Activation, Linear, Loader, Prefix, RmsNorm};
 use crate::error::InputError;
 use serde::Deserialize;
+use std::cell::Cell;
 use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +56,7 @@ pub enum Flavor {
 }
 
 struct Layer {
+    prefix: Option<Prefix>,
     q: Linear,
     k: Linear,
     v: Linear,
@@ -77,6 +79,7 @@ pub struct Llama {
     norm: RmsNorm,
     lm_head: Tensor,
     inv_freq: Tensor,
+    prefix_active: Cell<bool>,
 }
 
 impl Llama {
@@ -107,6 +110,8 @@ impl Llama {
             .map(|i| {
                 let p = format!("model.layers.{i}");
                 Layer {
+                    // The attention module's own parameters come before its children's.
+                    prefix: l.prefix_for(&format!("{p}.self_attn"), kv_heads * head_dim),
                     q: Linear::load(l, &format!("{p}.self_attn.q_proj"), h, heads * head_dim, qkv_bias),
                     k: Linear::load(l, &format!("{p}.self_attn.k_proj"), h, kv_heads * head_dim, qkv_bias),
                     v: Linear::load(l, &format!("{p}.self_attn.v_proj"), h, kv_heads * head_dim, qkv_bias),
@@ -138,6 +143,7 @@ impl Llama {
             norm,
             lm_head,
             inv_freq,
+            prefix_active: Cell::new(true),
         })
     }
 
@@ -172,10 +178,16 @@ impl CausalLm for Llama {
         mut cache: Option<&mut KvCache>,
     ) -> Tensor {
         let (_, t) = input_ids.size2().expect("input_ids is [B, T]");
-        let past = cache.as_deref().map_or(0, KvCache::len);
+        // Positions come from the mask: the cache may also hold prefix slots.
+        let past = attention_mask.size()[1] - t;
+        let first_step = cache.as_deref().is_none_or(KvCache::is_empty);
+        let prefix_len = match &self.layers[0].prefix {
+            Some(p) if self.prefix_active.get() => p.len(),
+            _ => 0,
+        };
         let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
         let (cos, sin) = self.rotary(past, t, x.kind());
-        let (attend, is_causal) = attention_for(attention_mask, t);
+        let (attend, is_causal) = attention_for(attention_mask, t, prefix_len);
         let rep = self.heads / self.kv_heads;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_norm.forward(&x);
@@ -189,6 +201,9 @@ impl CausalLm for Llama {
             let q = &q * &cos + rotate_half(&q) * &sin;
             let mut k = &k * &cos + rotate_half(&k) * &sin;
             let mut v = v;
+            if let (Some(prefix), true, true) = (&layer.prefix, prefix_len > 0, first_step) {
+                (k, v) = prefix.prepend(&k, &v);
+            }
             if let Some(c) = cache.as_deref_mut() {
                 (k, v) = c.append(i, k, v);
             }
@@ -214,5 +229,13 @@ impl CausalLm for Llama {
 
     fn num_layers(&self) -> usize {
         self.layers.len()
+    }
+
+    fn prefixes(&self) -> Vec<&Prefix> {
+        self.layers.iter().filter_map(|l| l.prefix.as_ref()).collect()
+    }
+
+    fn set_prefix_active(&self, active: bool) {
+        self.prefix_active.set(active);
     }
 }

@@ -79,14 +79,26 @@ pub struct LoadOptions {
     pub init_seed: i64,
     /// Attach new LoRA adapters.
     pub lora: Option<LoraConfig>,
-    /// Load adapters saved by [`Model::save_adapter`] (their config overrides `lora`).
+    /// Add this many prefix slots per attention layer (prefix tuning, causal LMs), initialised
+    /// from the model's activations on random tokens drawn with `init_seed`.
+    pub num_prefix: Option<i64>,
+    /// Load adapters saved by [`Model::save_adapter`] (their config overrides `lora` and
+    /// `num_prefix`).
     pub adapter: Option<PathBuf>,
 }
 
 impl LoadOptions {
     /// Plain loading on `device` in `dtype`: no new classifier, no adapters.
     pub fn new(device: Device, dtype: Dtype) -> LoadOptions {
-        LoadOptions { device, dtype, num_labels: None, init_seed: 0, lora: None, adapter: None }
+        LoadOptions {
+            device,
+            dtype,
+            num_labels: None,
+            init_seed: 0,
+            lora: None,
+            num_prefix: None,
+            adapter: None,
+        }
     }
 }
 
@@ -155,6 +167,8 @@ pub struct Model {
     pub source: PathBuf,
     /// The LoRA adapters attached, if any.
     pub lora: Option<LoraConfig>,
+    /// Prefix slots per attention layer, if prefix-tuned.
+    pub num_prefix: Option<i64>,
 }
 
 const SUPPORTED: &str = "roberta, bert, opt, llama, mistral, qwen2";
@@ -172,17 +186,24 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<Model, InputError> {
         .to_string();
     let weights = weights::Weights::open(dir)?;
     let kind = options.dtype.kind();
-    let (lora, adapter) = match &options.adapter {
+    let (lora, num_prefix, adapter) = match &options.adapter {
         Some(adapter_dir) => {
-            let (config, weights) = read_adapter(adapter_dir)?;
-            (Some(config), Some(weights))
+            let (lora, num_prefix, weights) = read_adapter(adapter_dir)?;
+            (lora, num_prefix, Some(weights))
         }
-        None => (options.lora.clone(), None),
+        None => (options.lora.clone(), options.num_prefix, None),
     };
     let loader = |prefix: &'static str| {
-        Loader::new(&weights, options.device, kind, prefix).with_lora(lora.clone(), adapter.as_ref())
+        Loader::new(&weights, options.device, kind, prefix)
+            .with_lora(lora.clone(), adapter.as_ref())
+            .with_prefix(num_prefix, adapter.as_ref())
     };
     let (body, params) = match model_type.as_str() {
+        "roberta" | "bert" if num_prefix.is_some() => {
+            return Err(InputError(
+                "prefix tuning is implemented for the causal LMs (OPT, Llama family)".into(),
+            ))
+        }
         "roberta" | "bert" => {
             let flavor = if model_type == "roberta" { bert::Flavor::Roberta } else { bert::Flavor::Bert };
             let c: bert::Config = parse_config(&config, &config_path, "BERT/RoBERTa")?;
@@ -223,7 +244,7 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<Model, InputError> {
             )));
         }
     }
-    Ok(Model {
+    let model = Model {
         body,
         params,
         config,
@@ -232,33 +253,44 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<Model, InputError> {
         device: options.device,
         source: dir.to_owned(),
         lora,
-    })
+        num_prefix,
+    };
+    if let (Some(lm), None) = (model.causal_lm(), &adapter) {
+        let vocab = model.config["vocab_size"].as_i64().unwrap_or(0);
+        cache::init_prefix_from_activations(lm, vocab, options.init_seed);
+    }
+    Ok(model)
 }
 
 const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 const ADAPTER_CONFIG: &str = "adapter_config.json";
 
-fn read_adapter(dir: &Path) -> Result<(LoraConfig, weights::Weights), InputError> {
+/// The adapters saved in `dir`: LoRA config, prefix slots, and their tensors.
+fn read_adapter(dir: &Path) -> Result<(Option<LoraConfig>, Option<i64>, weights::Weights), InputError> {
     let path = dir.join(ADAPTER_CONFIG);
     let text = std::fs::read_to_string(&path).map_err(|e| InputError(format!("{}: {e}", path.display())))?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| InputError(format!("{}: {e}", path.display())))?;
-    let bad = || InputError(format!("{}: expected type lora with rank, alpha and targets", path.display()));
-    if json["type"] != "lora" {
-        return Err(bad());
-    }
-    let config = LoraConfig {
-        rank: json["rank"].as_i64().ok_or_else(bad)?,
-        alpha: json["alpha"].as_f64().ok_or_else(bad)?,
-        targets: json["targets"]
-            .as_array()
-            .ok_or_else(bad)?
-            .iter()
-            .filter_map(|t| t.as_str().map(String::from))
-            .collect(),
-        seed: 0,
+    let bad = || InputError(format!("{}: lora needs rank, alpha and targets", path.display()));
+    let lora = match &json["lora"] {
+        serde_json::Value::Null => None,
+        l => Some(LoraConfig {
+            rank: l["rank"].as_i64().ok_or_else(bad)?,
+            alpha: l["alpha"].as_f64().ok_or_else(bad)?,
+            targets: l["targets"]
+                .as_array()
+                .ok_or_else(bad)?
+                .iter()
+                .filter_map(|t| t.as_str().map(String::from))
+                .collect(),
+            seed: 0,
+        }),
     };
-    Ok((config, weights::Weights::open_file(&dir.join(ADAPTER_WEIGHTS))?))
+    let num_prefix = json["num_prefix"].as_i64();
+    if lora.is_none() && num_prefix.is_none() {
+        return Err(InputError(format!("{}: neither lora nor num_prefix", path.display())));
+    }
+    Ok((lora, num_prefix, weights::Weights::open_file(&dir.join(ADAPTER_WEIGHTS))?))
 }
 
 fn parse_config<T: serde::de::DeserializeOwned>(
@@ -288,23 +320,27 @@ impl Model {
         self.params.iter().filter(|p| rules.keeps(&p.name)).collect()
     }
 
-    /// Writes the LoRA adapters alone: `adapter_model.safetensors` and `adapter_config.json`,
-    /// loadable with [`LoadOptions::adapter`] on top of the base model.
+    /// Writes the adapters alone (LoRA and prefix tensors): `adapter_model.safetensors` and
+    /// `adapter_config.json`, loadable with [`LoadOptions::adapter`] on top of the base model.
     pub fn save_adapter(&self, out: &Path) -> Result<()> {
-        let config =
-            self.lora.as_ref().ok_or_else(|| InputError("the model has no LoRA adapters to save".into()))?;
+        if self.lora.is_none() && self.num_prefix.is_none() {
+            return Err(InputError("the model has no LoRA or prefix adapters to save".into()).into());
+        }
         let partial = crate::h5::partial_path(out);
         std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
         let tensors: Vec<(String, tch::Tensor)> = self
             .params
             .iter()
-            .filter(|p| p.name.contains(".lora_"))
+            .filter(|p| p.name.contains(".lora_") || p.name.contains(".prefix_"))
             .map(|p| (p.name.clone(), p.tensor.shallow_clone()))
             .collect();
         weights::save_file(&partial.join(ADAPTER_WEIGHTS), &tensors)?;
+        let lora = self
+            .lora
+            .as_ref()
+            .map(|l| serde_json::json!({"rank": l.rank, "alpha": l.alpha, "targets": l.targets}));
         let json = serde_json::json!({
-            "type": "lora", "rank": config.rank, "alpha": config.alpha, "targets": config.targets,
-            "base_model": self.source, "model_type": self.model_type,
+            "lora": lora, "num_prefix": self.num_prefix, "base_model": self.source, "model_type": self.model_type,
         });
         std::fs::write(partial.join(ADAPTER_CONFIG), serde_json::to_string_pretty(&json)?)?;
         if out.exists() {

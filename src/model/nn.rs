@@ -37,6 +37,8 @@ pub struct Loader<'a> {
     /// A prefix HF may have left out of the checkpoint's names (`roberta.`, `model.`).
     base_prefix: &'static str,
     lora: Option<LoraConfig>,
+    /// Prefix slots per attention layer (prefix tuning).
+    num_prefix: Option<i64>,
     /// Saved adapter tensors, used instead of a fresh initialisation.
     adapter: Option<&'a Weights>,
     seeded: bool,
@@ -52,9 +54,50 @@ impl<'a> Loader<'a> {
             errors: Vec::new(),
             base_prefix,
             lora: None,
+            num_prefix: None,
             adapter: None,
             seeded: false,
         }
+    }
+
+    /// Add `num_prefix` key/value prefix slots to every attention layer (from `adapter` when
+    /// given, else zero until initialised from real activations).
+    pub fn with_prefix(mut self, num_prefix: Option<i64>, adapter: Option<&'a Weights>) -> Loader<'a> {
+        self.num_prefix = num_prefix;
+        if adapter.is_some() {
+            self.adapter = adapter;
+        }
+        self
+    }
+
+    /// The prefix of attention module `attention` with key/value width `width`, registered as
+    /// `{attention}.prefix_keys` and `{attention}.prefix_values`.
+    pub fn prefix_for(&mut self, attention: &str, width: i64) -> Option<Prefix> {
+        let m = self.num_prefix?;
+        let mut read = |name: String| -> Tensor {
+            let t = match self.adapter.filter(|a| a.contains(&name)) {
+                Some(adapter) if adapter.shape(&name) == Some(&[m, width][..]) => {
+                    adapter.load(&name, self.device, self.kind).unwrap_or_else(|e| {
+                        self.errors.push(e);
+                        Tensor::zeros([m, width], (self.kind, self.device))
+                    })
+                }
+                Some(adapter) => {
+                    self.errors.push(format!(
+                        "adapter tensor {name}: found {:?}, expected {:?}",
+                        adapter.shape(&name),
+                        [m, width]
+                    ));
+                    Tensor::zeros([m, width], (self.kind, self.device))
+                }
+                None => Tensor::zeros([m, width], (self.kind, self.device)),
+            };
+            self.register(&name, &t);
+            t
+        };
+        let keys = read(format!("{attention}.prefix_keys"));
+        let values = read(format!("{attention}.prefix_values"));
+        Some(Prefix { keys, values })
     }
 
     /// Attach LoRA adapters (from `adapter` when given, else freshly initialised).
@@ -186,6 +229,34 @@ impl<'a> Loader<'a> {
             return Ok(self.params);
         }
         Err(InputError(format!("cannot load {what}:\n  {}", self.errors.join("\n  "))))
+    }
+}
+
+/// Trainable key/value slots every query attends to (prefix tuning), `[m, kv_heads * head_dim]`.
+pub struct Prefix {
+    pub keys: Tensor,
+    pub values: Tensor,
+}
+
+impl Prefix {
+    pub fn len(&self) -> i64 {
+        self.keys.size()[0]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keys and values `[B, heads, T, D]` with the prefix slots in front, `[B, heads, m + T, D]`.
+    pub fn prepend(&self, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+        let (b, heads, _, d) = k.size4().expect("[B, heads, T, D]");
+        let m = self.len();
+        let slots =
+            |p: &Tensor| p.view([m, heads, d]).transpose(0, 1).unsqueeze(0).expand([b, heads, m, d], false);
+        (
+            Tensor::cat(&[slots(&self.keys), k.shallow_clone()], 2),
+            Tensor::cat(&[slots(&self.values), v.shallow_clone()], 2),
+        )
     }
 }
 

@@ -5,9 +5,10 @@
 //! LM head tied to `embed_tokens` unless the config unties it.
 
 use super::cache::{attention_for, CausalLm, KvCache};
-use super::nn::{merge_heads, split_heads, Activation, LayerNorm, Linear, Loader};
+use super::nn::{merge_heads, split_heads, Activation, LayerNorm, Linear, Loader, Prefix};
 use crate::error::InputError;
 use serde::Deserialize;
+use std::cell::Cell;
 use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -42,6 +43,7 @@ fn relu() -> String {
 }
 
 struct Layer {
+    prefix: Option<Prefix>,
     k: Linear,
     v: Linear,
     q: Linear,
@@ -62,6 +64,7 @@ pub struct Opt {
     final_norm: Option<LayerNorm>,
     layers: Vec<Layer>,
     lm_head: Tensor,
+    prefix_active: Cell<bool>,
 }
 
 impl Opt {
@@ -91,6 +94,8 @@ impl Opt {
             .map(|i| {
                 let p = format!("{d}.layers.{i}");
                 Layer {
+                    // The attention module's own parameters come before its children's.
+                    prefix: l.prefix_for(&format!("{p}.self_attn"), h),
                     k: Linear::load(l, &format!("{p}.self_attn.k_proj"), h, h, bias),
                     v: Linear::load(l, &format!("{p}.self_attn.v_proj"), h, h, bias),
                     q: Linear::load(l, &format!("{p}.self_attn.q_proj"), h, h, bias),
@@ -117,6 +122,7 @@ impl Opt {
             final_norm,
             layers,
             lm_head,
+            prefix_active: Cell::new(true),
         })
     }
 }
@@ -138,7 +144,12 @@ impl CausalLm for Opt {
             x = p.forward(&x);
         }
         x = &x + Tensor::embedding(&self.embed_positions, &positions, -1, false, false);
-        let (attend, is_causal) = attention_for(attention_mask, t);
+        let first_step = cache.as_deref().is_none_or(KvCache::is_empty);
+        let prefix_len = match &self.layers[0].prefix {
+            Some(p) if self.prefix_active.get() => p.len(),
+            _ => 0,
+        };
+        let (attend, is_causal) = attention_for(attention_mask, t, prefix_len);
         let heads = self.config.num_attention_heads;
         let scaling = ((self.config.hidden_size / heads) as f64).powf(-0.5);
         let pre = self.config.do_layer_norm_before;
@@ -148,6 +159,9 @@ impl CausalLm for Opt {
             let q = split_heads(&(layer.q.forward(&h) * scaling), heads);
             let mut k = split_heads(&layer.k.forward(&h), heads);
             let mut v = split_heads(&layer.v.forward(&h), heads);
+            if let (Some(prefix), true, true) = (&layer.prefix, prefix_len > 0, first_step) {
+                (k, v) = prefix.prepend(&k, &v);
+            }
             if let Some(c) = cache.as_deref_mut() {
                 (k, v) = c.append(i, k, v);
             }
@@ -175,5 +189,13 @@ impl CausalLm for Opt {
 
     fn num_layers(&self) -> usize {
         self.layers.len()
+    }
+
+    fn prefixes(&self) -> Vec<&Prefix> {
+        self.layers.iter().filter_map(|l| l.prefix.as_ref()).collect()
+    }
+
+    fn set_prefix_active(&self, active: bool) {
+        self.prefix_active.set(active);
     }
 }

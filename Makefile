@@ -14,7 +14,7 @@ build: setup
 
 # The built-in end-to-end path: what this installation is; every collective, a collective HDF5
 # write and the GPU checks, as one process and as two MPI ranks; k-shot splits of the built-in
-# demo task and their prompt encoding.
+# demo task, their prompt encoding, and a 2-rank zero-shot evaluation of a tiny random RoBERTa.
 demo: build
 	target/release/mezo info
 	@scratch=$$(mktemp -d) && \
@@ -23,7 +23,9 @@ demo: build
 	  mpirun --oversubscribe -np 2 target/release/mezo check --scratch "$$scratch" && \
 	  target/release/mezo kshot --data-dir data/demo/original --out "$$scratch" --task SST-2 --k 16 --mode k-shot-1k-test && \
 	  target/release/mezo encode --task sst-2 --data-dir "$$scratch/k-shot-1k-test/SST-2/16-42" \
-	    --tokenizer tests/fixtures/tokenizer/tokenizer.json --limit 3; \
+	    --tokenizer tests/fixtures/tokenizer/tokenizer.json --limit 3 && \
+	  mpirun --oversubscribe -np 2 target/release/mezo eval --task sst-2 \
+	    --data-dir "$$scratch/k-shot-1k-test/SST-2/16-42" --model tests/fixtures/models/roberta; \
 	  status=$$?; rm -rf "$$scratch"; exit $$status
 
 lint: setup

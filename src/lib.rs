@@ -10,6 +10,10 @@
 //! cli      clap definitions and the flag -> config translation; the only module that knows flags
 //! data     LM-BFF-compatible tasks: registry, byte-identical k-shot splits, prompt encoding,
 //!          demonstrations, batching
+//! model    RoBERTa/BERT prompt models, OPT and Llama-family causal LMs on tch; HF checkpoints
+//!          in and out; parameters in HF order, freezing rules, LoRA and prefix adapters
+//! eval     task metrics of a model on dev/test, features sharded over ranks
+//! metrics  accuracy, F1, MCC, Pearson, Spearman as LM-BFF computes them
 //! dist     the communicator (one process, or MPI ranks under mpirun/srun), rank -> device and
 //!          thread placement, NCCL bootstrapped over MPI
 //! h5       one HDF5 file shared by all ranks: collective row-block writes, atomic completion
@@ -22,7 +26,7 @@
 //! ```
 //!
 //! A [`dist::Dist`] is created once per process and passed down; no module reaches for a global
-//! communicator. The model, optimiser, training, kernel and solver layers of the design
+//! communicator. The optimiser, training, kernel and solver layers of the design
 //! (`../shared/design.md` in the project workspace) are built on these as they land.
 
 pub mod check;

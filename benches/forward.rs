@@ -68,6 +68,12 @@ fn main() {
             let lm = m.causal_lm().expect("causal mode needs a causal LM");
             Box::new(move || lm.forward(&ids, &mask, None).sum(Kind::Double).double_value(&[]))
         }
+        "lm-head" => {
+            // The output projection alone, on the model's tied embedding matrix.
+            let weight = m.params[0].tensor.shallow_clone();
+            let x = Tensor::randn([batch, seq, weight.size()[1]], (Kind::Float, Device::Cpu));
+            Box::new(move || x.linear::<Tensor>(&weight, None).sum(Kind::Float).double_value(&[]))
+        }
         other => panic!("unknown mode {other}"),
     };
     for _ in 0..2 {

@@ -420,6 +420,35 @@ fn prefix_tuning_initialises_from_activations_and_caches_consistently() {
         let back = model::load(&fixture(name), &adapted).unwrap();
         assert_eq!(max_diff(&back.causal_lm().unwrap().forward(&ids, &ids.ones_like(), None), &full), 0.0);
     }
-    let options = LoadOptions { num_prefix: Some(5), ..LoadOptions::new(Device::Cpu, Dtype::F32) };
-    assert!(model::load(&fixture("roberta"), &options).err().unwrap().to_string().contains("prefix tuning"));
+
+    // Encoders (MeZO medium prefix): the same slots in every self-attention.
+    let r = reference("roberta");
+    let options =
+        LoadOptions { num_prefix: Some(4), init_seed: 9, ..LoadOptions::new(Device::Cpu, Dtype::F32) };
+    let m = model::load(&fixture("roberta"), &options).unwrap();
+    let prefix: Vec<&str> = m
+        .trainable(&FreezeRules { scope: Scope::Prefix, ..Default::default() })
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(prefix[0], "roberta.encoder.layer.0.attention.self.prefix_keys");
+    assert_eq!(prefix.len(), 4);
+    let keys = &m.params.iter().find(|p| p.name == prefix[0]).unwrap().tensor;
+    assert_eq!(keys.size(), [4, 32]);
+    assert!(keys.abs().sum(Kind::Double).double_value(&[]) > 0.0);
+    let scores = |m: &Model| {
+        m.encoder().unwrap().label_scores(
+            &r["input_ids"],
+            &r["attention_mask"],
+            &r["mask_pos"],
+            &r["label_word_ids"],
+        )
+    };
+    let with_prefix = scores(&m);
+    assert!(max_diff(&with_prefix, &r["label_scores"]) > 1e-4, "the prefix changes the scores");
+    let dir = tempfile::tempdir().unwrap();
+    m.save_adapter(&dir.path().join("prefix")).unwrap();
+    let adapted =
+        LoadOptions { adapter: Some(dir.path().join("prefix")), ..LoadOptions::new(Device::Cpu, Dtype::F32) };
+    assert_eq!(max_diff(&scores(&model::load(&fixture("roberta"), &adapted).unwrap()), &with_prefix), 0.0);
 }

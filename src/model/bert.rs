@@ -8,9 +8,10 @@
 //! `ModelForPromptFinetuning` defines no output embeddings); a checkpoint without
 //! `lm_head.decoder.weight` gets a copy of the word embeddings. BERT's decoder is tied.
 
-use super::nn::{merge_heads, split_heads, Activation, LayerNorm, Linear, Loader};
+use super::nn::{merge_heads, split_heads, Activation, LayerNorm, Linear, Loader, Prefix};
 use crate::error::InputError;
 use serde::Deserialize;
+use std::cell::Cell;
 use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -66,6 +67,8 @@ struct Embeddings {
 }
 
 struct Layer {
+    /// Prefix-tuning slots of this layer's self-attention.
+    prefix: Option<Prefix>,
     query: Linear,
     key: Linear,
     value: Linear,
@@ -98,6 +101,7 @@ pub struct PromptEncoder {
     head: MlmHead,
     classifier: Option<Linear>,
     pad_id: i64,
+    prefix_active: Cell<bool>,
 }
 
 impl PromptEncoder {
@@ -139,6 +143,8 @@ impl PromptEncoder {
             .map(|i| {
                 let q = format!("{p}.encoder.layer.{i}");
                 Layer {
+                    // The attention module's own parameters come before its children's.
+                    prefix: l.prefix_for(&format!("{q}.attention.self"), h),
                     query: Linear::load(l, &format!("{q}.attention.self.query"), h, h, true),
                     key: Linear::load(l, &format!("{q}.attention.self.key"), h, h, true),
                     value: Linear::load(l, &format!("{q}.attention.self.value"), h, h, true),
@@ -192,7 +198,18 @@ impl PromptEncoder {
             }
         };
         let pad_id = config.pad_token_id.unwrap_or(if flavor == Flavor::Roberta { 1 } else { 0 });
-        Ok(PromptEncoder { flavor, config, activation, embeddings, layers, pooler, head, classifier, pad_id })
+        Ok(PromptEncoder {
+            flavor,
+            config,
+            activation,
+            embeddings,
+            layers,
+            pooler,
+            head,
+            classifier,
+            pad_id,
+            prefix_active: Cell::new(true),
+        })
     }
 
     pub fn has_pooler(&self) -> bool {
@@ -208,6 +225,16 @@ impl PromptEncoder {
     /// only those positions' outputs: attention rows and the feed-forward are independent per
     /// position, so this is exact and saves most of a layer when one position is scored.
     fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor, only_rows: Option<&Tensor>) -> Tensor {
+        self.encode_capturing(input_ids, attention_mask, only_rows, None)
+    }
+
+    fn encode_capturing(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        only_rows: Option<&Tensor>,
+        mut capture: Option<&mut Vec<(Tensor, Tensor)>>,
+    ) -> Tensor {
         let (b, t) = input_ids.size2().expect("input_ids is [B, T]");
         let device = input_ids.device();
         let positions = match self.flavor {
@@ -225,7 +252,15 @@ impl PromptEncoder {
         let mut x = e.norm.forward(&x);
         // [B, 1, 1, T]: every query sees the non-padding keys; no mask at all without padding,
         // which lets libtorch pick its fastest kernel.
-        let mask = if attention_mask.min().int64_value(&[]) == 0 {
+        let prefix_len = match &self.layers.first().and_then(|l| l.prefix.as_ref()) {
+            Some(p) if self.prefix_active.get() => p.len(),
+            _ => 0,
+        };
+        let mask = if prefix_len > 0 {
+            // Prefix slots are visible to every query.
+            let slots = Tensor::ones([b, 1, 1, prefix_len], (Kind::Bool, device));
+            Some(Tensor::cat(&[slots, attention_mask.to_kind(Kind::Bool).view([b, 1, 1, t])], 3))
+        } else if attention_mask.min().int64_value(&[]) == 0 {
             Some(attention_mask.to_kind(Kind::Bool).view([b, 1, 1, t]))
         } else {
             None
@@ -241,8 +276,14 @@ impl PromptEncoder {
                 _ => x.shallow_clone(),
             };
             let q = split_heads(&layer.query.forward(&queries), heads);
-            let k = split_heads(&layer.key.forward(&x), heads);
-            let v = split_heads(&layer.value.forward(&x), heads);
+            let mut k = split_heads(&layer.key.forward(&x), heads);
+            let mut v = split_heads(&layer.value.forward(&x), heads);
+            if let Some(c) = capture.as_deref_mut() {
+                c.push((k.shallow_clone(), v.shallow_clone()));
+            }
+            if let (Some(prefix), true) = (&layer.prefix, prefix_len > 0) {
+                (k, v) = prefix.prepend(&k, &v);
+            }
             let attended =
                 Tensor::scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), 0.0, false, None, false);
             let x1 = layer
@@ -276,6 +317,28 @@ impl PromptEncoder {
             &head.decoder.index_select(0, label_word_ids),
             Some(&head.bias.index_select(0, label_word_ids)),
         )
+    }
+
+    /// Prefix tuning's real-activation initialisation (MeZO spec §3.5, as for the causal LMs):
+    /// `m` token ids drawn uniformly from the vocabulary with `seed` run through the encoder
+    /// without prefixes; each layer's keys and values become its prefix.
+    pub fn init_prefix_from_activations(&self, seed: i64) {
+        let Some(m) = self.layers.first().and_then(|l| l.prefix.as_ref()).map(Prefix::len) else { return };
+        let _guard = tch::no_grad_guard();
+        let device = self.embeddings.word.device();
+        tch::manual_seed(seed);
+        let tokens = Tensor::randint(self.config.vocab_size, [1, m], (Kind::Int64, tch::Device::Cpu))
+            .to_device(device);
+        let mut captured = Vec::new();
+        self.prefix_active.set(false);
+        let _ = self.encode_capturing(&tokens, &tokens.ones_like(), None, Some(&mut captured));
+        self.prefix_active.set(true);
+        for (layer, (k, v)) in self.layers.iter().zip(&captured) {
+            let prefix = layer.prefix.as_ref().expect("every layer has a prefix");
+            let flat = |x: &Tensor| x.get(0).transpose(0, 1).reshape([m, -1]);
+            prefix.keys.shallow_clone().copy_(&flat(k));
+            prefix.values.shallow_clone().copy_(&flat(v));
+        }
     }
 
     pub fn has_classifier(&self) -> bool {

@@ -199,11 +199,6 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<Model, InputError> {
             .with_prefix(num_prefix, adapter.as_ref())
     };
     let (body, params) = match model_type.as_str() {
-        "roberta" | "bert" if num_prefix.is_some() => {
-            return Err(InputError(
-                "prefix tuning is implemented for the causal LMs (OPT, Llama family)".into(),
-            ))
-        }
         "roberta" | "bert" => {
             let flavor = if model_type == "roberta" { bert::Flavor::Roberta } else { bert::Flavor::Bert };
             let c: bert::Config = parse_config(&config, &config_path, "BERT/RoBERTa")?;
@@ -255,9 +250,15 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<Model, InputError> {
         lora,
         num_prefix,
     };
-    if let (Some(lm), None) = (model.causal_lm(), &adapter) {
-        let vocab = model.config["vocab_size"].as_i64().unwrap_or(0);
-        cache::init_prefix_from_activations(lm, vocab, options.init_seed);
+    if num_prefix.is_some() && adapter.is_none() {
+        match &model.body {
+            Body::Encoder(e) => e.init_prefix_from_activations(options.init_seed),
+            _ => {
+                let vocab = model.config["vocab_size"].as_i64().unwrap_or(0);
+                let lm = model.causal_lm().expect("decoder bodies are causal LMs");
+                cache::init_prefix_from_activations(lm, vocab, options.init_seed);
+            }
+        }
     }
     Ok(model)
 }

@@ -176,10 +176,7 @@ const SUPPORTED: &str = "roberta, bert, opt, llama, mistral, qwen2";
 /// Loads the Hugging Face model directory `dir`.
 pub fn load(dir: &Path, options: &LoadOptions) -> Result<Model, InputError> {
     let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path)
-        .map_err(|e| InputError(format!("{}: {e}", config_path.display())))?;
-    let config: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| InputError(format!("{}: {e}", config_path.display())))?;
+    let config = read_json(&config_path)?;
     let model_type = config["model_type"]
         .as_str()
         .ok_or_else(|| InputError(format!("{}: no model_type", config_path.display())))?
@@ -269,9 +266,7 @@ const ADAPTER_CONFIG: &str = "adapter_config.json";
 /// The adapters saved in `dir`: LoRA config, prefix slots, and their tensors.
 fn read_adapter(dir: &Path) -> Result<(Option<LoraConfig>, Option<i64>, weights::Weights), InputError> {
     let path = dir.join(ADAPTER_CONFIG);
-    let text = std::fs::read_to_string(&path).map_err(|e| InputError(format!("{}: {e}", path.display())))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| InputError(format!("{}: {e}", path.display())))?;
+    let json = read_json(&path)?;
     let bad = || InputError(format!("{}: lora needs rank, alpha and targets", path.display()));
     let lora = match &json["lora"] {
         serde_json::Value::Null => None,
@@ -292,6 +287,12 @@ fn read_adapter(dir: &Path) -> Result<(Option<LoraConfig>, Option<i64>, weights:
         return Err(InputError(format!("{}: neither lora nor num_prefix", path.display())));
     }
     Ok((lora, num_prefix, weights::Weights::open_file(&dir.join(ADAPTER_WEIGHTS))?))
+}
+
+/// A JSON file of a model directory, errors naming the file.
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, InputError> {
+    let text = std::fs::read_to_string(path).map_err(|e| InputError(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| InputError(format!("{}: {e}", path.display())))
 }
 
 fn parse_config<T: serde::de::DeserializeOwned>(

@@ -33,10 +33,7 @@ impl Weights {
         let files: Vec<PathBuf> = if single.exists() {
             vec![single]
         } else if index.exists() {
-            let text = std::fs::read_to_string(&index)
-                .map_err(|e| InputError(format!("{}: {e}", index.display())))?;
-            let json: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| InputError(format!("{}: {e}", index.display())))?;
+            let json = super::read_json(&index)?;
             let map = json["weight_map"]
                 .as_object()
                 .ok_or_else(|| InputError(format!("{}: no weight_map", index.display())))?;

@@ -4,10 +4,12 @@
 //!   cargo bench --bench forward -- --model DIR --mode prompt|causal [--batch 8] [--seq 64]
 //!       [--threads N] [--iters 10]
 //!
-//! prompt: label-word scores at one mask position per row (RoBERTa/BERT); causal: logits and the
-//! shifted cross-entropy loss over every position (OPT/Llama). Prints one line:
+//! prompt: label-word scores at one mask position per row (RoBERTa/BERT); causal: the mean
+//! next-token cross-entropy over every position (OPT/Llama), through `lm_loss` (the LM head and the
+//! loss on chunks of positions). Prints one line:
 //! `mezo <mode> median_ms=<ms>`.
 
+use mezo::model::cache::{lm_loss, next_token_targets};
 use mezo::model::{self, Dtype, LoadOptions};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -48,21 +50,8 @@ fn main() {
         }
         "causal" => {
             let lm = m.causal_lm().expect("causal mode needs a causal LM");
-            // Shift the targets rather than the logits (no copy of the [B, T, V] logits): the
-            // last position's target is ignored.
-            let targets = Tensor::cat(
-                &[ids.narrow(1, 1, seq - 1), Tensor::full([batch, 1], -100, (Kind::Int64, Device::Cpu))],
-                1,
-            )
-            .reshape([-1]);
-            Box::new(move || {
-                let logits = lm.forward(&ids, &mask, None);
-                let v = logits.size()[2];
-                logits
-                    .view([-1, v])
-                    .cross_entropy_loss::<Tensor>(&targets, None, tch::Reduction::Mean, -100, 0.0)
-                    .double_value(&[])
-            })
+            let targets = next_token_targets(&ids, &mask);
+            Box::new(move || lm_loss(lm, &ids, &mask, &targets).double_value(&[]))
         }
         "causal-logits" => {
             let lm = m.causal_lm().expect("causal mode needs a causal LM");

@@ -452,3 +452,34 @@ fn prefix_tuning_initialises_from_activations_and_caches_consistently() {
         LoadOptions { adapter: Some(dir.path().join("prefix")), ..LoadOptions::new(Device::Cpu, Dtype::F32) };
     assert_eq!(max_diff(&scores(&model::load(&fixture("roberta"), &adapted).unwrap()), &with_prefix), 0.0);
 }
+
+/// The chunked LM loss equals cross-entropy over the full logits, ignoring padding and the last
+/// position, and is differentiable.
+#[test]
+fn chunked_lm_loss_equals_the_full_loss() {
+    use mezo::model::cache::{lm_loss, next_token_targets, IGNORE};
+    let r = reference("llama");
+    let m = load("llama", Dtype::F32);
+    let lm = m.causal_lm().unwrap();
+    let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
+    let targets = next_token_targets(ids, mask);
+    let row: Vec<i64> = Vec::try_from(targets.get(2)).unwrap();
+    assert_eq!(&row[..4], Vec::<i64>::try_from(ids.get(2).narrow(0, 1, 4)).unwrap().as_slice());
+    assert!(row[4..].iter().all(|&t| t == IGNORE), "row 2 has 5 tokens: {row:?}");
+    let loss = lm_loss(lm, ids, mask, &targets);
+    let logits = lm.forward(ids, mask, None);
+    let v = logits.size()[2];
+    let full = logits.view([-1, v]).cross_entropy_loss::<Tensor>(
+        &targets.view([-1]),
+        None,
+        tch::Reduction::Mean,
+        IGNORE,
+        0.0,
+    );
+    assert!((loss.double_value(&[]) - full.double_value(&[])).abs() < 1e-5);
+    let p = &m.params[0].tensor;
+    let _ = p.shallow_clone().set_requires_grad(true);
+    let loss = lm_loss(lm, ids, mask, &targets);
+    loss.backward();
+    assert!(p.grad().abs().sum(Kind::Double).double_value(&[]) > 0.0);
+}

@@ -36,9 +36,23 @@ impl KvCache {
 
 /// A decoder-only language model.
 pub trait CausalLm {
-    /// Logits `[B, T, V]` of `input_ids` `[B, T]`. `attention_mask` `[B, S]` covers the cached
-    /// positions and these (S = cached + T); the cache, when given, is extended.
-    fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: Option<&mut KvCache>) -> Tensor;
+    /// Final hidden states `[B, T, H]` (before the LM head) of `input_ids` `[B, T]`.
+    /// `attention_mask` `[B, S]` covers the cached positions and these (S = cached + T); the
+    /// cache, when given, is extended.
+    fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor;
+
+    /// The LM head: vocabulary logits of hidden states `[..., H]`.
+    fn logits(&self, hidden: &Tensor) -> Tensor;
+
+    /// Logits `[B, T, V]`: the head on [`CausalLm::hidden_states`].
+    fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: Option<&mut KvCache>) -> Tensor {
+        self.logits(&self.hidden_states(input_ids, attention_mask, cache))
+    }
 
     fn num_layers(&self) -> usize;
 
@@ -73,6 +87,62 @@ pub fn init_prefix_from_activations(model: &dyn CausalLm, vocab_size: i64, seed:
         prefix.keys.shallow_clone().copy_(&flat(k));
         prefix.values.shallow_clone().copy_(&flat(v));
     }
+}
+
+/// Positions whose target is this id do not count in [`lm_loss`] (PyTorch's `ignore_index`).
+pub const IGNORE: i64 = -100;
+
+/// Rows of hidden states sent through the LM head at once by [`lm_loss`].
+const LOSS_CHUNK_ROWS: i64 = 128;
+
+/// Mean token cross-entropy of `targets` `[B, T]` (entries [`IGNORE`] skipped) under the model's
+/// next-token distributions at each position of `input_ids`. The LM head and the loss run on
+/// chunks of positions, so the `[B, T, V]` logits never exist at once: less memory (the largest
+/// activation of a small-vocabulary-heavy model) and less memory traffic than logits-then-loss.
+/// Differentiable.
+pub fn lm_loss(
+    model: &dyn CausalLm,
+    input_ids: &Tensor,
+    attention_mask: &Tensor,
+    targets: &Tensor,
+) -> Tensor {
+    let hidden = model.hidden_states(input_ids, attention_mask, None);
+    let h = hidden.size().last().copied().expect("hidden states have a feature axis");
+    let hidden = hidden.reshape([-1, h]);
+    let targets = targets.reshape([-1]);
+    let rows = hidden.size()[0];
+    let mut total = Tensor::zeros([], (Kind::Float, hidden.device()));
+    let mut start = 0;
+    while start < rows {
+        let n = LOSS_CHUNK_ROWS.min(rows - start);
+        let logits = model.logits(&hidden.narrow(0, start, n)).to_kind(Kind::Float);
+        total = total
+            + logits.cross_entropy_loss::<Tensor>(
+                &targets.narrow(0, start, n),
+                None,
+                tch::Reduction::Sum,
+                IGNORE,
+                0.0,
+            );
+        start += n;
+    }
+    let counted = targets.ne(IGNORE).sum(Kind::Float);
+    total / counted
+}
+
+/// Next-token targets of `input_ids` `[B, T]` with padding `attention_mask`: each position
+/// predicts the following token; the last position and padding are [`IGNORE`]d.
+pub fn next_token_targets(input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
+    let (b, t) = input_ids.size2().expect("[B, T]");
+    let shifted = Tensor::cat(
+        &[input_ids.narrow(1, 1, t - 1), Tensor::full([b, 1], IGNORE, (Kind::Int64, input_ids.device()))],
+        1,
+    );
+    let next_is_real = Tensor::cat(
+        &[attention_mask.narrow(1, 1, t - 1), Tensor::zeros([b, 1], (Kind::Int64, input_ids.device()))],
+        1,
+    );
+    shifted.where_self(&next_is_real.to_kind(Kind::Bool), &Tensor::from(IGNORE).to_device(input_ids.device()))
 }
 
 /// The boolean attention mask `[B, 1, T, S]` of T new positions after `past` cached ones: causal,

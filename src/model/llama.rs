@@ -171,7 +171,7 @@ fn repeat_kv(x: &Tensor, n: i64) -> Tensor {
 }
 
 impl CausalLm for Llama {
-    fn forward(
+    fn hidden_states(
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
@@ -224,7 +224,11 @@ impl CausalLm for Llama {
                     .down
                     .forward(&(self.activation.forward(&layer.gate.forward(&h)) * layer.up.forward(&h)));
         }
-        self.norm.forward(&x).linear::<Tensor>(&self.lm_head, None)
+        self.norm.forward(&x)
+    }
+
+    fn logits(&self, hidden: &Tensor) -> Tensor {
+        hidden.linear::<Tensor>(&self.lm_head, None)
     }
 
     fn num_layers(&self) -> usize {

@@ -128,7 +128,7 @@ impl Opt {
 }
 
 impl CausalLm for Opt {
-    fn forward(
+    fn hidden_states(
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
@@ -184,7 +184,11 @@ impl CausalLm for Opt {
         if let Some(p) = &self.project_out {
             x = p.forward(&x);
         }
-        x.linear::<Tensor>(&self.lm_head, None)
+        x
+    }
+
+    fn logits(&self, hidden: &Tensor) -> Tensor {
+        hidden.linear::<Tensor>(&self.lm_head, None)
     }
 
     fn num_layers(&self) -> usize {

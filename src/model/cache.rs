@@ -116,7 +116,7 @@ pub fn lm_loss(
     while start < rows {
         let n = LOSS_CHUNK_ROWS.min(rows - start);
         let logits = model.logits(&hidden.narrow(0, start, n)).to_kind(Kind::Float);
-        total = total
+        total = &total
             + logits.cross_entropy_loss::<Tensor>(
                 &targets.narrow(0, start, n),
                 None,

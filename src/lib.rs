@@ -12,6 +12,8 @@
 //!          demonstrations, batching
 //! model    RoBERTa/BERT prompt models, OPT and Llama-family causal LMs on tch; HF checkpoints
 //!          in and out; parameters in HF order, freezing rules, LoRA and prefix adapters
+//! optim    zeroth-order SGD (MeZO) with the reference random stream
+//! train    the training loop: data-parallel steps, dev evaluation, best-dev weights, run directory
 //! eval     task metrics of a model on dev/test, features sharded over ranks
 //! metrics  accuracy, F1, MCC, Pearson, Spearman as LM-BFF computes them
 //! dist     the communicator (one process, or MPI ranks under mpirun/srun), rank -> device and
@@ -26,7 +28,7 @@
 //! ```
 //!
 //! A [`dist::Dist`] is created once per process and passed down; no module reaches for a global
-//! communicator. The optimiser, training, kernel and solver layers of the design
+//! communicator. The remaining optimiser features, the kernel and the solver layers of the design
 //! (`../shared/design.md` in the project workspace) are built on these as they land.
 
 pub mod check;
@@ -41,3 +43,5 @@ pub mod info;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod optim;
+pub mod train;

@@ -38,6 +38,18 @@ pub fn init(verbosity: i8, is_root: bool, rank: Option<usize>) {
     let _ = builder.try_init();
 }
 
+/// A progress bar on rank 0 (hidden elsewhere and when stderr is not a terminal).
+pub fn progress_bar(dist: &crate::dist::Dist, len: u64, unit: &str) -> indicatif::ProgressBar {
+    if !dist.is_root() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    let template =
+        format!("{{bar:40}} {{pos}}/{{len}} {unit} ({{per_sec}}) [{{elapsed_precise}}, eta {{eta}}] {{msg}}");
+    bar.set_style(indicatif::ProgressStyle::with_template(&template).expect("valid template"));
+    bar
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,6 +58,10 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
+    pub fn task_name(&self) -> &str {
+        &self.task
+    }
+
     pub fn model_dir(&self) -> Option<PathBuf> {
         self.model.clone()
     }

@@ -35,15 +35,26 @@ pub fn run(ctx: &Context, args: &EvalArgs) -> Result<()> {
     let options = LoadOptions {
         device,
         dtype: args.dtype,
-        num_labels: finetune.then_some(config.task.labels.len() as i64),
+        num_labels: Some(config.task.labels.len() as i64),
         init_seed: config.seed as i64,
         lora: None,
         num_prefix: None,
         adapter: args.adapter.clone(),
     };
     let model = model::load(&model_dir, &options)?;
+    let labels = options.num_labels.unwrap_or(0);
+    if let Some(outputs) =
+        model.encoder().and_then(|e| e.classifier_labels()).filter(|&o| finetune && o != labels)
+    {
+        return Err(input_error(format!(
+            "{}: the classifier has {outputs} outputs, task {} has {labels} labels",
+            model_dir.display(),
+            args.data.task_name()
+        )));
+    }
     config.causal = model.causal_lm().is_some();
-    if finetune && model.encoder().is_some_and(|e| !e.has_classifier()) {
+    let stored_classifier = model::weights::Weights::open(&model_dir)?.contains("classifier.weight");
+    if finetune && model.encoder().is_some() && !stored_classifier {
         log::warn!(
             "{} has no classifier: finetune mode scores with a freshly initialised one",
             model_dir.display()

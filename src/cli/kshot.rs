@@ -41,7 +41,7 @@ pub fn run(ctx: &Context, args: &KshotArgs) -> Result<()> {
         seeds: if args.seeds.is_empty() { kshot::DEFAULT_SEEDS.to_vec() } else { args.seeds.clone() },
     };
     let splits = (config.seeds.len() * config.tasks.len()) as u64;
-    let progress = super::progress_bar(ctx.dist, splits, "splits");
+    let progress = crate::logging::progress_bar(ctx.dist, splits, "splits");
     let done = on_root(ctx.dist, || kshot::generate(&config, &|_| progress.inc(1)));
     progress.finish_and_clear();
     if let Some(dirs) = done? {

@@ -8,6 +8,7 @@ mod encode;
 mod eval;
 mod info;
 mod kshot;
+mod train;
 
 use crate::dist::device::{self, DeviceRequest};
 use crate::dist::Dist;
@@ -59,6 +60,8 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Evaluate a model (zero-shot or fine-tuned) on a task's dev and test sets.
     Eval(eval::EvalArgs),
+    /// Fine-tune with forward passes only (MeZO), as one process or data-parallel ranks.
+    Train(train::TrainArgs),
 }
 
 /// Runs the command line of this process; returns the exit code.
@@ -86,6 +89,7 @@ pub fn main() -> i32 {
         Command::Encode(args) => encode::run(&context, args),
         Command::Convert(args) => convert::run(&context, args),
         Command::Eval(args) => eval::run(&context, args),
+        Command::Train(args) => train::run(&context, args),
     };
     match result {
         Ok(()) => 0,
@@ -137,17 +141,6 @@ fn on_root<T>(dist: &Dist, work: impl FnOnce() -> anyhow::Result<T>) -> anyhow::
         }
         .into()),
     }
-}
-
-/// A progress bar on rank 0 (hidden elsewhere and when stderr is not a terminal).
-fn progress_bar(dist: &Dist, len: u64, unit: &str) -> indicatif::ProgressBar {
-    if !dist.is_root() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    let template = format!("{{bar:40}} {{pos}}/{{len}} {unit} [{{elapsed_precise}}, eta {{eta}}]");
-    bar.set_style(indicatif::ProgressStyle::with_template(&template).expect("valid template"));
-    bar
 }
 
 /// A panic on one rank would leave the others blocked in their next collective forever.

@@ -105,9 +105,9 @@ pub struct PromptEncoder {
 }
 
 impl PromptEncoder {
-    /// Builds the model in `transformers`' registration order. `num_labels` sizes a classifier
-    /// the checkpoint does not have (initialised N(0, 0.02) from `init_seed`, bias 0); without it
-    /// the classifier is the checkpoint's, if any.
+    /// Builds the model in `transformers`' registration order. The classifier is the
+    /// checkpoint's; without one, `num_labels` sizes a new one (N(0, 0.02) from `init_seed`,
+    /// bias 0), as the reference's prompt model always has one.
     pub fn load(
         l: &mut Loader,
         flavor: Flavor,
@@ -182,8 +182,12 @@ impl PromptEncoder {
                 MlmHead { activation, dense, norm, decoder: embeddings.word.shallow_clone(), bias }
             }
         };
-        let classifier = match num_labels {
-            Some(n) => Some(Linear {
+        // The checkpoint's classifier whatever its size (callers check it against the task);
+        // a new one only where there is none.
+        let stored = l.shape("classifier.weight");
+        let classifier = match (stored, num_labels) {
+            (Some(shape), _) => Some(Linear::load(l, "classifier", h, shape[0], true)),
+            (None, Some(n)) => Some(Linear {
                 weight: l.or_init("classifier.weight", &[n, h], || {
                     tch::manual_seed(init_seed);
                     Tensor::randn([n, h], (Kind::Float, tch::Device::Cpu)) * 0.02
@@ -193,9 +197,7 @@ impl PromptEncoder {
                 })),
                 lora: None,
             }),
-            None => {
-                l.shape("classifier.weight").map(|shape| Linear::load(l, "classifier", h, shape[0], true))
-            }
+            (None, None) => None,
         };
         let pad_id = config.pad_token_id.unwrap_or(if flavor == Flavor::Roberta { 1 } else { 0 });
         Ok(PromptEncoder {
@@ -343,6 +345,11 @@ impl PromptEncoder {
 
     pub fn has_classifier(&self) -> bool {
         self.classifier.is_some()
+    }
+
+    /// Outputs of the classifier, if there is one.
+    pub fn classifier_labels(&self) -> Option<i64> {
+        self.classifier.as_ref().map(|c| c.weight.size()[0])
     }
 
     /// Finetune mode: the classifier on the first token's final state (no pooler), `[B, labels]`.

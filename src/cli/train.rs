@@ -1,0 +1,171 @@
+use super::data::DataArgs;
+use super::Context;
+use crate::data::dataset::{FewShotType, TaskData};
+use crate::error::input_error;
+use crate::model::{self, Dtype, FreezeRules, LoadOptions, LoraConfig, Scope};
+use crate::optim::zo::WeightDecay;
+use crate::train::{train_mezo, LrSchedule, TrainConfig};
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Optimizer {
+    /// Zeroth-order SGD with the reference random stream (MeZO).
+    Mezo,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Schedule {
+    Constant,
+    Linear,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DecayRule {
+    /// Every trained tensor (MeZO medium, RoBERTa).
+    All,
+    /// Not biases and LayerNorms (MeZO large, OPT).
+    NoBiasNorm,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    #[arg(long, value_enum, default_value = "mezo")]
+    optimizer: Optimizer,
+    /// Run directory: config.json, metrics.jsonl, trajectory.jsonl, results.json, model/.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    #[arg(long, default_value_t = 1000)]
+    steps: usize,
+    /// Global batch size, split over the ranks.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1e-6)]
+    lr: f64,
+    /// Perturbation size ε.
+    #[arg(long, default_value_t = 1e-3)]
+    eps: f64,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Which tensors weight decay applies to.
+    #[arg(long, value_enum, default_value = "all")]
+    weight_decay_rule: DecayRule,
+    #[arg(long, value_enum, default_value = "constant")]
+    lr_schedule: Schedule,
+    /// Evaluate on dev every N steps (and after the last); 0: only after the last.
+    #[arg(long, default_value_t = 100)]
+    eval_every: usize,
+    #[arg(long, default_value_t = 32)]
+    eval_batch_size: usize,
+    /// Parameter and activation type: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: Dtype,
+    /// Save the final weights to RUN_DIR/model (a Hugging Face directory).
+    #[arg(long)]
+    save_model: bool,
+    /// Train LoRA adapters of this rank instead of the full model.
+    #[arg(long, value_name = "R")]
+    lora_r: Option<i64>,
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f64,
+    /// Train this many prefix slots per attention layer instead of the full model.
+    #[arg(long, value_name = "M")]
+    num_prefix: Option<i64>,
+    /// Do not train embeddings (names containing "embed").
+    #[arg(long)]
+    exclude_embeddings: bool,
+    /// Do not train the LM head (names containing "head").
+    #[arg(long)]
+    exclude_head: bool,
+}
+
+pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
+    let dist = ctx.dist;
+    let model_dir = args.data.model_dir().ok_or_else(|| input_error("mezo train needs --model DIR"))?;
+    let mut data_config = args.data.config()?;
+    let finetune = data_config.few_shot_type == FewShotType::Finetune;
+    let encoder = model::read_json(&model_dir.join("config.json"))
+        .map(|c| matches!(c["model_type"].as_str(), Some("roberta" | "bert")))
+        .unwrap_or(false);
+    let lora = args.lora_r.map(|rank| LoraConfig {
+        rank,
+        alpha: args.lora_alpha,
+        targets: if encoder {
+            vec!["query".into(), "value".into()]
+        } else {
+            vec!["q_proj".into(), "v_proj".into()]
+        },
+        seed: data_config.seed as i64,
+    });
+    let scope = match (&lora, args.num_prefix) {
+        (Some(_), Some(_)) => return Err(input_error("--lora-r and --num-prefix: choose one")),
+        // MeZO medium's LoRA keeps the heads trainable; large trains the adapters only.
+        (Some(_), None) if encoder => Scope::LoraAndHeads,
+        (Some(_), None) => Scope::Lora,
+        (None, Some(_)) => Scope::Prefix,
+        (None, None) => Scope::Full,
+    };
+    let options = LoadOptions {
+        device: ctx.device.resolve(dist.local_rank())?,
+        dtype: args.dtype,
+        num_labels: Some(data_config.task.labels.len() as i64),
+        init_seed: data_config.seed as i64,
+        lora,
+        num_prefix: args.num_prefix,
+        adapter: None,
+    };
+    let model = model::load(&model_dir, &options)?;
+    let labels = options.num_labels.unwrap_or(0);
+    if let Some(outputs) =
+        model.encoder().and_then(|e| e.classifier_labels()).filter(|&o| finetune && o != labels)
+    {
+        return Err(input_error(format!(
+            "{}: the classifier has {outputs} outputs, task {} has {labels} labels",
+            model_dir.display(),
+            args.data.task_name()
+        )));
+    }
+    data_config.causal = model.causal_lm().is_some();
+    if finetune && data_config.causal {
+        return Err(input_error("--few-shot-type finetune needs an encoder model (RoBERTa/BERT)"));
+    }
+    let mut data = TaskData::load(data_config)?;
+    let config = TrainConfig {
+        steps: args.steps,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        eps: args.eps,
+        weight_decay: args.weight_decay,
+        decay_rule: match args.weight_decay_rule {
+            DecayRule::All => WeightDecay::AllTensors,
+            DecayRule::NoBiasNorm => WeightDecay::ExcludeBiasAndNorm,
+        },
+        lr_schedule: match args.lr_schedule {
+            Schedule::Constant => LrSchedule::Constant,
+            Schedule::Linear => LrSchedule::Linear,
+        },
+        seed: data.config.seed,
+        eval_every: args.eval_every,
+        eval_batch_size: args.eval_batch_size,
+        freeze: FreezeRules {
+            scope,
+            exclude_embeddings: args.exclude_embeddings,
+            exclude_head: args.exclude_head,
+            only_biases: false,
+        },
+        out_dir: args.out.clone(),
+        save_model: args.save_model,
+    };
+    let summary = match args.optimizer {
+        Optimizer::Mezo => train_mezo(&model, &mut data, dist, &config)?,
+    };
+    if dist.is_root() {
+        println!("best dev at step {}: {:?}", summary.best_step, summary.best_dev);
+        println!("test (best-dev weights): {:?}", summary.test);
+        println!("run directory: {}", args.out.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! Zeroth-order SGD (MeZO), with the reference implementation's random stream.
+//!
+//! One step: draw the step seed s; perturb every trainable tensor by +ε z, evaluate ℓ+; by −2ε z,
+//! evaluate ℓ−; restore by +ε z; the projected gradient is g = (ℓ+ − ℓ−) / 2ε and the update is
+//! θ ← θ − η (g z + λ θ). z is never stored: before each of the four uses, libtorch's generator is
+//! reset to s and one `randn` per trainable tensor (its shape, dtype and device) is drawn in
+//! registration order — the stream of MeZO's PyTorch code, so the same libtorch gives the same z
+//! (`--rng reference` in the design). Step seeds are numpy's legacy `randint(10**9)` from a
+//! RandomState seeded with the run seed.
+//!
+//! The floating-point operations are those of the reference, in its order: θ + (s z) ε for the
+//! perturbations, θ − η (g z + λ θ) for the update, each rounding where the reference rounds.
+
+use crate::data::mt19937::RandomState;
+use tch::Tensor;
+
+/// numpy `RandomState(seed).randint(10**9)`, one per step.
+pub struct StepSeeds {
+    rng: RandomState,
+}
+
+impl StepSeeds {
+    pub fn new(seed: u32) -> StepSeeds {
+        StepSeeds { rng: RandomState::new(seed) }
+    }
+
+    pub fn next_seed(&mut self) -> u64 {
+        u64::from(self.rng.interval(999_999_999))
+    }
+}
+
+/// Which tensors weight decay applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightDecay {
+    /// Every optimised tensor (MeZO medium, the RoBERTa experiments).
+    #[default]
+    AllTensors,
+    /// Not to names containing "bias", "layer_norm" or "layernorm" (MeZO large, the OPT experiments).
+    ExcludeBiasAndNorm,
+}
+
+impl WeightDecay {
+    fn applies_to(self, name: &str) -> bool {
+        match self {
+            WeightDecay::AllTensors => true,
+            WeightDecay::ExcludeBiasAndNorm => {
+                !["bias", "layer_norm", "layernorm"].iter().any(|s| name.contains(s))
+            }
+        }
+    }
+}
+
+/// A trainable tensor: its name (for the weight-decay rule) and a handle sharing its storage.
+pub struct Trainable {
+    pub name: String,
+    pub tensor: Tensor,
+}
+
+/// θ ← θ + (scale z) ε for every tensor, z regenerated from `seed`.
+pub fn perturb(params: &[Trainable], seed: u64, scale: f64, eps: f64) {
+    let _guard = tch::no_grad_guard();
+    tch::manual_seed(seed as i64);
+    for p in params {
+        let z = Tensor::randn(p.tensor.size(), (p.tensor.kind(), p.tensor.device()));
+        let step = (z * scale) * eps;
+        let _ = p.tensor.shallow_clone().g_add_(&step);
+    }
+}
+
+/// θ ← θ − η (g z + λ θ) with z regenerated from `seed`, λ per `decay`.
+pub fn update(
+    params: &[Trainable],
+    seed: u64,
+    projected_grad: f64,
+    lr: f64,
+    weight_decay: f64,
+    decay: WeightDecay,
+) {
+    let _guard = tch::no_grad_guard();
+    tch::manual_seed(seed as i64);
+    for p in params {
+        let z = Tensor::randn(p.tensor.size(), (p.tensor.kind(), p.tensor.device()));
+        let mut direction = z * projected_grad;
+        if weight_decay != 0.0 && decay.applies_to(&p.name) {
+            direction = &direction + &p.tensor * weight_decay;
+        }
+        let new = &p.tensor - direction * lr;
+        p.tensor.shallow_clone().copy_(&new);
+    }
+}
+
+/// One MeZO step on the loss `loss` (evaluated twice, on the same batch); returns (ℓ+, g).
+pub fn step(
+    params: &[Trainable],
+    seed: u64,
+    eps: f64,
+    lr: f64,
+    weight_decay: f64,
+    decay: WeightDecay,
+    mut loss: impl FnMut() -> anyhow::Result<f64>,
+) -> anyhow::Result<(f64, f64)> {
+    perturb(params, seed, 1.0, eps);
+    let plus = loss()?;
+    perturb(params, seed, -2.0, eps);
+    let minus = loss()?;
+    perturb(params, seed, 1.0, eps);
+    let projected_grad = (plus - minus) / (2.0 * eps);
+    update(params, seed, projected_grad, lr, weight_decay, decay);
+    Ok((plus, projected_grad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn step_seeds_are_numpys_randint() {
+        let mut s = StepSeeds::new(42);
+        let seeds: Vec<u64> = (0..5).map(|_| s.next_seed()).collect();
+        assert_eq!(seeds, [534895718, 199900595, 862061404, 787846414, 996406378]);
+    }
+
+    /// One test for everything that uses libtorch's global generator: tests run in parallel.
+    #[test]
+    fn perturbations_and_updates_regenerate_z() {
+        perturbations_regenerate_the_same_z();
+        update_follows_the_reference_formula();
+    }
+
+    fn perturbations_regenerate_the_same_z() {
+        let t = Tensor::zeros([3, 4], (Kind::Float, Device::Cpu));
+        let params = [Trainable { name: "w".into(), tensor: t.shallow_clone() }];
+        perturb(&params, 7, 1.0, 1.0);
+        tch::manual_seed(7);
+        let z = Tensor::randn([3, 4], (Kind::Float, Device::Cpu));
+        assert!(t.equal(&z));
+        perturb(&params, 7, -1.0, 1.0);
+        assert_eq!(t.abs().max().double_value(&[]), 0.0);
+    }
+
+    fn update_follows_the_reference_formula() {
+        let t = Tensor::ones([5], (Kind::Double, Device::Cpu));
+        let bias = Tensor::ones([5], (Kind::Double, Device::Cpu));
+        let params = [
+            Trainable { name: "w".into(), tensor: t.shallow_clone() },
+            Trainable { name: "x.bias".into(), tensor: bias.shallow_clone() },
+        ];
+        update(&params, 3, 2.0, 0.1, 0.5, WeightDecay::ExcludeBiasAndNorm);
+        tch::manual_seed(3);
+        let z = Tensor::randn([5], (Kind::Double, Device::Cpu));
+        let zb = Tensor::randn([5], (Kind::Double, Device::Cpu));
+        let want = Tensor::ones([5], (Kind::Double, Device::Cpu)) - (&z * 2.0 + 0.5) * 0.1;
+        assert!(t.allclose(&want, 0.0, 1e-15, false));
+        let want_bias = Tensor::ones([5], (Kind::Double, Device::Cpu)) - (&zb * 2.0) * 0.1;
+        assert!(bias.allclose(&want_bias, 0.0, 1e-15, false));
+    }
+}

@@ -1,0 +1,129 @@
+//! `mezo train --optimizer mezo` against our PyTorch implementation of the reference algorithm
+//! (tests/fixtures/mezo, made by scripts/make_mezo_fixture.py), and as two data-parallel ranks.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tch::Tensor;
+
+const MEZO: &str = env!("CARGO_BIN_EXE_mezo");
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+fn split(out: &Path) -> PathBuf {
+    let status = Command::new(MEZO)
+        .args(["-q", "kshot", "--task", "SST-2", "--k", "16", "--seed", "42", "--mode", "k-shot-1k-test"])
+        .arg("--data-dir")
+        .arg(repo("data/demo/original"))
+        .arg("--out")
+        .arg(out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    out.join("k-shot-1k-test/SST-2/16-42")
+}
+
+fn train(ranks: usize, split: &Path, out: &Path) {
+    let output = Command::new("mpirun")
+        .args([
+            "--oversubscribe",
+            "-np",
+            &ranks.to_string(),
+            MEZO,
+            "-q",
+            "train",
+            "--optimizer",
+            "mezo",
+            "--task",
+            "sst-2",
+        ])
+        .args([
+            "--steps",
+            "20",
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-3",
+            "--eps",
+            "1e-3",
+            "--weight-decay",
+            "0.1",
+        ])
+        .args(["--seed", "42", "--eval-every", "0", "--save-model"])
+        .arg("--model")
+        .arg(repo("tests/fixtures/models/roberta"))
+        .arg("--data-dir")
+        .arg(split)
+        .arg("--out")
+        .arg(out)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+fn weights(path: &Path) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(path).unwrap().into_iter().collect()
+}
+
+fn trajectory(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("trajectory.jsonl"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Largest |a - b| over a tensor, relative to the largest |b|.
+fn relative(a: &Tensor, b: &Tensor) -> f64 {
+    let scale = b.abs().max().double_value(&[]).max(1e-12);
+    (a - b).abs().max().double_value(&[]) / scale
+}
+
+#[test]
+fn reference_stream_matches_pytorch_and_two_ranks_match_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = split(dir.path());
+    let one = dir.path().join("one");
+    train(1, &split, &one);
+    let reference = weights(&repo("tests/fixtures/mezo/final.safetensors"));
+    let ours = weights(&one.join("model/model.safetensors"));
+    assert_eq!(ours.len(), reference.len());
+    let mut worst = 0.0f64;
+    for (name, want) in &reference {
+        worst = worst.max(relative(&ours[name], want));
+    }
+    eprintln!("final weights vs the PyTorch reference: max relative difference {worst:e}");
+    assert!(worst <= 1e-5, "final weights differ from the PyTorch reference by {worst:e} (relative)");
+
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo("tests/fixtures/mezo/reference.json")).unwrap())
+            .unwrap();
+    let steps = trajectory(&one);
+    for (ours, want) in steps.iter().zip(expected["trajectory"].as_array().unwrap()) {
+        assert_eq!(ours["seed"], want["seed"]);
+        let (g, w) = (ours["projected_grad"].as_f64().unwrap(), want["projected_grad"].as_f64().unwrap());
+        assert!((g - w).abs() <= 1e-3 * w.abs().max(1.0), "step {}: g {g} vs {w}", ours["step"]);
+    }
+
+    let two = dir.path().join("two");
+    train(2, &split, &two);
+    let split_run = weights(&two.join("model/model.safetensors"));
+    for (name, t) in &ours {
+        let d = relative(&split_run[name], t);
+        assert!(d <= 1e-5, "{name}: 2 ranks differ from 1 rank by {d:e}");
+    }
+    for (a, b) in trajectory(&one).iter().zip(trajectory(&two).iter()) {
+        assert_eq!(a["seed"], b["seed"]);
+        let (ga, gb) = (a["projected_grad"].as_f64().unwrap(), b["projected_grad"].as_f64().unwrap());
+        assert!((ga - gb).abs() <= 1e-3 * ga.abs().max(1.0));
+    }
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(one.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["best_step"], 20);
+    assert!(one.join("config.json").exists() && one.join("metrics.jsonl").exists());
+}

@@ -127,3 +127,93 @@ fn reference_stream_matches_pytorch_and_two_ranks_match_one() {
     assert_eq!(results["best_step"], 20);
     assert!(one.join("config.json").exists() && one.join("metrics.jsonl").exists());
 }
+
+fn train_args(split: &Path) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> =
+        ["-q", "train", "--task", "sst-2", "--steps", "150", "--batch-size", "4"]
+            .into_iter()
+            .chain(["--lr", "1e-3", "--eps", "1e-3", "--seed", "7", "--eval-every", "10", "--save-model"])
+            .map(Into::into)
+            .collect();
+    args.extend(["--model".into(), repo("tests/fixtures/models/roberta").into_os_string()]);
+    args.extend(["--data-dir".into(), split.as_os_str().to_owned()]);
+    args
+}
+
+fn trajectory_steps(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("trajectory.jsonl"))
+        .map(|t| t.lines().count().saturating_sub(1))
+        .unwrap_or(0)
+}
+
+/// Killed with SIGKILL at whatever step it has reached, then resumed: the same final weights, bit
+/// for bit, and the same best-dev step as an uninterrupted run; replay rebuilds them too.
+#[test]
+fn kill_resume_and_replay_are_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = split(dir.path());
+    let whole = dir.path().join("whole");
+    let status = Command::new(MEZO).args(train_args(&split)).arg("--out").arg(&whole).status().unwrap();
+    assert!(status.success());
+
+    let killed = dir.path().join("killed");
+    let mut child = Command::new(MEZO).args(train_args(&split)).arg("--out").arg(&killed).spawn().unwrap();
+    let start = std::time::Instant::now();
+    while trajectory_steps(&killed) < 37 && start.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let reached = trajectory_steps(&killed);
+    assert!((37..150).contains(&reached), "killed after {reached} steps");
+    assert!(!killed.join("model").exists());
+    let status = Command::new(MEZO).args(train_args(&split)).arg("--resume").arg(&killed).status().unwrap();
+    assert!(status.success());
+
+    let a = weights(&whole.join("model/model.safetensors"));
+    let b = weights(&killed.join("model/model.safetensors"));
+    for (name, t) in &a {
+        assert!(t.equal(&b[name]), "{name} differs after kill and resume at step {reached}");
+    }
+    let results = |run: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap()
+    };
+    assert_eq!(results(&whole), results(&killed));
+
+    let replayed = dir.path().join("replayed");
+    let status =
+        Command::new(MEZO).args(["-q", "replay"]).arg(&whole).arg("--out").arg(&replayed).status().unwrap();
+    assert!(status.success());
+    let c = weights(&replayed.join("model.safetensors"));
+    for (name, t) in &a {
+        assert!(t.equal(&c[name]), "{name} differs after replay");
+    }
+}
+
+/// SIGTERM (Slurm pre-emption) finishes the step, flushes and exits 0 with a resumable run.
+#[test]
+fn sigterm_stops_cleanly_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = split(dir.path());
+    let run = dir.path().join("run");
+    let mut child = Command::new(MEZO)
+        .args(train_args(&split))
+        .arg("--out")
+        .arg(&run)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while trajectory_steps(&run) < 20 && start.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "a pre-empted run exits 0");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("continue with --resume"));
+    let stopped = trajectory_steps(&run);
+    assert!(stopped < 150 && !run.join("results.json").exists());
+    let status = Command::new(MEZO).args(train_args(&split)).arg("--resume").arg(&run).status().unwrap();
+    assert!(status.success());
+    assert_eq!(trajectory_steps(&run), 150);
+}

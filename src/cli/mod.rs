@@ -8,6 +8,7 @@ mod encode;
 mod eval;
 mod info;
 mod kshot;
+mod replay;
 mod train;
 
 use crate::dist::device::{self, DeviceRequest};
@@ -62,6 +63,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Fine-tune with forward passes only (MeZO), as one process or data-parallel ranks.
     Train(train::TrainArgs),
+    /// Rebuild a MeZO run's fine-tuned model from its trajectory alone.
+    Replay(replay::ReplayArgs),
 }
 
 /// Runs the command line of this process; returns the exit code.
@@ -90,6 +93,7 @@ pub fn main() -> i32 {
         Command::Convert(args) => convert::run(&context, args),
         Command::Eval(args) => eval::run(&context, args),
         Command::Train(args) => train::run(&context, args),
+        Command::Replay(args) => replay::run(&context, args),
     };
     match result {
         Ok(()) => 0,

@@ -4,7 +4,7 @@ use crate::data::dataset::{FewShotType, TaskData};
 use crate::error::input_error;
 use crate::model::{self, Dtype, FreezeRules, LoadOptions, LoraConfig, Scope};
 use crate::optim::zo::WeightDecay;
-use crate::train::{train_mezo, LrSchedule, TrainConfig};
+use crate::train::{train_mezo, LrSchedule, Outcome, TrainConfig};
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -36,8 +36,12 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value = "mezo")]
     optimizer: Optimizer,
     /// Run directory: config.json, metrics.jsonl, trajectory.jsonl, results.json, model/.
+    #[arg(long, value_name = "DIR", required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the run in DIR (killed or stopped by a signal): its trajectory is replayed
+    /// without forward passes, then training goes on. Give the same arguments as the first time.
     #[arg(long, value_name = "DIR")]
-    out: PathBuf,
+    resume: Option<PathBuf>,
     #[arg(long, default_value_t = 1000)]
     steps: usize,
     /// Global batch size, split over the ranks.
@@ -85,6 +89,14 @@ pub struct TrainArgs {
 pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
     let dist = ctx.dist;
     let model_dir = args.data.model_dir().ok_or_else(|| input_error("mezo train needs --model DIR"))?;
+    let out_dir = match (&args.resume, &args.out) {
+        (Some(run), Some(out)) if run != out => {
+            return Err(input_error("--resume DIR continues DIR: leave out --out"))
+        }
+        (Some(run), _) => run.clone(),
+        (None, Some(out)) => out.clone(),
+        (None, None) => unreachable!("clap requires --out or --resume"),
+    };
     let mut data_config = args.data.config()?;
     let finetune = data_config.few_shot_type == FewShotType::Finetune;
     let encoder = model::read_json(&model_dir.join("config.json"))
@@ -156,16 +168,42 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
             exclude_head: args.exclude_head,
             only_biases: false,
         },
-        out_dir: args.out.clone(),
+        out_dir: out_dir.clone(),
         save_model: args.save_model,
     };
-    let summary = match args.optimizer {
-        Optimizer::Mezo => train_mezo(&model, &mut data, dist, &config)?,
+    if dist.is_root() && args.resume.is_none() {
+        std::fs::create_dir_all(&out_dir)?;
+        let resolved = serde_json::json!({
+            "program": format!("mezo {}", env!("CARGO_PKG_VERSION")),
+            "optimizer": "mezo", "rng": "reference", "ranks": dist.size(),
+            "load": {
+                "model": model_dir, "dtype": options.dtype, "num_labels": options.num_labels,
+                "init_seed": options.init_seed, "lora": options.lora, "num_prefix": options.num_prefix,
+            },
+            "train": config,
+            "data": {
+                "task": data.config.task.name, "data_dir": data.config.data_dir, "tokenizer": data.config.tokenizer,
+                "few_shot_type": format!("{:?}", data.config.few_shot_type), "template": data.config.template,
+                "mapping": data.config.mapping, "lengths": format!("{:?}", data.config.lengths),
+                "truncate_head": data.config.truncate_head, "seed": data.config.seed,
+            },
+        });
+        std::fs::write(out_dir.join("config.json"), serde_json::to_string_pretty(&resolved)?)?;
+    }
+    let outcome = match args.optimizer {
+        Optimizer::Mezo => train_mezo(&model, &mut data, dist, &config, args.resume.is_some())?,
     };
     if dist.is_root() {
-        println!("best dev at step {}: {:?}", summary.best_step, summary.best_dev);
-        println!("test (best-dev weights): {:?}", summary.test);
-        println!("run directory: {}", args.out.display());
+        match outcome {
+            Outcome::Finished(summary) => {
+                println!("best dev at step {}: {:?}", summary.best_step, summary.best_dev);
+                println!("test (best-dev weights): {:?}", summary.test);
+            }
+            Outcome::Stopped(step) => {
+                println!("stopped after step {step}; continue with --resume {}", out_dir.display())
+            }
+        }
+        println!("run directory: {}", out_dir.display());
     }
     Ok(())
 }

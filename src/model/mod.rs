@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
 
 /// `--dtype`: the parameter and activation type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Dtype {
     #[default]
     F32,
@@ -103,7 +103,7 @@ impl LoadOptions {
 }
 
 /// Which parameters an optimiser changes (MeZO spec §2, LM-Kernel-FT's exclusion flags).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct FreezeRules {
     pub scope: Scope,
     /// Drop names containing "embed" (word/position/token-type embeddings, embedding LayerNorm).
@@ -114,7 +114,7 @@ pub struct FreezeRules {
     pub only_biases: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Scope {
     /// Every parameter (embeddings included, as in full-parameter MeZO).
     #[default]

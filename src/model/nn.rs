@@ -16,7 +16,7 @@ pub struct Param {
 /// LoRA adapters to attach while loading (MeZO's large-model LoRA): every linear layer whose
 /// name ends with one of `targets` gets `W x + b + (alpha / rank) B A x`, A `[rank, in]`
 /// Kaiming-uniform (bound 1/sqrt(in)), B `[out, rank]` zero, never merged.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoraConfig {
     pub rank: i64,
     pub alpha: f64,

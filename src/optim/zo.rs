@@ -30,7 +30,7 @@ impl StepSeeds {
 }
 
 /// Which tensors weight decay applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum WeightDecay {
     /// Every optimised tensor (MeZO medium, the RoBERTa experiments).
     #[default]

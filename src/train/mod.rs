@@ -23,16 +23,18 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tch::{Kind, Tensor};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum LrSchedule {
     Constant,
     /// η_t = η (T − t) / T.
     Linear,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TrainConfig {
     pub steps: usize,
     /// Global batch size, split over the ranks.
@@ -40,7 +42,6 @@ pub struct TrainConfig {
     pub lr: f64,
     pub eps: f64,
     pub weight_decay: f64,
-    #[serde(skip)]
     pub decay_rule: WeightDecay,
     pub lr_schedule: LrSchedule,
     /// Seeds the step seeds and the batch sampler (independent streams).
@@ -48,7 +49,6 @@ pub struct TrainConfig {
     /// Evaluate on dev every this many steps (and after the last); 0: only after the last.
     pub eval_every: usize,
     pub eval_batch_size: usize,
-    #[serde(skip)]
     pub freeze: FreezeRules,
     pub out_dir: PathBuf,
     pub save_model: bool,
@@ -63,24 +63,43 @@ pub struct Summary {
     pub final_train_loss: f64,
 }
 
-/// Σ loss and count of this rank's share of a batch: cross-entropy over the class scores.
-fn loss_sums(model: &Model, data: &mut TaskData, rows: &[usize]) -> Result<(f64, f64)> {
+/// This rank's share of a step's batch, encoded once and used for both losses of the step (the
+/// reference fetches a batch once; with demonstrations, they are drawn once per step).
+struct StepBatch {
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    mask_pos: Option<Tensor>,
+    labels: Tensor,
+}
+
+fn step_batch(model: &Model, data: &mut TaskData, rows: &[usize]) -> Result<Option<StepBatch>> {
     if rows.is_empty() {
-        return Ok((0.0, 0.0));
+        return Ok(None);
     }
-    let _guard = tch::no_grad_guard();
     let features = rows.iter().map(|&i| data.train_feature(i)).collect::<Result<Vec<_>, _>>()?;
     let batch_rows: Vec<_> = features.iter().map(|f| (&f.encoded, f.label)).collect();
     let b = collate(&batch_rows, data.encoder.special().pad);
     let device = model.device;
-    let (ids, mask) = (b.input_ids.to_device(device), b.attention_mask.to_device(device));
-    let words = Tensor::from_slice(data.encoder.label_word_ids()).to_device(device);
+    Ok(Some(StepBatch {
+        input_ids: b.input_ids.to_device(device),
+        attention_mask: b.attention_mask.to_device(device),
+        mask_pos: b.mask_pos.map(|p| p.to_device(device)),
+        labels: b.labels.to_device(device),
+    }))
+}
+
+/// Σ loss and count of this rank's share: cross-entropy over the class scores.
+fn loss_sums(model: &Model, data: &TaskData, batch: Option<&StepBatch>) -> Result<(f64, f64)> {
+    let Some(b) = batch else { return Ok((0.0, 0.0)) };
+    let _guard = tch::no_grad_guard();
+    let words = Tensor::from_slice(data.encoder.label_word_ids()).to_device(model.device);
+    let (ids, mask) = (&b.input_ids, &b.attention_mask);
     let scores = match (&model.body, data.config.few_shot_type) {
-        (Body::Encoder(e), FewShotType::Finetune) => e.classifier_logits(&ids, &mask)?,
+        (Body::Encoder(e), FewShotType::Finetune) => e.classifier_logits(ids, mask)?,
         (Body::Encoder(e), _) => e.label_scores(
-            &ids,
-            &mask,
-            &b.mask_pos.expect("prompt features have mask positions").to_device(device),
+            ids,
+            mask,
+            b.mask_pos.as_ref().expect("prompt features have mask positions"),
             &words,
         ),
         (_, FewShotType::Finetune) => {
@@ -88,24 +107,23 @@ fn loss_sums(model: &Model, data: &mut TaskData, rows: &[usize]) -> Result<(f64,
         }
         _ => {
             let lm = model.causal_lm().expect("decoder bodies are causal LMs");
-            let logits = lm.forward(&ids, &mask, None);
+            let logits = lm.forward(ids, mask, None);
             let v = logits.size()[2];
-            let pos = b.mask_pos.expect("prompt features have a scoring position").to_device(device);
+            let pos = b.mask_pos.as_ref().expect("prompt features have a scoring position");
             logits
                 .gather(1, &pos.view([-1, 1, 1]).expand([-1, 1, v], false), false)
                 .squeeze_dim(1)
                 .index_select(1, &words)
         }
     };
-    let labels = b.labels.to_device(device);
     let sum = scores.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
-        &labels,
+        &b.labels,
         None,
         tch::Reduction::Sum,
         -100,
         0.0,
     );
-    Ok((sum.double_value(&[]), rows.len() as f64))
+    Ok((sum.double_value(&[]), b.labels.size()[0] as f64))
 }
 
 /// A content fingerprint of tensors (FNV-1a over their bytes), to tie a trajectory to its weights.
@@ -127,11 +145,17 @@ pub fn fingerprint(tensors: &[Trainable]) -> String {
 struct JsonLines(Option<std::fs::File>);
 
 impl JsonLines {
-    fn create(dist: &Dist, path: PathBuf) -> Result<JsonLines> {
+    fn open(dist: &Dist, path: PathBuf, append: bool) -> Result<JsonLines> {
         if !dist.is_root() {
             return Ok(JsonLines(None));
         }
-        let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
         Ok(JsonLines(Some(file)))
     }
 
@@ -144,8 +168,89 @@ impl JsonLines {
     }
 }
 
-/// Runs MeZO on `model` and `data`; every rank returns the same summary.
-pub fn train_mezo(model: &Model, data: &mut TaskData, dist: &Dist, config: &TrainConfig) -> Result<Summary> {
+/// One recorded step of a trajectory.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+pub struct RecordedStep {
+    pub step: usize,
+    pub seed: u64,
+    pub projected_grad: f64,
+    pub lr: f64,
+}
+
+/// A run's trajectory file: its header and steps (a torn last line, from a kill mid-write, is
+/// ignored).
+pub fn read_trajectory(run: &std::path::Path) -> Result<(serde_json::Value, Vec<RecordedStep>)> {
+    let path = run.join("trajectory.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(|e| InputError(format!("{}: {e}", path.display())))?;
+    let mut lines = text.lines();
+    let header: serde_json::Value = lines
+        .next()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| InputError(format!("{}: no header line", path.display())))?;
+    let steps: Vec<RecordedStep> = lines.map_while(|l| serde_json::from_str(l).ok()).collect();
+    for (i, s) in steps.iter().enumerate() {
+        if s.step != i + 1 {
+            bail!(InputError(format!(
+                "{}: step {} found where step {} belongs",
+                path.display(),
+                s.step,
+                i + 1
+            )));
+        }
+    }
+    Ok((header, steps))
+}
+
+/// Re-applies a recorded step without forward passes: the three perturbations (their rounding is
+/// part of the trajectory) and the update.
+pub fn replay_step(
+    trainable: &[Trainable],
+    step: &RecordedStep,
+    eps: f64,
+    weight_decay: f64,
+    rule: WeightDecay,
+) {
+    zo::perturb(trainable, step.seed, 1.0, eps);
+    zo::perturb(trainable, step.seed, -2.0, eps);
+    zo::perturb(trainable, step.seed, 1.0, eps);
+    zo::update(trainable, step.seed, step.projected_grad, step.lr, weight_decay, rule);
+}
+
+/// The tensors `freeze` selects, as handles for the optimiser.
+pub fn trainable(model: &Model, freeze: &FreezeRules) -> Vec<Trainable> {
+    model
+        .trainable(freeze)
+        .into_iter()
+        .map(|p| Trainable { name: p.name.clone(), tensor: p.tensor.shallow_clone() })
+        .collect()
+}
+
+/// Set by SIGTERM or SIGUSR1 (Slurm's pre-emption signals): finish the step, flush, stop.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {
+        signal_hook::flag::register(signal, Arc::clone(&flag)).context("installing the signal handler")?;
+    }
+    Ok(flag)
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Finished(Summary),
+    /// Stopped by a signal after this many steps; `--resume` continues it.
+    Stopped(usize),
+}
+
+/// Runs MeZO on `model` and `data`; with `resume`, first replays the run directory's trajectory
+/// (no forward passes) and continues after its last step. Every rank returns the same outcome.
+pub fn train_mezo(
+    model: &Model,
+    data: &mut TaskData,
+    dist: &Dist,
+    config: &TrainConfig,
+    resume: bool,
+) -> Result<Outcome> {
     if data.config.task.regression {
         bail!(InputError(format!(
             "training on the regression task {} is not supported",
@@ -155,65 +260,115 @@ pub fn train_mezo(model: &Model, data: &mut TaskData, dist: &Dist, config: &Trai
     if config.steps == 0 || config.batch_size == 0 {
         bail!(InputError("--steps and --batch-size must be positive".into()));
     }
-    let trainable: Vec<Trainable> = model
-        .trainable(&config.freeze)
-        .into_iter()
-        .map(|p| Trainable { name: p.name.clone(), tensor: p.tensor.shallow_clone() })
-        .collect();
+    let trainable = trainable(model, &config.freeze);
     if trainable.is_empty() {
         bail!(InputError("the freezing rules leave no parameter to train".into()));
     }
-    if dist.is_root() {
+    let names: Vec<&String> = trainable.iter().map(|t| &t.name).collect();
+    let header = serde_json::json!({
+        "initial_fingerprint": fingerprint(&trainable), "seed": config.seed, "eps": config.eps,
+        "weight_decay": config.weight_decay, "decay_rule": format!("{:?}", config.decay_rule), "trainable": names,
+    });
+    let recorded = if resume {
+        let (found, steps) = read_trajectory(&config.out_dir)?;
+        if found != header {
+            bail!(InputError(format!(
+                "{}: the run was made with other weights or settings (seed, eps, weight decay, trainable tensors) \
+                 than this command gives",
+                config.out_dir.join("trajectory.jsonl").display()
+            )));
+        }
+        if steps.len() >= config.steps {
+            bail!(InputError(format!(
+                "{} already has {} steps (--steps {})",
+                config.out_dir.display(),
+                steps.len(),
+                config.steps
+            )));
+        }
+        steps
+    } else {
+        Vec::new()
+    };
+    if dist.is_root() && !resume {
         std::fs::create_dir_all(&config.out_dir)
             .with_context(|| format!("creating {}", config.out_dir.display()))?;
-        let resolved = serde_json::json!({
-            "train": config, "task": data.config.task.name, "model": model.source, "model_type": model.model_type,
-            "dtype": format!("{:?}", model.dtype), "few_shot_type": format!("{:?}", data.config.few_shot_type),
-            "template": data.config.template, "mapping": data.config.mapping, "lengths": format!("{:?}", data.config.lengths),
-            "data_dir": data.config.data_dir, "ranks": dist.size(), "optimizer": "mezo", "rng": "reference",
-            "trainable_tensors": trainable.len(), "trainable_values": trainable.iter().map(|t| t.tensor.numel()).sum::<usize>(),
-        });
-        std::fs::write(config.out_dir.join("config.json"), serde_json::to_string_pretty(&resolved)?)?;
     }
-    let mut metrics = JsonLines::create(dist, config.out_dir.join("metrics.jsonl"))?;
-    let mut trajectory = JsonLines::create(dist, config.out_dir.join("trajectory.jsonl"))?;
-    trajectory.write(&serde_json::json!({
-        "initial_fingerprint": fingerprint(&trainable), "seed": config.seed, "eps": config.eps,
-        "weight_decay": config.weight_decay, "trainable": trainable.iter().map(|t| &t.name).collect::<Vec<_>>(),
-    }))?;
+    let mut metrics = JsonLines::open(dist, config.out_dir.join("metrics.jsonl"), resume)?;
+    let mut trajectory = JsonLines::open(dist, config.out_dir.join("trajectory.jsonl"), resume)?;
+    if !resume {
+        trajectory.write(&header)?;
+    }
 
     let mut seeds = StepSeeds::new(config.seed);
     let mut sampler = BatchSampler::new(data.train.len(), config.batch_size, config.seed);
     let selection = format!("eval_{}", data.config.task.selection_metric());
     let mut best: Option<(usize, BTreeMap<String, f64>, Vec<Tensor>)> = None;
+    // Best dev so far of a resumed run, from its metrics log; its weights are taken during replay.
+    let logged_best =
+        if resume { best_logged_dev(&config.out_dir, &selection, recorded.len())? } else { None };
+    for r in &recorded {
+        let batch = sampler.next_batch();
+        if data.config.few_shot_type == FewShotType::PromptDemo {
+            // Demonstrations are drawn per training access: draw them again to stay on the stream.
+            let mine = &batch[shard(batch.len(), dist.rank(), dist.size())];
+            step_batch(model, data, mine)?;
+        }
+        let seed = seeds.next_seed();
+        if seed != r.seed {
+            bail!("step {}: the trajectory has seed {}, the run's stream gives {seed}", r.step, r.seed);
+        }
+        replay_step(&trainable, r, config.eps, config.weight_decay, config.decay_rule);
+        if let Some((step, dev)) = &logged_best {
+            if *step == r.step {
+                best = Some((*step, dev.clone(), trainable.iter().map(|t| t.tensor.copy()).collect()));
+            }
+        }
+    }
+    if resume {
+        log::info!("resumed {} after replaying {} steps", config.out_dir.display(), recorded.len());
+        // Killed between a step and its evaluation: evaluate now, as the uninterrupted run did.
+        let last = recorded.len();
+        let evaluated = logged_dev_steps(&config.out_dir)?.contains(&last);
+        if config.eval_every > 0 && last % config.eval_every == 0 && !evaluated {
+            let dev = evaluate(model, data, &data.dev, dist, config.eval_batch_size)?;
+            metrics.write(&serde_json::json!({"step": last, "dev": dev}))?;
+            if best.as_ref().is_none_or(|(_, b, _)| dev[&selection] > b[&selection]) {
+                best = Some((last, dev, trainable.iter().map(|t| t.tensor.copy()).collect()));
+            }
+        }
+    }
+
+    let stop = stop_flag()?;
     let progress = crate::logging::progress_bar(dist, config.steps as u64, "steps");
+    progress.set_position(recorded.len() as u64);
     let mut last_loss = f64::NAN;
-    for step in 1..=config.steps {
+    for step in recorded.len() + 1..=config.steps {
         let batch = sampler.next_batch();
         let mine: Vec<usize> = batch[shard(batch.len(), dist.rank(), dist.size())].to_vec();
+        let step_data = step_batch(model, data, &mine)?;
         let seed = seeds.next_seed();
         let lr = match config.lr_schedule {
             LrSchedule::Constant => config.lr,
             LrSchedule::Linear => config.lr * (config.steps - (step - 1)) as f64 / config.steps as f64,
         };
-        let mut evaluations = 0;
         let (plus, projected_grad) =
             zo::step(&trainable, seed, config.eps, lr, config.weight_decay, config.decay_rule, || {
-                let (sum, count) = loss_sums(model, data, &mine)?;
-                let mut sums = [sum, count];
+                let mut sums = {
+                    let (sum, count) = loss_sums(model, data, step_data.as_ref())?;
+                    [sum, count]
+                };
                 dist.all_reduce(&mut sums, Reduce::Sum);
-                evaluations += 1;
                 Ok(sums[0] / sums[1])
             })?;
         if !plus.is_finite() || !projected_grad.is_finite() {
             bail!(
-                "step {step}: the loss is {plus} and the projected gradient {projected_grad}; the trajectory up to step {} \
-                 is in {}",
+                "step {step}: the loss is {plus} and the projected gradient {projected_grad}; the run up to step {} \
+                 is in {} (resume it with other settings, e.g. a smaller --lr)",
                 step - 1,
-                config.out_dir.join("trajectory.jsonl").display()
+                config.out_dir.display()
             );
         }
-        debug_assert_eq!(evaluations, 2);
         last_loss = plus;
         trajectory.write(
             &serde_json::json!({"step": step, "seed": seed, "projected_grad": projected_grad, "lr": lr}),
@@ -230,11 +385,17 @@ pub fn train_mezo(model: &Model, data: &mut TaskData, dist: &Dist, config: &Trai
                 "step {step}: dev {selection} {:.4}",
                 dev.get(&selection).copied().unwrap_or(f64::NAN)
             );
-            let better = best.as_ref().is_none_or(|(_, b, _)| dev[&selection] > b[&selection]);
-            if better {
-                let snapshot = trainable.iter().map(|t| t.tensor.copy()).collect();
-                best = Some((step, dev, snapshot));
+            if best.as_ref().is_none_or(|(_, b, _)| dev[&selection] > b[&selection]) {
+                best = Some((step, dev, trainable.iter().map(|t| t.tensor.copy()).collect()));
             }
+        }
+        // Every rank stops after the same step, whichever of them got the signal.
+        let mut stopping = [u8::from(stop.load(Ordering::Relaxed))];
+        dist.all_reduce(&mut stopping, Reduce::Max);
+        if stopping[0] != 0 && step < config.steps {
+            progress.finish_and_clear();
+            log::warn!("stopping after step {step} on a signal; continue with the same command and --resume");
+            return Ok(Outcome::Stopped(step));
         }
     }
     progress.finish_and_clear();
@@ -260,5 +421,36 @@ pub fn train_mezo(model: &Model, data: &mut TaskData, dist: &Dist, config: &Trai
         std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(summary)
+    Ok(Outcome::Finished(summary))
+}
+
+/// Steps with a dev evaluation in `metrics.jsonl`.
+fn logged_dev_steps(run: &std::path::Path) -> Result<Vec<usize>> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl"))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("dev").is_some())
+        .filter_map(|v| v["step"].as_u64().map(|s| s as usize))
+        .collect())
+}
+
+/// The best dev evaluation logged in `metrics.jsonl` up to `steps`.
+fn best_logged_dev(
+    run: &std::path::Path,
+    selection: &str,
+    steps: usize,
+) -> Result<Option<(usize, BTreeMap<String, f64>)>> {
+    let path = run.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(|e| InputError(format!("{}: {e}", path.display())))?;
+    let mut best: Option<(usize, BTreeMap<String, f64>)> = None;
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let (Some(step), Some(dev)) = (v["step"].as_u64(), v.get("dev")) else { continue };
+        let dev: BTreeMap<String, f64> = serde_json::from_value(dev.clone())?;
+        if step as usize <= steps && best.as_ref().is_none_or(|(_, b)| dev[selection] > b[selection]) {
+            best = Some((step as usize, dev));
+        }
+    }
+    Ok(best)
 }

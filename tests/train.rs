@@ -196,7 +196,7 @@ fn sigterm_stops_cleanly_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let split = split(dir.path());
     let run = dir.path().join("run");
-    let mut child = Command::new(MEZO)
+    let child = Command::new(MEZO)
         .args(train_args(&split))
         .arg("--out")
         .arg(&run)

@@ -217,3 +217,52 @@ fn sigterm_stops_cleanly_and_resumes() {
     assert!(status.success());
     assert_eq!(trajectory_steps(&run), 150);
 }
+
+/// The first-order baseline: the loss falls, and two data-parallel ranks give the first rank's
+/// numbers up to the order of the gradient sum.
+#[test]
+fn adam_baseline_learns_and_two_ranks_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = split(dir.path());
+    let run = |ranks: usize, out: &Path| {
+        let output = Command::new("mpirun")
+            .args([
+                "--oversubscribe",
+                "-np",
+                &ranks.to_string(),
+                MEZO,
+                "-q",
+                "train",
+                "--optimizer",
+                "adam",
+                "--task",
+                "sst-2",
+            ])
+            .args(["--steps", "40", "--batch-size", "8", "--lr", "1e-3", "--seed", "3", "--eval-every", "20"])
+            .arg("--model")
+            .arg(repo("tests/fixtures/models/roberta"))
+            .arg("--data-dir")
+            .arg(&split)
+            .arg("--out")
+            .arg(out)
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let losses: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
+            .collect();
+        losses
+    };
+    let one = run(1, &dir.path().join("one"));
+    let two = run(2, &dir.path().join("two"));
+    assert_eq!(one.len(), 40);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(mean(&one[30..]) < mean(&one[..10]), "the training loss falls: {one:?}");
+    for (a, b) in one.iter().zip(&two) {
+        assert!((a - b).abs() < 1e-4, "1 rank {a} vs 2 ranks {b}");
+    }
+}

@@ -4,7 +4,7 @@ use crate::data::dataset::{FewShotType, TaskData};
 use crate::error::input_error;
 use crate::model::{self, Dtype, FreezeRules, LoadOptions, LoraConfig, Scope};
 use crate::optim::zo::WeightDecay;
-use crate::train::{train_mezo, LrSchedule, Outcome, TrainConfig};
+use crate::train::{train_first_order, train_mezo, FirstOrder, LrSchedule, Outcome, TrainConfig};
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -13,6 +13,10 @@ use std::path::PathBuf;
 enum Optimizer {
     /// Zeroth-order SGD with the reference random stream (MeZO).
     Mezo,
+    /// Backpropagation with AdamW: the papers' fine-tuning baseline.
+    Adam,
+    /// Backpropagation with plain SGD.
+    Sgd,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -97,6 +101,9 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
         (None, Some(out)) => out.clone(),
         (None, None) => unreachable!("clap requires --out or --resume"),
     };
+    if args.resume.is_some() && !matches!(args.optimizer, Optimizer::Mezo) {
+        return Err(input_error("--resume continues MeZO runs (their trajectory is the checkpoint)"));
+    }
     let mut data_config = args.data.config()?;
     let finetune = data_config.few_shot_type == FewShotType::Finetune;
     let encoder = model::read_json(&model_dir.join("config.json"))
@@ -175,7 +182,8 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
         std::fs::create_dir_all(&out_dir)?;
         let resolved = serde_json::json!({
             "program": format!("mezo {}", env!("CARGO_PKG_VERSION")),
-            "optimizer": "mezo", "rng": "reference", "ranks": dist.size(),
+            "optimizer": format!("{:?}", args.optimizer).to_lowercase(),
+            "rng": matches!(args.optimizer, Optimizer::Mezo).then_some("reference"), "ranks": dist.size(),
             "load": {
                 "model": model_dir, "dtype": options.dtype, "num_labels": options.num_labels,
                 "init_seed": options.init_seed, "lora": options.lora, "num_prefix": options.num_prefix,
@@ -192,6 +200,8 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
     }
     let outcome = match args.optimizer {
         Optimizer::Mezo => train_mezo(&model, &mut data, dist, &config, args.resume.is_some())?,
+        Optimizer::Adam => train_first_order(&model, &mut data, dist, &config, FirstOrder::AdamW)?,
+        Optimizer::Sgd => train_first_order(&model, &mut data, dist, &config, FirstOrder::Sgd)?,
     };
     if dist.is_root() {
         match outcome {

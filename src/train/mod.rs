@@ -27,6 +27,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tch::{Kind, Tensor};
 
+mod first_order;
+pub use first_order::{train_first_order, FirstOrder};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum LrSchedule {
     Constant,
@@ -92,6 +95,12 @@ fn step_batch(model: &Model, data: &mut TaskData, rows: &[usize]) -> Result<Opti
 fn loss_sums(model: &Model, data: &TaskData, batch: Option<&StepBatch>) -> Result<(f64, f64)> {
     let Some(b) = batch else { return Ok((0.0, 0.0)) };
     let _guard = tch::no_grad_guard();
+    let sum = loss_sum(model, data, b)?;
+    Ok((sum.double_value(&[]), b.labels.size()[0] as f64))
+}
+
+/// The summed cross-entropy of a batch over its class scores (differentiable).
+fn loss_sum(model: &Model, data: &TaskData, b: &StepBatch) -> Result<Tensor> {
     let words = Tensor::from_slice(data.encoder.label_word_ids()).to_device(model.device);
     let (ids, mask) = (&b.input_ids, &b.attention_mask);
     let scores = match (&model.body, data.config.few_shot_type) {
@@ -116,14 +125,13 @@ fn loss_sums(model: &Model, data: &TaskData, batch: Option<&StepBatch>) -> Resul
                 .index_select(1, &words)
         }
     };
-    let sum = scores.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
+    Ok(scores.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
         &b.labels,
         None,
         tch::Reduction::Sum,
         -100,
         0.0,
-    );
-    Ok((sum.double_value(&[]), b.labels.size()[0] as f64))
+    ))
 }
 
 /// A content fingerprint of tensors (FNV-1a over their bytes), to tie a trajectory to its weights.
@@ -399,6 +407,22 @@ pub fn train_mezo(
         }
     }
     progress.finish_and_clear();
+    finish(model, data, dist, config, &trainable, best, last_loss, &mut metrics)
+}
+
+/// The end of a run: the final model saved, test evaluated with the best-dev weights,
+/// results.json written.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    model: &Model,
+    data: &TaskData,
+    dist: &Dist,
+    config: &TrainConfig,
+    trainable: &[Trainable],
+    best: Option<(usize, BTreeMap<String, f64>, Vec<Tensor>)>,
+    last_loss: f64,
+    metrics: &mut JsonLines,
+) -> Result<Outcome> {
     if config.save_model && dist.is_root() {
         model.save(&config.out_dir.join("model"), crate::model::MAX_SHARD_BYTES)?;
     }

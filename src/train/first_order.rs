@@ -1,0 +1,133 @@
+//! The first-order baseline the papers compare MeZO with: backpropagation and AdamW or SGD
+//! (libtorch's own optimisers), in the same loop, logs and outputs as MeZO. Data parallelism
+//! averages gradients over the ranks with an MPI all-reduce (on the host).
+
+use super::{loss_sum, step_batch, JsonLines, Outcome, TrainConfig};
+use crate::data::batch::{shard, BatchSampler};
+use crate::data::dataset::TaskData;
+use crate::dist::{Dist, Reduce};
+use crate::error::InputError;
+use crate::eval::evaluate;
+use crate::model::Model;
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::BTreeMap;
+use tch::{COptimizer, Device, Kind, Tensor};
+
+/// Which optimiser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstOrder {
+    /// AdamW (β 0.9/0.999, ε 1e-8, decoupled weight decay; none on biases and LayerNorms, as the
+    /// Hugging Face Trainer does).
+    AdamW,
+    /// Plain SGD with the same weight-decay split.
+    Sgd,
+}
+
+/// Sums every trainable tensor's gradient over the ranks (host all-reduce of f32 copies).
+fn all_reduce_grads(dist: &Dist, params: &[Tensor]) -> Result<()> {
+    if dist.size() == 1 {
+        return Ok(());
+    }
+    for p in params {
+        let grad = p.grad();
+        if !grad.defined() {
+            continue;
+        }
+        let host = grad.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+        let mut values: Vec<f32> = Vec::try_from(host.view([-1]))?;
+        dist.all_reduce(&mut values, Reduce::Sum);
+        let summed = Tensor::from_slice(&values)
+            .view(grad.size().as_slice())
+            .to_kind(grad.kind())
+            .to_device(grad.device());
+        grad.shallow_clone().copy_(&summed);
+    }
+    Ok(())
+}
+
+pub fn train_first_order(
+    model: &Model,
+    data: &mut TaskData,
+    dist: &Dist,
+    config: &TrainConfig,
+    optimizer: FirstOrder,
+) -> Result<Outcome> {
+    if data.config.task.regression {
+        bail!(InputError(format!(
+            "training on the regression task {} is not supported",
+            data.config.task.name
+        )));
+    }
+    let trainable = super::trainable(model, &config.freeze);
+    if trainable.is_empty() {
+        bail!(InputError("the freezing rules leave no parameter to train".into()));
+    }
+    let mut opt = match optimizer {
+        FirstOrder::AdamW => COptimizer::adamw(config.lr, 0.9, 0.999, config.weight_decay, 1e-8, false),
+        FirstOrder::Sgd => COptimizer::sgd(config.lr, 0.0, 0.0, config.weight_decay, false),
+    }
+    .map_err(|e| anyhow!("creating the optimiser: {e}"))?;
+    let params: Vec<Tensor> =
+        trainable.iter().map(|t| t.tensor.shallow_clone().set_requires_grad(true)).collect();
+    for (t, p) in trainable.iter().zip(&params) {
+        let no_decay = ["bias", "LayerNorm", "layer_norm", "layernorm"].iter().any(|s| t.name.contains(s));
+        opt.add_parameters(p, usize::from(no_decay)).map_err(|e| anyhow!("{e}"))?;
+    }
+    opt.set_weight_decay_group(1, 0.0).map_err(|e| anyhow!("{e}"))?;
+    if dist.is_root() {
+        std::fs::create_dir_all(&config.out_dir)
+            .with_context(|| format!("creating {}", config.out_dir.display()))?;
+    }
+    let mut metrics = JsonLines::open(dist, config.out_dir.join("metrics.jsonl"), false)?;
+    let mut sampler = BatchSampler::new(data.train.len(), config.batch_size, config.seed);
+    let selection = format!("eval_{}", data.config.task.selection_metric());
+    let mut best: Option<(usize, BTreeMap<String, f64>, Vec<Tensor>)> = None;
+    let progress = crate::logging::progress_bar(dist, config.steps as u64, "steps");
+    let mut last_loss = f64::NAN;
+    for step in 1..=config.steps {
+        let batch = sampler.next_batch();
+        let mine: Vec<usize> = batch[shard(batch.len(), dist.rank(), dist.size())].to_vec();
+        let lr = match config.lr_schedule {
+            super::LrSchedule::Constant => config.lr,
+            super::LrSchedule::Linear => config.lr * (config.steps - (step - 1)) as f64 / config.steps as f64,
+        };
+        opt.set_learning_rate(lr).map_err(|e| anyhow!("{e}"))?;
+        opt.zero_grad().map_err(|e| anyhow!("{e}"))?;
+        // Each rank's share of the global mean: its summed loss over the global batch size.
+        let local = match step_batch(model, data, &mine)? {
+            Some(b) => {
+                let loss = loss_sum(model, data, &b)? / batch.len() as f64;
+                loss.backward();
+                loss.double_value(&[])
+            }
+            None => 0.0,
+        };
+        all_reduce_grads(dist, &params)?;
+        opt.step().map_err(|e| anyhow!("optimiser step: {e}"))?;
+        let loss = dist.all_reduce_sum(local);
+        if !loss.is_finite() {
+            bail!("step {step}: the loss is {loss}");
+        }
+        last_loss = loss;
+        metrics.write(&serde_json::json!({"step": step, "loss": loss, "lr": lr}))?;
+        progress.set_message(format!("loss {loss:.4}"));
+        progress.inc(1);
+        if (config.eval_every > 0 && step % config.eval_every == 0) || step == config.steps {
+            let dev = evaluate(model, data, &data.dev, dist, config.eval_batch_size)?;
+            metrics.write(&serde_json::json!({"step": step, "dev": dev}))?;
+            log::info!(
+                "step {step}: dev {selection} {:.4}",
+                dev.get(&selection).copied().unwrap_or(f64::NAN)
+            );
+            if best.as_ref().is_none_or(|(_, b, _)| dev[&selection] > b[&selection]) {
+                let _guard = tch::no_grad_guard();
+                best = Some((step, dev, params.iter().map(|p| p.detach().copy()).collect()));
+            }
+        }
+    }
+    progress.finish_and_clear();
+    for p in &params {
+        let _ = p.shallow_clone().set_requires_grad(false);
+    }
+    super::finish(model, data, dist, config, &trainable, best, last_loss, &mut metrics)
+}

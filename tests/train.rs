@@ -266,3 +266,87 @@ fn adam_baseline_learns_and_two_ranks_agree() {
         assert!((a - b).abs() < 1e-4, "1 rank {a} vs 2 ranks {b}");
     }
 }
+
+fn mezo_run(ranks: usize, split: &Path, out: &Path, extra: &[&str]) {
+    let output = Command::new("mpirun")
+        .args(["--oversubscribe", "-np", &ranks.to_string(), MEZO, "-q", "train", "--task", "sst-2"])
+        .args([
+            "--steps",
+            "15",
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-3",
+            "--eps",
+            "1e-3",
+            "--seed",
+            "5",
+            "--eval-every",
+            "0",
+        ])
+        .args(["--save-model", "--check-every", "5"])
+        .args(extra)
+        .arg("--model")
+        .arg(repo("tests/fixtures/models/roberta"))
+        .arg("--data-dir")
+        .arg(split)
+        .arg("--out")
+        .arg(out)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// n-SPSA over ranks: two ranks, one direction each, give the one-rank `--zo-samples 2` run; its
+/// trajectory replays exactly; the accuracy objective trains too.
+#[test]
+fn direction_parallel_equals_n_spsa_and_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = split(dir.path());
+    let samples = dir.path().join("samples");
+    mezo_run(1, &split, &samples, &["--zo-samples", "2"]);
+    let directions = dir.path().join("directions");
+    mezo_run(2, &split, &directions, &["--parallel", "directions"]);
+    let a = weights(&samples.join("model/model.safetensors"));
+    let b = weights(&directions.join("model/model.safetensors"));
+    for (name, t) in &a {
+        let d = relative(&b[name], t);
+        assert!(d <= 1e-6, "{name}: direction-parallel differs from --zo-samples 2 by {d:e}");
+    }
+    let (ta, tb) = (trajectory(&samples), trajectory(&directions));
+    assert_eq!(ta.len(), 15);
+    for (x, y) in ta.iter().zip(&tb) {
+        let (dx, dy) = (x["directions"].as_array().unwrap(), y["directions"].as_array().unwrap());
+        assert_eq!(dx.len(), 2);
+        for (p, q) in dx.iter().zip(dy) {
+            assert_eq!(p[0], q[0], "same seeds");
+            assert!((p[1].as_f64().unwrap() - q[1].as_f64().unwrap()).abs() < 1e-3);
+        }
+    }
+    let replayed = dir.path().join("replayed");
+    assert!(Command::new(MEZO)
+        .args(["-q", "replay"])
+        .arg(&samples)
+        .arg("--out")
+        .arg(&replayed)
+        .status()
+        .unwrap()
+        .success());
+    let c = weights(&replayed.join("model.safetensors"));
+    for (name, t) in &a {
+        assert!(t.equal(&c[name]), "{name} differs after replaying an n-SPSA run");
+    }
+    let accuracy = dir.path().join("accuracy");
+    mezo_run(2, &split, &accuracy, &["--objective", "accuracy"]);
+    let losses: Vec<f64> = std::fs::read_to_string(accuracy.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
+        .collect();
+    assert!(
+        losses.iter().all(|l| (-1.0..=0.0).contains(l)),
+        "the objective is minus the batch accuracy: {losses:?}"
+    );
+}

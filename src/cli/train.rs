@@ -4,7 +4,9 @@ use crate::data::dataset::{FewShotType, TaskData};
 use crate::error::input_error;
 use crate::model::{self, Dtype, FreezeRules, LoadOptions, LoraConfig, Scope};
 use crate::optim::zo::WeightDecay;
-use crate::train::{train_first_order, train_mezo, FirstOrder, LrSchedule, Outcome, TrainConfig};
+use crate::train::{
+    train_first_order, train_mezo, FirstOrder, LrSchedule, Objective, Outcome, Parallel, TrainConfig,
+};
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -31,6 +33,23 @@ enum DecayRule {
     All,
     /// Not biases and LayerNorms (MeZO large, OPT).
     NoBiasNorm,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ParallelArg {
+    /// Ranks split each batch and evaluate every direction.
+    Data,
+    /// Each rank evaluates its own direction on the whole batch (n-SPSA with n = ranks).
+    Directions,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ObjectiveArg {
+    Loss,
+    /// −accuracy of the batch.
+    Accuracy,
+    /// −binary F1 of the batch.
+    F1,
 }
 
 #[derive(Args, Debug)]
@@ -82,6 +101,18 @@ pub struct TrainArgs {
     /// Train this many prefix slots per attention layer instead of the full model.
     #[arg(long, value_name = "M")]
     num_prefix: Option<i64>,
+    /// MeZO: SPSA directions per step, averaged (n-SPSA), on the same batch.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    zo_samples: usize,
+    /// MeZO: how ranks share a step.
+    #[arg(long, value_enum, default_value = "data")]
+    parallel: ParallelArg,
+    /// MeZO: what perturbations are scored by.
+    #[arg(long, value_enum, default_value = "loss")]
+    objective: ObjectiveArg,
+    /// MeZO with several ranks: compare the replicas' weights every N steps (0: never).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    check_every: usize,
     /// Do not train embeddings (names containing "embed").
     #[arg(long)]
     exclude_embeddings: bool,
@@ -177,7 +208,33 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
         },
         out_dir: out_dir.clone(),
         save_model: args.save_model,
+        zo_samples: args.zo_samples,
+        parallel: match args.parallel {
+            ParallelArg::Data => Parallel::Data,
+            ParallelArg::Directions => Parallel::Directions,
+        },
+        objective: match args.objective {
+            ObjectiveArg::Loss => Objective::Loss,
+            ObjectiveArg::Accuracy => Objective::Accuracy,
+            ObjectiveArg::F1 => Objective::F1,
+        },
+        check_every: args.check_every,
     };
+    if !matches!(args.optimizer, Optimizer::Mezo)
+        && (args.zo_samples != 1
+            || !matches!(args.parallel, ParallelArg::Data)
+            || !matches!(args.objective, ObjectiveArg::Loss))
+    {
+        return Err(input_error("--zo-samples, --parallel directions and --objective are MeZO options"));
+    }
+    if args.zo_samples == 0 {
+        return Err(input_error("--zo-samples must be positive"));
+    }
+    if matches!(args.parallel, ParallelArg::Directions) && args.zo_samples != 1 {
+        return Err(input_error(
+            "--parallel directions evaluates one direction per rank: leave --zo-samples at 1",
+        ));
+    }
     if dist.is_root() && args.resume.is_none() {
         std::fs::create_dir_all(&out_dir)?;
         let resolved = serde_json::json!({

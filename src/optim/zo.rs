@@ -89,6 +89,50 @@ pub fn update(
     }
 }
 
+/// One SPSA direction without the update: perturb, evaluate ℓ+, perturb, evaluate ℓ−, restore;
+/// returns (ℓ+, g). With `evaluate` false the three perturbations happen and nothing is
+/// evaluated (another rank evaluates this direction; the weights go through the same rounding).
+pub fn direction(
+    params: &[Trainable],
+    seed: u64,
+    eps: f64,
+    evaluate: bool,
+    mut loss: impl FnMut() -> anyhow::Result<f64>,
+) -> anyhow::Result<(f64, f64)> {
+    perturb(params, seed, 1.0, eps);
+    let plus = if evaluate { loss()? } else { 0.0 };
+    perturb(params, seed, -2.0, eps);
+    let minus = if evaluate { loss()? } else { 0.0 };
+    perturb(params, seed, 1.0, eps);
+    Ok((plus, (plus - minus) / (2.0 * eps)))
+}
+
+/// The update of n directions (seed, g): with one, the reference's θ ← θ − η (g z + λ θ); with
+/// n > 1 (n-SPSA, the paper's Algorithm 2 in place), θ ← θ − η (g_j / n) z_j for each j in turn,
+/// then θ ← θ − η λ θ.
+pub fn apply(
+    params: &[Trainable],
+    directions: &[(u64, f64)],
+    lr: f64,
+    weight_decay: f64,
+    decay: WeightDecay,
+) {
+    if let [(seed, g)] = directions {
+        return update(params, *seed, *g, lr, weight_decay, decay);
+    }
+    let n = directions.len() as f64;
+    for (seed, g) in directions {
+        update(params, *seed, g / n, lr, 0.0, decay);
+    }
+    if weight_decay != 0.0 {
+        let _guard = tch::no_grad_guard();
+        for p in params.iter().filter(|p| decay.applies_to(&p.name)) {
+            let new = &p.tensor - &p.tensor * (weight_decay * lr);
+            p.tensor.shallow_clone().copy_(&new);
+        }
+    }
+}
+
 /// One MeZO step on the loss `loss` (evaluated twice, on the same batch); returns (ℓ+, g).
 pub fn step(
     params: &[Trainable],

@@ -55,6 +55,35 @@ pub struct TrainConfig {
     pub freeze: FreezeRules,
     pub out_dir: PathBuf,
     pub save_model: bool,
+    /// SPSA directions per step (n-SPSA), all on the same batch.
+    pub zo_samples: usize,
+    /// How ranks share the work of a MeZO step.
+    pub parallel: Parallel,
+    /// What the perturbations are scored by.
+    pub objective: Objective,
+    /// Compare the replicas' weights every this many steps (0: never).
+    pub check_every: usize,
+}
+
+/// How data-parallel ranks share a MeZO step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum Parallel {
+    /// Each rank evaluates every direction on its share of the batch; one all-reduce of sums.
+    Data,
+    /// Each rank evaluates its own direction on the whole batch (n-SPSA over ranks, n = ranks);
+    /// the (seed, g) pairs are gathered and every rank applies all of them.
+    Directions,
+}
+
+/// What the perturbed models are scored by; non-differentiable objectives are negated metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum Objective {
+    /// Cross-entropy over the class scores.
+    Loss,
+    /// −(batch accuracy of the argmax class).
+    Accuracy,
+    /// −(batch binary F1, class 1 positive).
+    F1,
 }
 
 /// What a run ends with.
@@ -99,11 +128,81 @@ fn loss_sums(model: &Model, data: &TaskData, batch: Option<&StepBatch>) -> Resul
     Ok((sum.double_value(&[]), b.labels.size()[0] as f64))
 }
 
-/// The summed cross-entropy of a batch over its class scores (differentiable).
-fn loss_sum(model: &Model, data: &TaskData, b: &StepBatch) -> Result<Tensor> {
+/// The sums an objective needs from this rank's share: (Σ cross-entropy, count), (correct,
+/// count) or (true positives, false positives, false negatives); summed over ranks as they are.
+fn objective_sums(
+    model: &Model,
+    data: &TaskData,
+    batch: Option<&StepBatch>,
+    objective: Objective,
+) -> Result<Vec<f64>> {
+    let width = if objective == Objective::F1 { 3 } else { 2 };
+    let Some(b) = batch else { return Ok(vec![0.0; width]) };
+    if objective == Objective::Loss {
+        let (sum, count) = loss_sums(model, data, Some(b))?;
+        return Ok(vec![sum, count]);
+    }
+    let _guard = tch::no_grad_guard();
+    let predicted: Vec<i64> =
+        Vec::try_from(scores(model, data, b)?.argmax(-1, false).to_device(tch::Device::Cpu))?;
+    let gold: Vec<i64> = Vec::try_from(b.labels.to_device(tch::Device::Cpu))?;
+    let pairs = predicted.iter().zip(&gold);
+    Ok(match objective {
+        Objective::Accuracy => vec![pairs.filter(|(p, g)| p == g).count() as f64, gold.len() as f64],
+        _ => {
+            let count = |want_p: bool, want_g: bool| {
+                predicted
+                    .iter()
+                    .zip(&gold)
+                    .filter(|(p, g)| (**p == 1) == want_p && (**g == 1) == want_g)
+                    .count() as f64
+            };
+            vec![count(true, true), count(true, false), count(false, true)]
+        }
+    })
+}
+
+/// The value minimised: the mean loss, or the negated metric.
+fn objective_value(objective: Objective, sums: &[f64]) -> f64 {
+    match objective {
+        Objective::Loss => sums[0] / sums[1],
+        Objective::Accuracy => -sums[0] / sums[1],
+        Objective::F1 => {
+            let denominator = 2.0 * sums[0] + sums[1] + sums[2];
+            if denominator == 0.0 {
+                0.0
+            } else {
+                -2.0 * sums[0] / denominator
+            }
+        }
+    }
+}
+
+/// Stops the run when the replicas' trainable weights are no longer identical (different GPU
+/// models or libtorch builds on the ranks, or a bug): per-tensor sums compared across ranks.
+fn check_replicas(dist: &Dist, trainable: &[Trainable], step: usize) -> Result<()> {
+    if dist.size() == 1 {
+        return Ok(());
+    }
+    let sums: Vec<f64> = trainable.iter().map(|t| t.tensor.sum(Kind::Double).double_value(&[])).collect();
+    let (mut high, mut low) = (sums.clone(), sums.clone());
+    dist.all_reduce(&mut high, Reduce::Max);
+    dist.all_reduce(&mut low, Reduce::Min);
+    if let Some(i) = (0..sums.len()).find(|&i| high[i] != low[i]) {
+        bail!(crate::error::all_ranks_error(format!(
+            "step {step}: the replicas diverged (tensor {} sums to {} on one rank and {} on another); \
+             ranks must run the same GPU model and libtorch build",
+            trainable[i].name, low[i], high[i]
+        )));
+    }
+    Ok(())
+}
+
+/// The class scores of a batch (differentiable).
+fn scores(model: &Model, data: &TaskData, b: &StepBatch) -> Result<Tensor> {
     let words = Tensor::from_slice(data.encoder.label_word_ids()).to_device(model.device);
     let (ids, mask) = (&b.input_ids, &b.attention_mask);
-    let scores = match (&model.body, data.config.few_shot_type) {
+    Ok(match (&model.body, data.config.few_shot_type) {
         (Body::Encoder(e), FewShotType::Finetune) => e.classifier_logits(ids, mask)?,
         (Body::Encoder(e), _) => e.label_scores(
             ids,
@@ -124,8 +223,12 @@ fn loss_sum(model: &Model, data: &TaskData, b: &StepBatch) -> Result<Tensor> {
                 .squeeze_dim(1)
                 .index_select(1, &words)
         }
-    };
-    Ok(scores.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
+    })
+}
+
+/// The summed cross-entropy of a batch over its class scores (differentiable).
+fn loss_sum(model: &Model, data: &TaskData, b: &StepBatch) -> Result<Tensor> {
+    Ok(scores(model, data, b)?.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
         &b.labels,
         None,
         tch::Reduction::Sum,
@@ -177,12 +280,28 @@ impl JsonLines {
 }
 
 /// One recorded step of a trajectory.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct RecordedStep {
     pub step: usize,
-    pub seed: u64,
-    pub projected_grad: f64,
+    /// The step's one direction (the reference's form)...
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub projected_grad: Option<f64>,
+    /// ...or its n-SPSA directions (seed, g).
+    #[serde(default)]
+    pub directions: Option<Vec<(u64, f64)>>,
     pub lr: f64,
+}
+
+impl RecordedStep {
+    pub fn directions(&self) -> Vec<(u64, f64)> {
+        match (&self.directions, self.seed, self.projected_grad) {
+            (Some(d), _, _) => d.clone(),
+            (None, Some(seed), Some(g)) => vec![(seed, g)],
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// A run's trajectory file: its header and steps (a torn last line, from a kill mid-write, is
@@ -197,6 +316,13 @@ pub fn read_trajectory(run: &std::path::Path) -> Result<(serde_json::Value, Vec<
         .ok_or_else(|| InputError(format!("{}: no header line", path.display())))?;
     let steps: Vec<RecordedStep> = lines.map_while(|l| serde_json::from_str(l).ok()).collect();
     for (i, s) in steps.iter().enumerate() {
+        if s.directions().is_empty() {
+            bail!(InputError(format!(
+                "{}: step {} has no seed and projected gradient",
+                path.display(),
+                s.step
+            )));
+        }
         if s.step != i + 1 {
             bail!(InputError(format!(
                 "{}: step {} found where step {} belongs",
@@ -218,10 +344,13 @@ pub fn replay_step(
     weight_decay: f64,
     rule: WeightDecay,
 ) {
-    zo::perturb(trainable, step.seed, 1.0, eps);
-    zo::perturb(trainable, step.seed, -2.0, eps);
-    zo::perturb(trainable, step.seed, 1.0, eps);
-    zo::update(trainable, step.seed, step.projected_grad, step.lr, weight_decay, rule);
+    let directions = step.directions();
+    for (seed, _) in &directions {
+        zo::perturb(trainable, *seed, 1.0, eps);
+        zo::perturb(trainable, *seed, -2.0, eps);
+        zo::perturb(trainable, *seed, 1.0, eps);
+    }
+    zo::apply(trainable, &directions, step.lr, weight_decay, rule);
 }
 
 /// The tensors `freeze` selects, as handles for the optimiser.
@@ -322,9 +451,14 @@ pub fn train_mezo(
             let mine = &batch[shard(batch.len(), dist.rank(), dist.size())];
             step_batch(model, data, mine)?;
         }
-        let seed = seeds.next_seed();
-        if seed != r.seed {
-            bail!("step {}: the trajectory has seed {}, the run's stream gives {seed}", r.step, r.seed);
+        for (recorded_seed, _) in r.directions() {
+            let seed = seeds.next_seed();
+            if seed != recorded_seed {
+                bail!(
+                    "step {}: the trajectory has seed {recorded_seed}, the run's stream gives {seed}",
+                    r.step
+                );
+            }
         }
         replay_step(&trainable, r, config.eps, config.weight_decay, config.decay_rule);
         if let Some((step, dev)) = &logged_best {
@@ -353,37 +487,65 @@ pub fn train_mezo(
     let mut last_loss = f64::NAN;
     for step in recorded.len() + 1..=config.steps {
         let batch = sampler.next_batch();
-        let mine: Vec<usize> = batch[shard(batch.len(), dist.rank(), dist.size())].to_vec();
-        let step_data = step_batch(model, data, &mine)?;
-        let seed = seeds.next_seed();
+        let by_directions = config.parallel == Parallel::Directions;
+        // Data parallel: this rank's share; direction parallel: the whole batch on every rank.
+        let rows: Vec<usize> = if by_directions {
+            batch.clone()
+        } else {
+            batch[shard(batch.len(), dist.rank(), dist.size())].to_vec()
+        };
+        let step_data = step_batch(model, data, &rows)?;
+        let n = if by_directions { dist.size() } else { config.zo_samples };
+        let step_seeds: Vec<u64> = (0..n).map(|_| seeds.next_seed()).collect();
         let lr = match config.lr_schedule {
             LrSchedule::Constant => config.lr,
             LrSchedule::Linear => config.lr * (config.steps - (step - 1)) as f64 / config.steps as f64,
         };
-        let (plus, projected_grad) =
-            zo::step(&trainable, seed, config.eps, lr, config.weight_decay, config.decay_rule, || {
-                let mut sums = {
-                    let (sum, count) = loss_sums(model, data, step_data.as_ref())?;
-                    [sum, count]
-                };
-                dist.all_reduce(&mut sums, Reduce::Sum);
-                Ok(sums[0] / sums[1])
+        let mut results = vec![(0.0, 0.0); n];
+        for (j, &seed) in step_seeds.iter().enumerate() {
+            let mine = !by_directions || j == dist.rank();
+            results[j] = zo::direction(&trainable, seed, config.eps, mine, || {
+                let mut sums = objective_sums(model, data, step_data.as_ref(), config.objective)?;
+                if !by_directions {
+                    dist.all_reduce(&mut sums, Reduce::Sum);
+                }
+                Ok(objective_value(config.objective, &sums))
             })?;
+        }
+        if by_directions {
+            // Each rank evaluated one direction: gather (ℓ+, g) so that all apply all.
+            let mut gathered: Vec<f64> = vec![0.0; 2 * n];
+            gathered[2 * dist.rank()] = results[dist.rank()].0;
+            gathered[2 * dist.rank() + 1] = results[dist.rank()].1;
+            dist.all_reduce(&mut gathered, Reduce::Sum);
+            results = gathered.chunks(2).map(|c| (c[0], c[1])).collect();
+        }
+        let directions: Vec<(u64, f64)> =
+            step_seeds.iter().zip(&results).map(|(&s, &(_, g))| (s, g)).collect();
+        let plus = results.iter().map(|r| r.0).sum::<f64>() / n as f64;
+        let projected_grad = results.iter().map(|r| r.1).sum::<f64>() / n as f64;
         if !plus.is_finite() || !projected_grad.is_finite() {
             bail!(
-                "step {step}: the loss is {plus} and the projected gradient {projected_grad}; the run up to step {} \
-                 is in {} (resume it with other settings, e.g. a smaller --lr)",
+                "step {step}: the objective is {plus} and the projected gradient {projected_grad}; the run up to step \
+                 {} is in {} (resume it with other settings, e.g. a smaller --lr)",
                 step - 1,
                 config.out_dir.display()
             );
         }
+        zo::apply(&trainable, &directions, lr, config.weight_decay, config.decay_rule);
         last_loss = plus;
-        trajectory.write(
-            &serde_json::json!({"step": step, "seed": seed, "projected_grad": projected_grad, "lr": lr}),
-        )?;
+        let record = if let [(seed, g)] = directions.as_slice() {
+            serde_json::json!({"step": step, "seed": seed, "projected_grad": g, "lr": lr})
+        } else {
+            serde_json::json!({"step": step, "directions": directions, "lr": lr})
+        };
+        trajectory.write(&record)?;
         metrics.write(
             &serde_json::json!({"step": step, "loss": plus, "projected_grad": projected_grad, "lr": lr}),
         )?;
+        if config.check_every > 0 && step % config.check_every == 0 {
+            check_replicas(dist, &trainable, step)?;
+        }
         progress.set_message(format!("loss {plus:.4}"));
         progress.inc(1);
         if (config.eval_every > 0 && step % config.eval_every == 0) || step == config.steps {

@@ -3,7 +3,7 @@ use super::Context;
 use crate::data::dataset::{FewShotType, TaskData};
 use crate::error::input_error;
 use crate::model::{self, Dtype, FreezeRules, LoadOptions, LoraConfig, Scope};
-use crate::optim::zo::WeightDecay;
+use crate::optim::zo::{WeightDecay, ZoOptimizer};
 use crate::train::{
     train_first_order, train_mezo, FirstOrder, LrSchedule, Objective, Outcome, Parallel, TrainConfig,
 };
@@ -41,6 +41,16 @@ enum ParallelArg {
     Data,
     /// Each rank evaluates its own direction on the whole batch (n-SPSA with n = ranks).
     Directions,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ZoOptimizerArg {
+    /// ZO-SGD, the reference update.
+    Sgd,
+    /// ZO-SGD with heavy-ball momentum (--momentum).
+    Momentum,
+    /// ZO-Adam.
+    Adam,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -110,6 +120,17 @@ pub struct TrainArgs {
     /// MeZO: what perturbations are scored by.
     #[arg(long, value_enum, default_value = "loss")]
     objective: ObjectiveArg,
+    /// MeZO: the update rule; momentum and Adam keep their moments in memory (one or two f32
+    /// copies of the trained tensors).
+    #[arg(long, value_enum, default_value = "sgd")]
+    zo_optimizer: ZoOptimizerArg,
+    /// β of --zo-optimizer momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// Evaluate at most N examples of a rank's share at once (gradient accumulation over micro-
+    /// batches; peak memory of one micro-batch); 0: the whole share.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    micro_batch_size: usize,
     /// MeZO with several ranks: compare the replicas' weights every N steps (0: never).
     #[arg(long, default_value_t = 100, value_name = "N")]
     check_every: usize,
@@ -219,7 +240,16 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
             ObjectiveArg::F1 => Objective::F1,
         },
         check_every: args.check_every,
+        zo_optimizer: match args.zo_optimizer {
+            ZoOptimizerArg::Sgd => ZoOptimizer::Sgd,
+            ZoOptimizerArg::Momentum => ZoOptimizer::Momentum { beta: args.momentum },
+            ZoOptimizerArg::Adam => ZoOptimizer::Adam,
+        },
+        micro_batch_size: args.micro_batch_size,
     };
+    if !matches!(args.optimizer, Optimizer::Mezo) && !matches!(args.zo_optimizer, ZoOptimizerArg::Sgd) {
+        return Err(input_error("--zo-optimizer is a MeZO option (use --optimizer adam for backprop Adam)"));
+    }
     if !matches!(args.optimizer, Optimizer::Mezo)
         && (args.zo_samples != 1
             || !matches!(args.parallel, ParallelArg::Data)

@@ -133,6 +133,93 @@ pub fn apply(
     }
 }
 
+/// How the projected gradients become an update.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum ZoOptimizer {
+    /// ZO-SGD: [`apply`] (the reference).
+    Sgd,
+    /// ZO-SGD with heavy-ball momentum β: m ← β m + ĝ, θ ← θ − η (m + λ θ).
+    Momentum { beta: f64 },
+    /// ZO-Adam (β1 0.9, β2 0.999, ε 1e-8, bias-corrected): θ ← θ − η (m̂ / (√v̂ + ε) + λ θ).
+    Adam,
+}
+
+/// The update rule with its state: moment buffers (f32, one per trainable tensor) for momentum
+/// and Adam. The moments are a function of the trajectory, so replaying a run rebuilds them.
+pub struct Updater {
+    optimizer: ZoOptimizer,
+    first: Vec<Tensor>,
+    second: Vec<Tensor>,
+    steps: i32,
+}
+
+impl Updater {
+    pub fn new(optimizer: ZoOptimizer, params: &[Trainable]) -> Updater {
+        let zeros =
+            || params.iter().map(|p| p.tensor.zeros_like().to_kind(tch::Kind::Float)).collect::<Vec<_>>();
+        let (first, second) = match optimizer {
+            ZoOptimizer::Sgd => (Vec::new(), Vec::new()),
+            ZoOptimizer::Momentum { .. } => (zeros(), Vec::new()),
+            ZoOptimizer::Adam => (zeros(), zeros()),
+        };
+        Updater { optimizer, first, second, steps: 0 }
+    }
+
+    /// Applies one step's directions (seed, g).
+    pub fn apply(
+        &mut self,
+        params: &[Trainable],
+        directions: &[(u64, f64)],
+        lr: f64,
+        weight_decay: f64,
+        decay: WeightDecay,
+    ) {
+        if self.optimizer == ZoOptimizer::Sgd {
+            return apply(params, directions, lr, weight_decay, decay);
+        }
+        let _guard = tch::no_grad_guard();
+        self.steps += 1;
+        let n = directions.len() as f64;
+        // ĝ = Σ_j (g_j / n) z_j for every tensor, each z_j regenerated from its seed in order.
+        let mut estimates: Vec<Tensor> = params
+            .iter()
+            .map(|p| Tensor::zeros(p.tensor.size(), (tch::Kind::Float, p.tensor.device())))
+            .collect();
+        for (seed, g) in directions {
+            tch::manual_seed(*seed as i64);
+            for (p, e) in params.iter().zip(estimates.iter_mut()) {
+                let z = Tensor::randn(p.tensor.size(), (p.tensor.kind(), p.tensor.device()));
+                *e = &*e + z.to_kind(tch::Kind::Float) * (g / n);
+            }
+        }
+        for (i, (p, estimate)) in params.iter().zip(estimates).enumerate() {
+            let direction = match self.optimizer {
+                ZoOptimizer::Momentum { beta } => {
+                    let m = &self.first[i] * beta + estimate;
+                    self.first[i].copy_(&m);
+                    m
+                }
+                _ => {
+                    let (b1, b2, eps) = (0.9, 0.999, 1e-8);
+                    let m = &self.first[i] * b1 + &estimate * (1.0 - b1);
+                    let v = &self.second[i] * b2 + estimate.square() * (1.0 - b2);
+                    self.first[i].copy_(&m);
+                    self.second[i].copy_(&v);
+                    let m_hat = m / (1.0 - b1.powi(self.steps));
+                    let v_hat = v / (1.0 - b2.powi(self.steps));
+                    m_hat / (v_hat.sqrt() + eps)
+                }
+            };
+            let mut step = direction;
+            if weight_decay != 0.0 && decay.applies_to(&p.name) {
+                step = &step + p.tensor.to_kind(tch::Kind::Float) * weight_decay;
+            }
+            let new = (p.tensor.to_kind(tch::Kind::Float) - step * lr).to_kind(p.tensor.kind());
+            p.tensor.shallow_clone().copy_(&new);
+        }
+    }
+}
+
 /// One MeZO step on the loss `loss` (evaluated twice, on the same batch); returns (ℓ+, g).
 pub fn step(
     params: &[Trainable],

@@ -94,14 +94,13 @@ pub fn train_first_order(
         opt.set_learning_rate(lr).map_err(|e| anyhow!("{e}"))?;
         opt.zero_grad().map_err(|e| anyhow!("{e}"))?;
         // Each rank's share of the global mean: its summed loss over the global batch size.
-        let local = match step_batch(model, data, &mine)? {
-            Some(b) => {
-                let loss = loss_sum(model, data, &b)? / batch.len() as f64;
-                loss.backward();
-                loss.double_value(&[])
-            }
-            None => 0.0,
-        };
+        // Micro-batches accumulate their gradients; peak memory is that of one.
+        let mut local = 0.0;
+        for b in step_batch(model, data, &mine, config.micro_batch_size)? {
+            let loss = loss_sum(model, data, &b)? / batch.len() as f64;
+            loss.backward();
+            local += loss.double_value(&[]);
+        }
         all_reduce_grads(dist, &params)?;
         opt.step().map_err(|e| anyhow!("optimiser step: {e}"))?;
         let loss = dist.all_reduce_sum(local);

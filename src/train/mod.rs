@@ -17,7 +17,7 @@ use crate::dist::{Dist, Reduce};
 use crate::error::InputError;
 use crate::eval::evaluate;
 use crate::model::{Body, FreezeRules, Model};
-use crate::optim::zo::{self, StepSeeds, Trainable, WeightDecay};
+use crate::optim::zo::{self, StepSeeds, Trainable, Updater, WeightDecay, ZoOptimizer};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -63,6 +63,11 @@ pub struct TrainConfig {
     pub objective: Objective,
     /// Compare the replicas' weights every this many steps (0: never).
     pub check_every: usize,
+    /// How MeZO turns projected gradients into updates.
+    pub zo_optimizer: ZoOptimizer,
+    /// Forward (and backward) passes take at most this many examples of a rank's share at once,
+    /// so peak memory is that of one micro-batch; 0: the whole share.
+    pub micro_batch_size: usize,
 }
 
 /// How data-parallel ranks share a MeZO step.
@@ -104,43 +109,48 @@ struct StepBatch {
     labels: Tensor,
 }
 
-fn step_batch(model: &Model, data: &mut TaskData, rows: &[usize]) -> Result<Option<StepBatch>> {
-    if rows.is_empty() {
-        return Ok(None);
-    }
+fn step_batch(model: &Model, data: &mut TaskData, rows: &[usize], micro: usize) -> Result<Vec<StepBatch>> {
     let features = rows.iter().map(|&i| data.train_feature(i)).collect::<Result<Vec<_>, _>>()?;
-    let batch_rows: Vec<_> = features.iter().map(|f| (&f.encoded, f.label)).collect();
-    let b = collate(&batch_rows, data.encoder.special().pad);
     let device = model.device;
-    Ok(Some(StepBatch {
-        input_ids: b.input_ids.to_device(device),
-        attention_mask: b.attention_mask.to_device(device),
-        mask_pos: b.mask_pos.map(|p| p.to_device(device)),
-        labels: b.labels.to_device(device),
-    }))
+    let size = if micro == 0 { features.len().max(1) } else { micro };
+    Ok(features
+        .chunks(size)
+        .map(|chunk| {
+            let batch_rows: Vec<_> = chunk.iter().map(|f| (&f.encoded, f.label)).collect();
+            let b = collate(&batch_rows, data.encoder.special().pad);
+            StepBatch {
+                input_ids: b.input_ids.to_device(device),
+                attention_mask: b.attention_mask.to_device(device),
+                mask_pos: b.mask_pos.map(|p| p.to_device(device)),
+                labels: b.labels.to_device(device),
+            }
+        })
+        .collect())
 }
 
-/// Σ loss and count of this rank's share: cross-entropy over the class scores.
-fn loss_sums(model: &Model, data: &TaskData, batch: Option<&StepBatch>) -> Result<(f64, f64)> {
-    let Some(b) = batch else { return Ok((0.0, 0.0)) };
-    let _guard = tch::no_grad_guard();
-    let sum = loss_sum(model, data, b)?;
-    Ok((sum.double_value(&[]), b.labels.size()[0] as f64))
-}
-
-/// The sums an objective needs from this rank's share: (Σ cross-entropy, count), (correct,
-/// count) or (true positives, false positives, false negatives); summed over ranks as they are.
+/// The sums an objective needs from this rank's share, summed over its micro-batches: (Σ
+/// cross-entropy, count), (correct, count) or (true positives, false positives, false negatives);
+/// summed over ranks as they are.
 fn objective_sums(
     model: &Model,
     data: &TaskData,
-    batch: Option<&StepBatch>,
+    batches: &[StepBatch],
     objective: Objective,
 ) -> Result<Vec<f64>> {
     let width = if objective == Objective::F1 { 3 } else { 2 };
-    let Some(b) = batch else { return Ok(vec![0.0; width]) };
+    let mut total = vec![0.0; width];
+    for b in batches {
+        for (t, v) in total.iter_mut().zip(micro_batch_sums(model, data, b, objective)?) {
+            *t += v;
+        }
+    }
+    Ok(total)
+}
+
+fn micro_batch_sums(model: &Model, data: &TaskData, b: &StepBatch, objective: Objective) -> Result<Vec<f64>> {
     if objective == Objective::Loss {
-        let (sum, count) = loss_sums(model, data, Some(b))?;
-        return Ok(vec![sum, count]);
+        let _guard = tch::no_grad_guard();
+        return Ok(vec![loss_sum(model, data, b)?.double_value(&[]), b.labels.size()[0] as f64]);
     }
     let _guard = tch::no_grad_guard();
     let predicted: Vec<i64> =
@@ -339,6 +349,7 @@ pub fn read_trajectory(run: &std::path::Path) -> Result<(serde_json::Value, Vec<
 /// part of the trajectory) and the update.
 pub fn replay_step(
     trainable: &[Trainable],
+    updater: &mut Updater,
     step: &RecordedStep,
     eps: f64,
     weight_decay: f64,
@@ -350,7 +361,7 @@ pub fn replay_step(
         zo::perturb(trainable, *seed, -2.0, eps);
         zo::perturb(trainable, *seed, 1.0, eps);
     }
-    zo::apply(trainable, &directions, step.lr, weight_decay, rule);
+    updater.apply(trainable, &directions, step.lr, weight_decay, rule);
 }
 
 /// The tensors `freeze` selects, as handles for the optimiser.
@@ -405,6 +416,7 @@ pub fn train_mezo(
     let header = serde_json::json!({
         "initial_fingerprint": fingerprint(&trainable), "seed": config.seed, "eps": config.eps,
         "weight_decay": config.weight_decay, "decay_rule": format!("{:?}", config.decay_rule), "trainable": names,
+        "zo_optimizer": config.zo_optimizer,
     });
     let recorded = if resume {
         let (found, steps) = read_trajectory(&config.out_dir)?;
@@ -438,6 +450,7 @@ pub fn train_mezo(
     }
 
     let mut seeds = StepSeeds::new(config.seed);
+    let mut updater = Updater::new(config.zo_optimizer, &trainable);
     let mut sampler = BatchSampler::new(data.train.len(), config.batch_size, config.seed);
     let selection = format!("eval_{}", data.config.task.selection_metric());
     let mut best: Option<(usize, BTreeMap<String, f64>, Vec<Tensor>)> = None;
@@ -449,7 +462,7 @@ pub fn train_mezo(
         if data.config.few_shot_type == FewShotType::PromptDemo {
             // Demonstrations are drawn per training access: draw them again to stay on the stream.
             let mine = &batch[shard(batch.len(), dist.rank(), dist.size())];
-            step_batch(model, data, mine)?;
+            step_batch(model, data, mine, config.micro_batch_size)?;
         }
         for (recorded_seed, _) in r.directions() {
             let seed = seeds.next_seed();
@@ -460,7 +473,7 @@ pub fn train_mezo(
                 );
             }
         }
-        replay_step(&trainable, r, config.eps, config.weight_decay, config.decay_rule);
+        replay_step(&trainable, &mut updater, r, config.eps, config.weight_decay, config.decay_rule);
         if let Some((step, dev)) = &logged_best {
             if *step == r.step {
                 best = Some((*step, dev.clone(), trainable.iter().map(|t| t.tensor.copy()).collect()));
@@ -494,7 +507,7 @@ pub fn train_mezo(
         } else {
             batch[shard(batch.len(), dist.rank(), dist.size())].to_vec()
         };
-        let step_data = step_batch(model, data, &rows)?;
+        let step_data = step_batch(model, data, &rows, config.micro_batch_size)?;
         let n = if by_directions { dist.size() } else { config.zo_samples };
         let step_seeds: Vec<u64> = (0..n).map(|_| seeds.next_seed()).collect();
         let lr = match config.lr_schedule {
@@ -505,7 +518,7 @@ pub fn train_mezo(
         for (j, &seed) in step_seeds.iter().enumerate() {
             let mine = !by_directions || j == dist.rank();
             results[j] = zo::direction(&trainable, seed, config.eps, mine, || {
-                let mut sums = objective_sums(model, data, step_data.as_ref(), config.objective)?;
+                let mut sums = objective_sums(model, data, &step_data, config.objective)?;
                 if !by_directions {
                     dist.all_reduce(&mut sums, Reduce::Sum);
                 }
@@ -532,7 +545,7 @@ pub fn train_mezo(
                 config.out_dir.display()
             );
         }
-        zo::apply(&trainable, &directions, lr, config.weight_decay, config.decay_rule);
+        updater.apply(&trainable, &directions, lr, config.weight_decay, config.decay_rule);
         last_loss = plus;
         let record = if let [(seed, g)] = directions.as_slice() {
             serde_json::json!({"step": step, "seed": seed, "projected_grad": g, "lr": lr})

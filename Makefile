@@ -12,20 +12,14 @@ setup:
 build: setup
 	cargo build --release
 
-# The built-in end-to-end path: what this installation is; every collective, a collective HDF5
-# write and the GPU checks, as one process and as two MPI ranks; k-shot splits of the built-in
-# demo task, their prompt encoding, and a 2-rank zero-shot evaluation of a tiny random RoBERTa.
+# The built-in end-to-end path: what this installation is; the demo (16-shot splits of the demo
+# task, zero-shot, MeZO, then Adam fine-tuning of a tiny RoBERTa, with dev accuracy as it goes);
+# and every collective plus a collective HDF5 write as two MPI ranks.
 demo: build
 	target/release/mezo info
 	@scratch=$$(mktemp -d) && \
-	  target/release/mezo check --scratch "$$scratch" && \
-	  mpirun --oversubscribe -np 2 target/release/mezo info --all-ranks && \
-	  mpirun --oversubscribe -np 2 target/release/mezo check --scratch "$$scratch" && \
-	  target/release/mezo kshot --data-dir data/demo/original --out "$$scratch" --task SST-2 --k 16 --mode k-shot-1k-test && \
-	  target/release/mezo encode --task sst-2 --data-dir "$$scratch/k-shot-1k-test/SST-2/16-42" \
-	    --tokenizer tests/fixtures/tokenizer/tokenizer.json --limit 3 && \
-	  mpirun --oversubscribe -np 2 target/release/mezo eval --task sst-2 \
-	    --data-dir "$$scratch/k-shot-1k-test/SST-2/16-42" --model tests/fixtures/models/roberta; \
+	  target/release/mezo demo --out "$$scratch/demo" && \
+	  mpirun --oversubscribe -np 2 target/release/mezo check --scratch "$$scratch"; \
 	  status=$$?; rm -rf "$$scratch"; exit $$status
 
 lint: setup

@@ -160,3 +160,17 @@ fn ranks_prefix_their_log_lines() {
     assert!(stderr.lines().any(|l| l.starts_with("[rank 1] DEBUG")), "{stderr}");
     assert!(stderr.lines().any(|l| l.starts_with("[rank 0] DEBUG")), "{stderr}");
 }
+
+#[test]
+fn demo_runs_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mezo(&["-q", "demo", "--steps", "80", "--out", dir.path().join("demo").to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(line(&stdout, "zero-shot:").contains("chance 0.5"), "{stdout}");
+    let mezo_row = line(&stdout, "MeZO ");
+    assert!(mezo_row.contains("mezo-run"), "{stdout}");
+    assert!(line(&stdout, "Adam FT ").contains("adam-run"), "{stdout}");
+    assert!(dir.path().join("demo/mezo-run/trajectory.jsonl").exists());
+    assert!(dir.path().join("demo/adam-run/results.json").exists());
+}

@@ -4,6 +4,7 @@
 mod check;
 mod convert;
 mod data;
+mod demo;
 mod encode;
 mod eval;
 mod info;
@@ -65,6 +66,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Rebuild a MeZO run's fine-tuned model from its trajectory alone.
     Replay(replay::ReplayArgs),
+    /// MeZO and Adam fine-tuning end to end on the built-in tiny model and demo task.
+    Demo(demo::DemoArgs),
 }
 
 /// Runs the command line of this process; returns the exit code.
@@ -94,6 +97,7 @@ pub fn main() -> i32 {
         Command::Eval(args) => eval::run(&context, args),
         Command::Train(args) => train::run(&context, args),
         Command::Replay(args) => replay::run(&context, args),
+        Command::Demo(args) => demo::run(&context, args),
     };
     match result {
         Ok(()) => 0,

@@ -17,8 +17,8 @@ build: setup
 # and every collective plus a collective HDF5 write as two MPI ranks.
 demo: build
 	target/release/mezo info
+	target/release/mezo demo --out mezo-demo
 	@scratch=$$(mktemp -d) && \
-	  target/release/mezo demo --out "$$scratch/demo" && \
 	  mpirun --oversubscribe -np 2 target/release/mezo check --scratch "$$scratch"; \
 	  status=$$?; rm -rf "$$scratch"; exit $$status
 

@@ -61,9 +61,11 @@ pub fn perturb(params: &[Trainable], seed: u64, scale: f64, eps: f64) {
     let _guard = tch::no_grad_guard();
     tch::manual_seed(seed as i64);
     for p in params {
-        let z = Tensor::randn(p.tensor.size(), (p.tensor.kind(), p.tensor.device()));
-        let step = (z * scale) * eps;
-        let _ = p.tensor.shallow_clone().g_add_(&step);
+        // In place, with the reference's rounding: ((z · s) · ε), then θ + that.
+        let mut z = Tensor::randn(p.tensor.size(), (p.tensor.kind(), p.tensor.device()));
+        let _ = z.g_mul_scalar_(scale);
+        let _ = z.g_mul_scalar_(eps);
+        let _ = p.tensor.shallow_clone().g_add_(&z);
     }
 }
 
@@ -79,13 +81,14 @@ pub fn update(
     let _guard = tch::no_grad_guard();
     tch::manual_seed(seed as i64);
     for p in params {
-        let z = Tensor::randn(p.tensor.size(), (p.tensor.kind(), p.tensor.device()));
-        let mut direction = z * projected_grad;
+        // In place, with the reference's rounding: θ − η · ((g · z) + λ θ).
+        let mut direction = Tensor::randn(p.tensor.size(), (p.tensor.kind(), p.tensor.device()));
+        let _ = direction.g_mul_scalar_(projected_grad);
         if weight_decay != 0.0 && decay.applies_to(&p.name) {
-            direction = &direction + &p.tensor * weight_decay;
+            let _ = direction.g_add_(&(&p.tensor * weight_decay));
         }
-        let new = &p.tensor - direction * lr;
-        p.tensor.shallow_clone().copy_(&new);
+        let _ = direction.g_mul_scalar_(lr);
+        let _ = p.tensor.shallow_clone().g_sub_(&direction);
     }
 }
 

@@ -7,10 +7,8 @@ use crate::data::batch::{shard, BatchSampler};
 use crate::data::dataset::TaskData;
 use crate::dist::{Dist, Reduce};
 use crate::error::InputError;
-use crate::eval::evaluate;
 use crate::model::Model;
 use anyhow::{anyhow, bail, Context, Result};
-use std::collections::BTreeMap;
 use tch::{COptimizer, Device, Kind, Tensor};
 
 /// Which optimiser.
@@ -80,17 +78,13 @@ pub fn train_first_order(
     }
     let mut metrics = JsonLines::open(dist, config.out_dir.join("metrics.jsonl"), false)?;
     let mut sampler = BatchSampler::new(data.train.len(), config.batch_size, config.seed);
-    let selection = format!("eval_{}", data.config.task.selection_metric());
-    let mut best: Option<(usize, BTreeMap<String, f64>, Vec<Tensor>)> = None;
+    let mut best: super::Best = None;
     let progress = crate::logging::progress_bar(dist, config.steps as u64, "steps");
     let mut last_loss = f64::NAN;
     for step in 1..=config.steps {
         let batch = sampler.next_batch();
         let mine: Vec<usize> = batch[shard(batch.len(), dist.rank(), dist.size())].to_vec();
-        let lr = match config.lr_schedule {
-            super::LrSchedule::Constant => config.lr,
-            super::LrSchedule::Linear => config.lr * (config.steps - (step - 1)) as f64 / config.steps as f64,
-        };
+        let lr = config.lr_at(step);
         opt.set_learning_rate(lr).map_err(|e| anyhow!("{e}"))?;
         opt.zero_grad().map_err(|e| anyhow!("{e}"))?;
         // Each rank's share of the global mean: its summed loss over the global batch size.
@@ -111,17 +105,8 @@ pub fn train_first_order(
         metrics.write(&serde_json::json!({"step": step, "loss": loss, "lr": lr}))?;
         progress.set_message(format!("loss {loss:.4}"));
         progress.inc(1);
-        if (config.eval_every > 0 && step % config.eval_every == 0) || step == config.steps {
-            let dev = evaluate(model, data, &data.dev, dist, config.eval_batch_size)?;
-            metrics.write(&serde_json::json!({"step": step, "dev": dev}))?;
-            log::info!(
-                "step {step}: dev {selection} {:.4}",
-                dev.get(&selection).copied().unwrap_or(f64::NAN)
-            );
-            if best.as_ref().is_none_or(|(_, b, _)| dev[&selection] > b[&selection]) {
-                let _guard = tch::no_grad_guard();
-                best = Some((step, dev, params.iter().map(|p| p.detach().copy()).collect()));
-            }
+        if config.evaluates_at(step) {
+            super::evaluate_dev(model, data, dist, config, step, &trainable, &mut best, &mut metrics)?;
         }
     }
     progress.finish_and_clear();

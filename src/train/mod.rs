@@ -70,6 +70,46 @@ pub struct TrainConfig {
     pub micro_batch_size: usize,
 }
 
+impl TrainConfig {
+    /// The learning rate of step `step` (1-based).
+    pub fn lr_at(&self, step: usize) -> f64 {
+        match self.lr_schedule {
+            LrSchedule::Constant => self.lr,
+            LrSchedule::Linear => self.lr * (self.steps - (step - 1)) as f64 / self.steps as f64,
+        }
+    }
+
+    fn evaluates_at(&self, step: usize) -> bool {
+        (self.eval_every > 0 && step % self.eval_every == 0) || step == self.steps
+    }
+}
+
+/// The best dev evaluation so far: its step, metrics and a copy of the trained tensors.
+type Best = Option<(usize, BTreeMap<String, f64>, Vec<Tensor>)>;
+
+/// Evaluates on dev, logs it, and keeps a copy of the weights when the selection metric improves.
+#[allow(clippy::too_many_arguments)]
+fn evaluate_dev(
+    model: &Model,
+    data: &TaskData,
+    dist: &Dist,
+    config: &TrainConfig,
+    step: usize,
+    trainable: &[Trainable],
+    best: &mut Best,
+    metrics: &mut JsonLines,
+) -> Result<()> {
+    let selection = format!("eval_{}", data.config.task.selection_metric());
+    let dev = evaluate(model, data, &data.dev, dist, config.eval_batch_size)?;
+    metrics.write(&serde_json::json!({"step": step, "dev": dev}))?;
+    log::info!("step {step}: dev {selection} {:.4}", dev.get(&selection).copied().unwrap_or(f64::NAN));
+    if best.as_ref().is_none_or(|(_, b, _)| dev[&selection] > b[&selection]) {
+        let _guard = tch::no_grad_guard();
+        *best = Some((step, dev, trainable.iter().map(|t| t.tensor.detach().copy()).collect()));
+    }
+    Ok(())
+}
+
 /// How data-parallel ranks share a MeZO step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum Parallel {
@@ -453,7 +493,7 @@ pub fn train_mezo(
     let mut updater = Updater::new(config.zo_optimizer, &trainable);
     let mut sampler = BatchSampler::new(data.train.len(), config.batch_size, config.seed);
     let selection = format!("eval_{}", data.config.task.selection_metric());
-    let mut best: Option<(usize, BTreeMap<String, f64>, Vec<Tensor>)> = None;
+    let mut best: Best = None;
     // Best dev so far of a resumed run, from its metrics log; its weights are taken during replay.
     let logged_best =
         if resume { best_logged_dev(&config.out_dir, &selection, recorded.len())? } else { None };
@@ -486,11 +526,7 @@ pub fn train_mezo(
         let last = recorded.len();
         let evaluated = logged_dev_steps(&config.out_dir)?.contains(&last);
         if config.eval_every > 0 && last % config.eval_every == 0 && !evaluated {
-            let dev = evaluate(model, data, &data.dev, dist, config.eval_batch_size)?;
-            metrics.write(&serde_json::json!({"step": last, "dev": dev}))?;
-            if best.as_ref().is_none_or(|(_, b, _)| dev[&selection] > b[&selection]) {
-                best = Some((last, dev, trainable.iter().map(|t| t.tensor.copy()).collect()));
-            }
+            evaluate_dev(model, data, dist, config, last, &trainable, &mut best, &mut metrics)?;
         }
     }
 
@@ -510,10 +546,7 @@ pub fn train_mezo(
         let step_data = step_batch(model, data, &rows, config.micro_batch_size)?;
         let n = if by_directions { dist.size() } else { config.zo_samples };
         let step_seeds: Vec<u64> = (0..n).map(|_| seeds.next_seed()).collect();
-        let lr = match config.lr_schedule {
-            LrSchedule::Constant => config.lr,
-            LrSchedule::Linear => config.lr * (config.steps - (step - 1)) as f64 / config.steps as f64,
-        };
+        let lr = config.lr_at(step);
         let mut results = vec![(0.0, 0.0); n];
         for (j, &seed) in step_seeds.iter().enumerate() {
             let mine = !by_directions || j == dist.rank();
@@ -561,16 +594,8 @@ pub fn train_mezo(
         }
         progress.set_message(format!("loss {plus:.4}"));
         progress.inc(1);
-        if (config.eval_every > 0 && step % config.eval_every == 0) || step == config.steps {
-            let dev = evaluate(model, data, &data.dev, dist, config.eval_batch_size)?;
-            metrics.write(&serde_json::json!({"step": step, "dev": dev}))?;
-            log::info!(
-                "step {step}: dev {selection} {:.4}",
-                dev.get(&selection).copied().unwrap_or(f64::NAN)
-            );
-            if best.as_ref().is_none_or(|(_, b, _)| dev[&selection] > b[&selection]) {
-                best = Some((step, dev, trainable.iter().map(|t| t.tensor.copy()).collect()));
-            }
+        if config.evaluates_at(step) {
+            evaluate_dev(model, data, dist, config, step, &trainable, &mut best, &mut metrics)?;
         }
         // Every rank stops after the same step, whichever of them got the signal.
         let mut stopping = [u8::from(stop.load(Ordering::Relaxed))];
@@ -594,7 +619,7 @@ fn finish(
     dist: &Dist,
     config: &TrainConfig,
     trainable: &[Trainable],
-    best: Option<(usize, BTreeMap<String, f64>, Vec<Tensor>)>,
+    best: Best,
     last_loss: f64,
     metrics: &mut JsonLines,
 ) -> Result<Outcome> {

@@ -4,21 +4,15 @@ use ndarray::Dimension;
 use std::path::Path;
 use std::process::{Command, Output};
 
-const MEZO: &str = env!("CARGO_BIN_EXE_mezo");
+mod common;
+use common::MEZO;
 
 fn mezo(args: &[&str]) -> Output {
     Command::new(MEZO).args(args).env_remove("RUST_LOG").output().expect("running mezo")
 }
 
 fn mpirun(np: usize, args: &[&str]) -> Output {
-    Command::new("mpirun")
-        .args(["--oversubscribe", "-np", &np.to_string(), MEZO])
-        .args(args)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("running mpirun (scripts/setup.sh installs openmpi-bin)")
+    common::mpirun(np).args(args).output().expect("running mpirun (scripts/setup.sh installs openmpi-bin)")
 }
 
 fn text(out: &Output) -> (String, String) {

@@ -1,26 +1,10 @@
 //! `mezo kshot` on the built-in demo task, then `mezo encode` of the split it made.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-const MEZO: &str = env!("CARGO_BIN_EXE_mezo");
-
-fn repo(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
-}
-
-fn demo_split(out: &Path) -> PathBuf {
-    let status = Command::new(MEZO)
-        .args(["-q", "kshot", "--task", "SST-2", "--k", "8", "--seed", "13", "--mode", "k-shot-1k-test"])
-        .arg("--data-dir")
-        .arg(repo("data/demo/original"))
-        .arg("--out")
-        .arg(out)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    out.join("k-shot-1k-test/SST-2/8-13")
-}
+mod common;
+use common::{demo_split, repo, MEZO};
 
 fn encode(split: &Path, extra: &[&str]) -> Output {
     Command::new(MEZO)
@@ -42,7 +26,7 @@ fn lines(out: &Output) -> Vec<serde_json::Value> {
 #[test]
 fn demo_task_encodes_with_prompts_and_demonstrations() {
     let dir = tempfile::tempdir().unwrap();
-    let split = demo_split(dir.path());
+    let split = demo_split(dir.path(), 8, 13);
     assert_eq!(std::fs::read_to_string(split.join("train.tsv")).unwrap().lines().count(), 17);
 
     let dev = lines(&encode(&split, &[]));
@@ -96,7 +80,7 @@ fn demo_task_encodes_with_prompts_and_demonstrations() {
 #[test]
 fn bad_flags_exit_2_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
-    let split = demo_split(dir.path());
+    let split = demo_split(dir.path(), 8, 13);
     let cases: &[(&[&str], &str)] = &[
         (&["--template", "*cls**sent_0*_It_was.*sep+*"], "has no *mask*"),
         (&["--template", "*cls**+sentl-_0**mask*"], "'*+sentl-_0*' is not a sentence part"),

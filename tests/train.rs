@@ -2,43 +2,16 @@
 //! (tests/fixtures/mezo, made by scripts/make_mezo_fixture.py), and as two data-parallel ranks.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use tch::Tensor;
 
-const MEZO: &str = env!("CARGO_BIN_EXE_mezo");
-
-fn repo(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
-}
-
-fn split(out: &Path) -> PathBuf {
-    let status = Command::new(MEZO)
-        .args(["-q", "kshot", "--task", "SST-2", "--k", "16", "--seed", "42", "--mode", "k-shot-1k-test"])
-        .arg("--data-dir")
-        .arg(repo("data/demo/original"))
-        .arg("--out")
-        .arg(out)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    out.join("k-shot-1k-test/SST-2/16-42")
-}
+mod common;
+use common::{demo_split, mpirun, repo, MEZO};
 
 fn train(ranks: usize, split: &Path, out: &Path) {
-    let output = Command::new("mpirun")
-        .args([
-            "--oversubscribe",
-            "-np",
-            &ranks.to_string(),
-            MEZO,
-            "-q",
-            "train",
-            "--optimizer",
-            "mezo",
-            "--task",
-            "sst-2",
-        ])
+    let output = mpirun(ranks)
+        .args(["-q", "train", "--optimizer", "mezo", "--task", "sst-2"])
         .args([
             "--steps",
             "20",
@@ -58,8 +31,6 @@ fn train(ranks: usize, split: &Path, out: &Path) {
         .arg(split)
         .arg("--out")
         .arg(out)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -87,7 +58,7 @@ fn relative(a: &Tensor, b: &Tensor) -> f64 {
 #[test]
 fn reference_stream_matches_pytorch_and_two_ranks_match_one() {
     let dir = tempfile::tempdir().unwrap();
-    let split = split(dir.path());
+    let split = demo_split(dir.path(), 16, 42);
     let one = dir.path().join("one");
     train(1, &split, &one);
     let reference = weights(&repo("tests/fixtures/mezo/final.safetensors"));
@@ -151,7 +122,7 @@ fn trajectory_steps(run: &Path) -> usize {
 #[test]
 fn kill_resume_and_replay_are_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
-    let split = split(dir.path());
+    let split = demo_split(dir.path(), 16, 42);
     let whole = dir.path().join("whole");
     let status = Command::new(MEZO).args(train_args(&split)).arg("--out").arg(&whole).status().unwrap();
     assert!(status.success());
@@ -194,7 +165,7 @@ fn kill_resume_and_replay_are_bit_identical() {
 #[test]
 fn sigterm_stops_cleanly_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let split = split(dir.path());
+    let split = demo_split(dir.path(), 16, 42);
     let run = dir.path().join("run");
     let child = Command::new(MEZO)
         .args(train_args(&split))
@@ -223,21 +194,10 @@ fn sigterm_stops_cleanly_and_resumes() {
 #[test]
 fn adam_baseline_learns_and_two_ranks_agree() {
     let dir = tempfile::tempdir().unwrap();
-    let split = split(dir.path());
+    let split = demo_split(dir.path(), 16, 42);
     let run = |ranks: usize, out: &Path| {
-        let output = Command::new("mpirun")
-            .args([
-                "--oversubscribe",
-                "-np",
-                &ranks.to_string(),
-                MEZO,
-                "-q",
-                "train",
-                "--optimizer",
-                "adam",
-                "--task",
-                "sst-2",
-            ])
+        let output = mpirun(ranks)
+            .args(["-q", "train", "--optimizer", "adam", "--task", "sst-2"])
             .args(["--steps", "40", "--batch-size", "8", "--lr", "1e-3", "--seed", "3", "--eval-every", "20"])
             .arg("--model")
             .arg(repo("tests/fixtures/models/roberta"))
@@ -245,8 +205,6 @@ fn adam_baseline_learns_and_two_ranks_agree() {
             .arg(&split)
             .arg("--out")
             .arg(out)
-            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
             .output()
             .unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -268,8 +226,8 @@ fn adam_baseline_learns_and_two_ranks_agree() {
 }
 
 fn mezo_run(ranks: usize, split: &Path, out: &Path, extra: &[&str]) {
-    let output = Command::new("mpirun")
-        .args(["--oversubscribe", "-np", &ranks.to_string(), MEZO, "-q", "train", "--task", "sst-2"])
+    let output = mpirun(ranks)
+        .args(["-q", "train", "--task", "sst-2"])
         .args([
             "--steps",
             "15",
@@ -292,8 +250,6 @@ fn mezo_run(ranks: usize, split: &Path, out: &Path, extra: &[&str]) {
         .arg(split)
         .arg("--out")
         .arg(out)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -304,7 +260,7 @@ fn mezo_run(ranks: usize, split: &Path, out: &Path, extra: &[&str]) {
 #[test]
 fn direction_parallel_equals_n_spsa_and_replays() {
     let dir = tempfile::tempdir().unwrap();
-    let split = split(dir.path());
+    let split = demo_split(dir.path(), 16, 42);
     let samples = dir.path().join("samples");
     mezo_run(1, &split, &samples, &["--zo-samples", "2"]);
     let directions = dir.path().join("directions");
@@ -356,7 +312,7 @@ fn direction_parallel_equals_n_spsa_and_replays() {
 #[test]
 fn micro_batches_and_zo_moment_optimisers() {
     let dir = tempfile::tempdir().unwrap();
-    let split = split(dir.path());
+    let split = demo_split(dir.path(), 16, 42);
     let whole = dir.path().join("whole");
     mezo_run(1, &split, &whole, &[]);
     let micro = dir.path().join("micro");

@@ -1,0 +1,39 @@
+//! Helpers the integration tests share: the built binary, repository paths, the demo task's
+//! k-shot split, and `mpirun` as root.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const MEZO: &str = env!("CARGO_BIN_EXE_mezo");
+
+/// A path inside the repository.
+pub fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+/// `mezo kshot` of the built-in demo task (SST-2 format) into `out`; returns the split directory.
+pub fn demo_split(out: &Path, k: u32, seed: u32) -> PathBuf {
+    let status = Command::new(MEZO)
+        .args(["-q", "kshot", "--task", "SST-2", "--mode", "k-shot-1k-test"])
+        .args(["--k", &k.to_string(), "--seed", &seed.to_string()])
+        .arg("--data-dir")
+        .arg(repo("data/demo/original"))
+        .arg("--out")
+        .arg(out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    out.join(format!("k-shot-1k-test/SST-2/{k}-{seed}"))
+}
+
+/// `mpirun --oversubscribe -np N mezo`, allowed to run as root.
+pub fn mpirun(ranks: usize) -> Command {
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--oversubscribe", "-np", &ranks.to_string(), MEZO])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env_remove("RUST_LOG");
+    cmd
+}

@@ -344,3 +344,40 @@ fn micro_batches_and_zo_moment_optimisers() {
         assert!(moved_differently, "{} updates differ from ZO-SGD's", optimizer[1]);
     }
 }
+
+/// Best-dev weights kept on disk give the in-memory results and leave no stash behind.
+#[test]
+fn best_weights_on_disk_match_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = demo_split(dir.path(), 16, 42);
+    let run = |place: &str| {
+        let out = dir.path().join(place);
+        let output = Command::new(MEZO)
+            .args(["-q", "train", "--task", "sst-2", "--steps", "40", "--batch-size", "8", "--lr", "1e-3"])
+            .args(["--seed", "9", "--eval-every", "5", "--best-weights", place, "--save-model"])
+            .arg("--model")
+            .arg(repo("tests/fixtures/models/roberta"))
+            .arg("--data-dir")
+            .arg(&split)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        out
+    };
+    let (memory, disk) = (run("memory"), run("disk"));
+    let read = |p: &Path| std::fs::read_to_string(p.join("results.json")).unwrap();
+    assert_eq!(read(&memory), read(&disk));
+    let leftovers: Vec<_> = std::fs::read_dir(&disk)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("stash"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let (a, b) =
+        (weights(&memory.join("model/model.safetensors")), weights(&disk.join("model/model.safetensors")));
+    for (name, t) in &a {
+        assert!(t.equal(&b[name]), "{name}: the final weights are restored exactly");
+    }
+}

@@ -5,6 +5,7 @@ use crate::data::tasks::{self, Preset};
 use crate::eval::evaluate;
 use crate::model::{self, Dtype, FreezeRules, LoadOptions};
 use crate::optim::zo::{WeightDecay, ZoOptimizer};
+use crate::train::Stash;
 use crate::train::{
     train_first_order, train_mezo, FirstOrder, LrSchedule, Objective, Outcome, Parallel, TrainConfig,
 };
@@ -83,6 +84,7 @@ pub fn run(ctx: &Context, args: &DemoArgs) -> Result<()> {
         check_every: 100,
         zo_optimizer: ZoOptimizer::Sgd,
         micro_batch_size: 0,
+        stash: Stash::Memory,
     };
     let zero_shot = {
         let m = model::load(&model_dir, &options)?;

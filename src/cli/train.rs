@@ -4,6 +4,7 @@ use crate::data::dataset::{FewShotType, TaskData};
 use crate::error::input_error;
 use crate::model::{self, Dtype, FreezeRules, LoadOptions, LoraConfig, Scope};
 use crate::optim::zo::{WeightDecay, ZoOptimizer};
+use crate::train::Stash;
 use crate::train::{
     train_first_order, train_mezo, FirstOrder, LrSchedule, Objective, Outcome, Parallel, TrainConfig,
 };
@@ -51,6 +52,15 @@ enum ZoOptimizerArg {
     Momentum,
     /// ZO-Adam.
     Adam,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StashArg {
+    Memory,
+    /// In the run directory, for models whose extra copy would not fit in memory.
+    Disk,
+    /// Disk above 1 GiB of trained values.
+    Auto,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -131,6 +141,9 @@ pub struct TrainArgs {
     /// batches; peak memory of one micro-batch); 0: the whole share.
     #[arg(long, default_value_t = 0, value_name = "N")]
     micro_batch_size: usize,
+    /// Where the best-dev weights are kept until test is evaluated with them.
+    #[arg(long, value_enum, default_value = "auto")]
+    best_weights: StashArg,
     /// MeZO with several ranks: compare the replicas' weights every N steps (0: never).
     #[arg(long, default_value_t = 100, value_name = "N")]
     check_every: usize,
@@ -246,6 +259,11 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
             ZoOptimizerArg::Adam => ZoOptimizer::Adam,
         },
         micro_batch_size: args.micro_batch_size,
+        stash: match args.best_weights {
+            StashArg::Memory => Stash::Memory,
+            StashArg::Disk => Stash::Disk,
+            StashArg::Auto => Stash::Auto,
+        },
     };
     if !matches!(args.optimizer, Optimizer::Mezo) && !matches!(args.zo_optimizer, ZoOptimizerArg::Sgd) {
         return Err(input_error("--zo-optimizer is a MeZO option (use --optimizer adam for backprop Adam)"));

@@ -68,6 +68,8 @@ pub struct TrainConfig {
     /// Forward (and backward) passes take at most this many examples of a rank's share at once,
     /// so peak memory is that of one micro-batch; 0: the whole share.
     pub micro_batch_size: usize,
+    /// Where the best-dev weights are kept.
+    pub stash: Stash,
 }
 
 impl TrainConfig {
@@ -84,8 +86,83 @@ impl TrainConfig {
     }
 }
 
+/// Where copies of the trained tensors (best-dev weights, the final weights while test is
+/// evaluated with the best) are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum Stash {
+    /// In host or device memory: one more copy of the trained tensors.
+    Memory,
+    /// In the run directory (`*.stash.safetensors`, removed at the end): for models whose extra
+    /// copy would not fit.
+    Disk,
+    /// Disk when the trained tensors exceed 1 GiB, else memory.
+    Auto,
+}
+
+/// A copy of the trained tensors.
+enum Snapshot {
+    Memory(Vec<Tensor>),
+    Disk(PathBuf),
+}
+
+impl Snapshot {
+    /// Copies `trainable` (every rank holds the same weights; on disk, rank 0 writes).
+    fn take(trainable: &[Trainable], config: &TrainConfig, dist: &Dist, name: &str) -> Result<Snapshot> {
+        let bytes: usize =
+            trainable.iter().map(|t| t.tensor.numel() * t.tensor.kind().elt_size_in_bytes()).sum();
+        let disk = match config.stash {
+            Stash::Memory => false,
+            Stash::Disk => true,
+            Stash::Auto => bytes > 1 << 30,
+        };
+        let _guard = tch::no_grad_guard();
+        if !disk {
+            return Ok(Snapshot::Memory(trainable.iter().map(|t| t.tensor.detach().copy()).collect()));
+        }
+        let path = config.out_dir.join(format!("{name}.stash.safetensors"));
+        if dist.is_root() {
+            let tensors: Vec<(String, Tensor)> =
+                trainable.iter().map(|t| (t.name.clone(), t.tensor.shallow_clone())).collect();
+            crate::model::weights::save_file(&path, &tensors)?;
+        }
+        dist.barrier();
+        Ok(Snapshot::Disk(path))
+    }
+
+    /// Writes the copy back into `trainable`.
+    fn restore(&self, trainable: &[Trainable]) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        match self {
+            Snapshot::Memory(weights) => {
+                for (t, w) in trainable.iter().zip(weights) {
+                    t.tensor.shallow_clone().copy_(w);
+                }
+            }
+            Snapshot::Disk(path) => {
+                let stored: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)
+                    .with_context(|| format!("reading {}", path.display()))?
+                    .into_iter()
+                    .collect();
+                for t in trainable {
+                    let w = stored
+                        .get(&t.name)
+                        .with_context(|| format!("{} lacks {}", path.display(), t.name))?;
+                    t.tensor.shallow_clone().copy_(w);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn discard(self, dist: &Dist) {
+        if let (Snapshot::Disk(path), true) = (self, dist.is_root()) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// The best dev evaluation so far: its step, metrics and a copy of the trained tensors.
-type Best = Option<(usize, BTreeMap<String, f64>, Vec<Tensor>)>;
+type Best = Option<(usize, BTreeMap<String, f64>, Snapshot)>;
 
 /// Evaluates on dev, logs it, and keeps a copy of the weights when the selection metric improves.
 #[allow(clippy::too_many_arguments)]
@@ -104,8 +181,7 @@ fn evaluate_dev(
     metrics.write(&serde_json::json!({"step": step, "dev": dev}))?;
     log::info!("step {step}: dev {selection} {:.4}", dev.get(&selection).copied().unwrap_or(f64::NAN));
     if best.as_ref().is_none_or(|(_, b, _)| dev[&selection] > b[&selection]) {
-        let _guard = tch::no_grad_guard();
-        *best = Some((step, dev, trainable.iter().map(|t| t.tensor.detach().copy()).collect()));
+        *best = Some((step, dev, Snapshot::take(trainable, config, dist, "best")?));
     }
     Ok(())
 }
@@ -516,7 +592,7 @@ pub fn train_mezo(
         replay_step(&trainable, &mut updater, r, config.eps, config.weight_decay, config.decay_rule);
         if let Some((step, dev)) = &logged_best {
             if *step == r.step {
-                best = Some((*step, dev.clone(), trainable.iter().map(|t| t.tensor.copy()).collect()));
+                best = Some((*step, dev.clone(), Snapshot::take(&trainable, config, dist, "best")?));
             }
         }
     }
@@ -628,16 +704,13 @@ fn finish(
     }
     let (best_step, best_dev, snapshot) = best.expect("the last step always evaluates");
     // Test with the best-dev weights: swap them in, evaluate, swap the final weights back.
-    let final_weights: Vec<Tensor> = trainable.iter().map(|t| t.tensor.copy()).collect();
-    let restore = |weights: &[Tensor]| {
-        let _guard = tch::no_grad_guard();
-        for (t, w) in trainable.iter().zip(weights) {
-            t.tensor.shallow_clone().copy_(w);
-        }
-    };
-    restore(&snapshot);
+    let final_weights = Snapshot::take(trainable, config, dist, "final")?;
+    snapshot.restore(trainable)?;
     let test = evaluate(model, data, &data.test, dist, config.eval_batch_size)?;
-    restore(&final_weights);
+    final_weights.restore(trainable)?;
+    dist.barrier();
+    snapshot.discard(dist);
+    final_weights.discard(dist);
     let summary = Summary { best_step, best_dev, test, final_train_loss: last_loss };
     metrics.write(&serde_json::json!({"best_step": best_step, "test": summary.test}))?;
     if dist.is_root() {

@@ -98,16 +98,31 @@ impl Weights {
         self.entries.keys().map(String::as_str)
     }
 
-    /// Reads `name` as a new tensor of `kind` on `device` (never aliasing the file).
+    /// Reads `name` as a new tensor of `kind` on `device`: one copy, straight from the mapped file
+    /// to the device (and dtype), never aliasing the file.
     pub fn load(&self, name: &str, device: Device, kind: Kind) -> Result<Tensor, String> {
         let e = self.entries.get(name).ok_or_else(|| format!("missing tensor {name}"))?;
         let stored =
             kind_of(e.dtype).ok_or_else(|| format!("tensor {name} has unsupported dtype {:?}", e.dtype))?;
         let (path, mmap) = &self.files[e.file];
         let bytes = &mmap[e.start..e.end];
-        let view = Tensor::f_from_data_size(bytes, &e.shape, stored)
+        let expected = e.shape.iter().product::<i64>() as usize * stored.elt_size_in_bytes();
+        if bytes.len() != expected {
+            return Err(format!(
+                "tensor {name} in {}: {} bytes for shape {:?}",
+                path.display(),
+                bytes.len(),
+                e.shape
+            ));
+        }
+        // SAFETY: `bytes` holds the tensor's data (checked above) and outlives `view`, which is
+        // only read, by the copy below, before this function returns.
+        let view = unsafe { Tensor::f_from_blob(bytes.as_ptr(), &e.shape, &[], stored, Device::Cpu) }
             .map_err(|err| format!("tensor {name} in {}: {err}", path.display()))?;
-        Ok(view.to_device(device).to_kind(kind))
+        let copy = view
+            .f_to_device_(device, kind, false, true)
+            .map_err(|err| format!("tensor {name} in {}: {err}", path.display()))?;
+        Ok(copy)
     }
 }
 

@@ -40,7 +40,8 @@ pub enum WeightDecay {
 }
 
 impl WeightDecay {
-    fn applies_to(self, name: &str) -> bool {
+    /// Whether tensor `name` is decayed (the reference's case-sensitive name test).
+    pub fn applies_to(self, name: &str) -> bool {
         match self {
             WeightDecay::AllTensors => true,
             WeightDecay::ExcludeBiasAndNorm => {

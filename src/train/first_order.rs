@@ -14,10 +14,9 @@ use tch::{COptimizer, Device, Kind, Tensor};
 /// Which optimiser.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FirstOrder {
-    /// AdamW (β 0.9/0.999, ε 1e-8, decoupled weight decay; none on biases and LayerNorms, as the
-    /// Hugging Face Trainer does).
+    /// AdamW (β 0.9/0.999, ε 1e-8, decoupled weight decay on the tensors the decay rule selects).
     AdamW,
-    /// Plain SGD with the same weight-decay split.
+    /// Plain SGD with the same weight-decay rule.
     Sgd,
 }
 
@@ -68,7 +67,7 @@ pub fn train_first_order(
     let params: Vec<Tensor> =
         trainable.iter().map(|t| t.tensor.shallow_clone().set_requires_grad(true)).collect();
     for (t, p) in trainable.iter().zip(&params) {
-        let no_decay = ["bias", "LayerNorm", "layer_norm", "layernorm"].iter().any(|s| t.name.contains(s));
+        let no_decay = !config.decay_rule.applies_to(&t.name);
         opt.add_parameters(p, usize::from(no_decay)).map_err(|e| anyhow!("{e}"))?;
     }
     opt.set_weight_decay_group(1, 0.0).map_err(|e| anyhow!("{e}"))?;

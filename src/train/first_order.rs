@@ -66,11 +66,16 @@ pub fn train_first_order(
     .map_err(|e| anyhow!("creating the optimiser: {e}"))?;
     let params: Vec<Tensor> =
         trainable.iter().map(|t| t.tensor.shallow_clone().set_requires_grad(true)).collect();
+    // Group 0 decays, group 1 (created only when some tensor is exempt) does not.
+    let mut exempt = false;
     for (t, p) in trainable.iter().zip(&params) {
         let no_decay = !config.decay_rule.applies_to(&t.name);
+        exempt |= no_decay;
         opt.add_parameters(p, usize::from(no_decay)).map_err(|e| anyhow!("{e}"))?;
     }
-    opt.set_weight_decay_group(1, 0.0).map_err(|e| anyhow!("{e}"))?;
+    if exempt {
+        opt.set_weight_decay_group(1, 0.0).map_err(|e| anyhow!("{e}"))?;
+    }
     if dist.is_root() {
         std::fs::create_dir_all(&config.out_dir)
             .with_context(|| format!("creating {}", config.out_dir.display()))?;

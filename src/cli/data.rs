@@ -58,8 +58,21 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
-    pub fn task_name(&self) -> &str {
-        &self.task
+    /// In finetune mode the classifier must have one output per label of the task.
+    pub fn check_classifier(
+        &self,
+        model: &crate::model::Model,
+        model_dir: &std::path::Path,
+    ) -> Result<(), InputError> {
+        let labels = tasks::task(&self.task)?.labels.len() as i64;
+        match model.encoder().and_then(|e| e.classifier_labels()) {
+            Some(outputs) if outputs != labels => Err(InputError(format!(
+                "{}: the classifier has {outputs} outputs, task {} has {labels} labels",
+                model_dir.display(),
+                self.task
+            ))),
+            _ => Ok(()),
+        }
     }
 
     pub fn model_dir(&self) -> Option<PathBuf> {

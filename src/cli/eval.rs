@@ -42,15 +42,8 @@ pub fn run(ctx: &Context, args: &EvalArgs) -> Result<()> {
         adapter: args.adapter.clone(),
     };
     let model = model::load(&model_dir, &options)?;
-    let labels = options.num_labels.unwrap_or(0);
-    if let Some(outputs) =
-        model.encoder().and_then(|e| e.classifier_labels()).filter(|&o| finetune && o != labels)
-    {
-        return Err(input_error(format!(
-            "{}: the classifier has {outputs} outputs, task {} has {labels} labels",
-            model_dir.display(),
-            args.data.task_name()
-        )));
+    if finetune {
+        args.data.check_classifier(&model, &model_dir)?;
     }
     config.causal = model.causal_lm().is_some();
     let stored_classifier = model::weights::Weights::open(&model_dir)?.contains("classifier.weight");

@@ -202,15 +202,8 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
         adapter: None,
     };
     let model = model::load(&model_dir, &options)?;
-    let labels = options.num_labels.unwrap_or(0);
-    if let Some(outputs) =
-        model.encoder().and_then(|e| e.classifier_labels()).filter(|&o| finetune && o != labels)
-    {
-        return Err(input_error(format!(
-            "{}: the classifier has {outputs} outputs, task {} has {labels} labels",
-            model_dir.display(),
-            args.data.task_name()
-        )));
+    if finetune {
+        args.data.check_classifier(&model, &model_dir)?;
     }
     data_config.causal = model.causal_lm().is_some();
     if finetune && data_config.causal {

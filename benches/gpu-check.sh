@@ -13,7 +13,8 @@
 #
 # What runs: nvidia-smi, `mezo info --all-ranks`, `mezo check --device cuda`, which covers
 # collectives, a collective HDF5 write, a tch matmul and randn on cuda, an NVRTC kernel through
-# cudarc and a one-rank NCCL all-reduce, and `mezo demo` on cuda. Output goes to stdout and to $OUT/gpu-check.log (OUT:
+# cudarc, the fast perturbation stream's NVRTC kernels against the CPU stream (bit for bit, four
+# dtypes) and a one-rank NCCL all-reduce, and `mezo demo` on cuda. Output goes to stdout and to $OUT/gpu-check.log (OUT:
 # the device tool's output folder, else a temporary directory). Exit status: number of failed steps.
 set -uo pipefail
 
@@ -85,8 +86,8 @@ run_checks() {
   step nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   step "$bundle/mezo" info --all-ranks
   step "$bundle/mezo" check --device cuda --scratch "$out"
-  # The end-to-end run on the GPU: splits, zero-shot, MeZO (reference stream on CUDA's
-  # generator) and Adam fine-tuning of the built-in tiny RoBERTa.
+  # The end-to-end run on the GPU: splits, zero-shot, MeZO (fast stream, NVRTC kernels) and Adam
+  # fine-tuning of the built-in tiny RoBERTa.
   step "$bundle/mezo" --device cuda demo --demo-dir "$repo/data/demo" --out "$out/demo"
   echo; echo "gpu-check: $failed step(s) failed; log in $out/gpu-check.log"
   exit "$failed"

@@ -1,8 +1,7 @@
-//! One MeZO step (reference stream) on a prompt model, the mezo half of
-//! benches/mezo_step_vs_pytorch.py.
+//! One MeZO step on a prompt model, the mezo half of benches/mezo_step_vs_pytorch.py.
 //!
 //!   cargo bench --bench mezo_step -- --model DIR [--batch 8] [--seq 64] [--threads N]
-//!       [--steps 3] [--forward-only]
+//!       [--steps 3] [--rng fast|reference] [--forward-only]
 //!
 //! Prints `mezo step_ms=<median> forward_ms=<median> peak_rss_mb=<VmHWM>`. With
 //! --forward-only it runs forward passes alone, so its peak RSS is that of inference. Under mpirun
@@ -11,7 +10,7 @@
 
 use mezo::dist::{Dist, Reduce};
 use mezo::model::{self, Dtype, FreezeRules, LoadOptions};
-use mezo::optim::zo::{self, Trainable, WeightDecay};
+use mezo::optim::zo::{Perturbations, Rng, Trainable, Updater, WeightDecay, ZoOptimizer};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -41,13 +40,21 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dist = Dist::init().expect("MPI");
+    if args.iter().any(|a| a == "--stream-only") {
+        return stream_only();
+    }
     let dir = arg(&args, "--model", "");
     let batch: i64 = arg(&args, "--batch", "8").parse().unwrap();
     let seq: i64 = arg(&args, "--seq", "64").parse().unwrap();
     let threads: i32 = arg(&args, "--threads", "1").parse().unwrap();
     let steps: usize = arg(&args, "--steps", "3").parse().unwrap();
     let forward_only = args.iter().any(|a| a == "--forward-only");
-    tch::set_num_threads(threads);
+    let rng = match arg(&args, "--rng", "fast").as_str() {
+        "reference" => Rng::Reference,
+        "fast" => Rng::Fast,
+        other => panic!("--rng fast|reference, not {other}"),
+    };
+    mezo::dist::device::set_threads(threads as usize);
     let options = LoadOptions { num_labels: Some(2), ..LoadOptions::new(Device::Cpu, Dtype::F32) };
     let m = model::load(std::path::Path::new(&dir), &options).unwrap_or_else(|e| panic!("{e}"));
     let e = m.encoder().expect("a prompt model");
@@ -91,12 +98,24 @@ fn main() {
             .into_iter()
             .map(|p| Trainable { name: p.name.clone(), tensor: p.tensor.shallow_clone() })
             .collect();
+        let perturbations = Perturbations::new(rng, &trainable).unwrap();
+        let mut updater = Updater::new(ZoOptimizer::Sgd, rng, &trainable);
+        if let (Perturbations::Fast(stream), true) = (&perturbations, dist.is_root()) {
+            let start = Instant::now();
+            mezo::model::nn::with_view(stream.view(7, 1e-3), loss).unwrap();
+            let perturbed = start.elapsed().as_secs_f64() * 1e3;
+            let start = Instant::now();
+            updater.apply(&trainable, &[(7, 0.0)], 0.0, 0.0, WeightDecay::AllTensors);
+            let update = start.elapsed().as_secs_f64() * 1e3;
+            println!("fast stream: perturbed forward {perturbed:.0} ms, update {update:.0} ms");
+        }
         median(
             (0..steps)
                 .map(|i| {
                     let start = Instant::now();
-                    zo::step(&trainable, 1000 + i as u64, 1e-3, 1e-6, 0.0, WeightDecay::AllTensors, loss)
-                        .unwrap();
+                    let seed = 1000 + i as u64;
+                    let (_, g) = perturbations.direction(&trainable, seed, 1e-3, true, loss).unwrap();
+                    updater.apply(&trainable, &[(seed, g)], 1e-6, 0.0, WeightDecay::AllTensors);
                     start.elapsed().as_secs_f64() * 1e3
                 })
                 .collect(),
@@ -104,9 +123,25 @@ fn main() {
     };
     if dist.is_root() {
         println!(
-            "mezo step_ms={step_ms:.1} forward_ms={forward_ms:.1} peak_rss_mb={:.0} ranks={}",
+            "mezo rng={rng:?} step_ms={step_ms:.1} forward_ms={forward_ms:.1} peak_rss_mb={:.0} ranks={}",
             peak_rss_mb(),
             dist.size()
         );
     }
+}
+
+/// `--stream-only`: the fast stream's generator alone, one thread: nanoseconds per normal.
+fn stream_only() {
+    let mut z = vec![0f32; 1 << 24];
+    let key = mezo::optim::philox::key(12345, 3);
+    let ns = median(
+        (0..5)
+            .map(|i| {
+                let start = Instant::now();
+                mezo::optim::philox::fill(key, i << 24, &mut z);
+                start.elapsed().as_secs_f64() * 1e9 / z.len() as f64
+            })
+            .collect(),
+    );
+    println!("philox normals: {ns:.2} ns each on one thread (checksum {})", z.iter().sum::<f32>());
 }

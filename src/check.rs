@@ -91,6 +91,11 @@ pub fn run(dist: &Dist, config: &CheckConfig) -> Vec<Outcome> {
         ),
         agree(
             dist,
+            "fast stream on gpu",
+            on_gpu(&|i| crate::optim::fast::check_gpu_matches_cpu(i).map(Local::Pass)),
+        ),
+        agree(
+            dist,
             "nccl all-reduce",
             on_gpu(&|i| {
                 crate::dist::nccl::smoke_test(dist, i)

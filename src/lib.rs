@@ -12,7 +12,8 @@
 //!          demonstrations, batching
 //! model    RoBERTa/BERT prompt models, OPT and Llama-family causal LMs on tch; HF checkpoints
 //!          in and out; parameters in HF order, freezing rules, LoRA and prefix adapters
-//! optim    zeroth-order SGD (MeZO) with the reference random stream
+//! optim    zeroth-order SGD (MeZO): the reference's random stream, and the fast counter-based
+//!          stream (Philox, perturbed weights formed just in time, NVRTC kernels on GPUs)
 //! train    the training loop: data-parallel steps, dev evaluation, best-dev weights, run directory
 //! eval     task metrics of a model on dev/test, features sharded over ranks
 //! metrics  accuracy, F1, MCC, Pearson, Spearman as LM-BFF computes them

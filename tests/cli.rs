@@ -113,7 +113,8 @@ fn cuda_requested_without_cuda_fails_cleanly() {
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(line(&stdout, "torch cuda").contains("FAIL"), "{stdout}");
-    assert!(stderr.contains("3 of 8 checks failed"), "{stderr}");
+    assert!(stderr.contains("4 of 9 checks failed"), "{stderr}");
+    assert!(line(&stdout, "fast stream on gpu").contains("FAIL"), "{stdout}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 

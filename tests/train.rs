@@ -9,9 +9,9 @@ use tch::Tensor;
 mod common;
 use common::{demo_split, mpirun, repo, MEZO};
 
-fn train(ranks: usize, split: &Path, out: &Path) {
+fn train(ranks: usize, split: &Path, out: &Path, rng: &str) {
     let output = mpirun(ranks)
-        .args(["-q", "train", "--optimizer", "mezo", "--task", "sst-2"])
+        .args(["-q", "train", "--optimizer", "mezo", "--task", "sst-2", "--rng", rng])
         .args([
             "--steps",
             "20",
@@ -60,7 +60,7 @@ fn reference_stream_matches_pytorch_and_two_ranks_match_one() {
     let dir = tempfile::tempdir().unwrap();
     let split = demo_split(dir.path(), 16, 42);
     let one = dir.path().join("one");
-    train(1, &split, &one);
+    train(1, &split, &one, "reference");
     let reference = weights(&repo("tests/fixtures/mezo/final.safetensors"));
     let ours = weights(&one.join("model/model.safetensors"));
     assert_eq!(ours.len(), reference.len());
@@ -82,7 +82,7 @@ fn reference_stream_matches_pytorch_and_two_ranks_match_one() {
     }
 
     let two = dir.path().join("two");
-    train(2, &split, &two);
+    train(2, &split, &two, "reference");
     let split_run = weights(&two.join("model/model.safetensors"));
     for (name, t) in &ours {
         let d = relative(&split_run[name], t);
@@ -99,9 +99,37 @@ fn reference_stream_matches_pytorch_and_two_ranks_match_one() {
     assert!(one.join("config.json").exists() && one.join("metrics.jsonl").exists());
 }
 
-fn train_args(split: &Path) -> Vec<std::ffi::OsString> {
+/// The fast stream (the default): two data-parallel ranks give the one-rank run, and it learns.
+#[test]
+fn fast_stream_two_ranks_match_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = demo_split(dir.path(), 16, 42);
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    train(1, &split, &one, "fast");
+    train(2, &split, &two, "fast");
+    let (a, b) =
+        (weights(&one.join("model/model.safetensors")), weights(&two.join("model/model.safetensors")));
+    let initial = weights(&repo("tests/fixtures/models/roberta/model.safetensors"));
+    let mut moved = 0;
+    for (name, t) in &a {
+        let d = relative(&b[name], t);
+        assert!(d <= 1e-5, "{name}: 2 ranks differ from 1 rank by {d:e}");
+        moved += usize::from(initial.get(name).is_some_and(|i| !i.equal(t)));
+    }
+    assert!(moved > 10, "the fast stream updated only {moved} tensors");
+    for (x, y) in trajectory(&one).iter().zip(&trajectory(&two)) {
+        assert_eq!(x["seed"], y["seed"]);
+        let (gx, gy) = (x["projected_grad"].as_f64().unwrap(), y["projected_grad"].as_f64().unwrap());
+        assert!((gx - gy).abs() <= 1e-3 * gx.abs().max(1.0), "step {}: {gx} vs {gy}", x["step"]);
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(one.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["rng"], "Fast");
+}
+
+fn train_args(split: &Path, rng: &str) -> Vec<std::ffi::OsString> {
     let mut args: Vec<std::ffi::OsString> =
-        ["-q", "train", "--task", "sst-2", "--steps", "150", "--batch-size", "4"]
+        ["-q", "train", "--task", "sst-2", "--steps", "150", "--batch-size", "4", "--rng", rng]
             .into_iter()
             .chain(["--lr", "1e-3", "--eps", "1e-3", "--seed", "7", "--eval-every", "10", "--save-model"])
             .map(Into::into)
@@ -118,17 +146,25 @@ fn trajectory_steps(run: &Path) -> usize {
 }
 
 /// Killed with SIGKILL at whatever step it has reached, then resumed: the same final weights, bit
-/// for bit, and the same best-dev step as an uninterrupted run; replay rebuilds them too.
+/// for bit, and the same best-dev step as an uninterrupted run; replay rebuilds them too. Both
+/// perturbation streams.
 #[test]
 fn kill_resume_and_replay_are_bit_identical() {
+    for rng in ["fast", "reference"] {
+        kill_resume_and_replay(rng);
+    }
+}
+
+fn kill_resume_and_replay(rng: &str) {
     let dir = tempfile::tempdir().unwrap();
     let split = demo_split(dir.path(), 16, 42);
     let whole = dir.path().join("whole");
-    let status = Command::new(MEZO).args(train_args(&split)).arg("--out").arg(&whole).status().unwrap();
+    let status = Command::new(MEZO).args(train_args(&split, rng)).arg("--out").arg(&whole).status().unwrap();
     assert!(status.success());
 
     let killed = dir.path().join("killed");
-    let mut child = Command::new(MEZO).args(train_args(&split)).arg("--out").arg(&killed).spawn().unwrap();
+    let mut child =
+        Command::new(MEZO).args(train_args(&split, rng)).arg("--out").arg(&killed).spawn().unwrap();
     let start = std::time::Instant::now();
     while trajectory_steps(&killed) < 37 && start.elapsed().as_secs() < 60 {
         std::thread::sleep(std::time::Duration::from_millis(2));
@@ -138,13 +174,14 @@ fn kill_resume_and_replay_are_bit_identical() {
     let reached = trajectory_steps(&killed);
     assert!((37..150).contains(&reached), "killed after {reached} steps");
     assert!(!killed.join("model").exists());
-    let status = Command::new(MEZO).args(train_args(&split)).arg("--resume").arg(&killed).status().unwrap();
+    let status =
+        Command::new(MEZO).args(train_args(&split, rng)).arg("--resume").arg(&killed).status().unwrap();
     assert!(status.success());
 
     let a = weights(&whole.join("model/model.safetensors"));
     let b = weights(&killed.join("model/model.safetensors"));
     for (name, t) in &a {
-        assert!(t.equal(&b[name]), "{name} differs after kill and resume at step {reached}");
+        assert!(t.equal(&b[name]), "{rng}: {name} differs after kill and resume at step {reached}");
     }
     let results = |run: &Path| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap()
@@ -157,7 +194,7 @@ fn kill_resume_and_replay_are_bit_identical() {
     assert!(status.success());
     let c = weights(&replayed.join("model.safetensors"));
     for (name, t) in &a {
-        assert!(t.equal(&c[name]), "{name} differs after replay");
+        assert!(t.equal(&c[name]), "{rng}: {name} differs after replay");
     }
 }
 
@@ -168,7 +205,7 @@ fn sigterm_stops_cleanly_and_resumes() {
     let split = demo_split(dir.path(), 16, 42);
     let run = dir.path().join("run");
     let child = Command::new(MEZO)
-        .args(train_args(&split))
+        .args(train_args(&split, "fast"))
         .arg("--out")
         .arg(&run)
         .stdout(std::process::Stdio::piped())
@@ -184,7 +221,8 @@ fn sigterm_stops_cleanly_and_resumes() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("continue with --resume"));
     let stopped = trajectory_steps(&run);
     assert!(stopped < 150 && !run.join("results.json").exists());
-    let status = Command::new(MEZO).args(train_args(&split)).arg("--resume").arg(&run).status().unwrap();
+    let status =
+        Command::new(MEZO).args(train_args(&split, "fast")).arg("--resume").arg(&run).status().unwrap();
     assert!(status.success());
     assert_eq!(trajectory_steps(&run), 150);
 }

@@ -4,7 +4,7 @@ use crate::data::kshot::{self, KshotConfig, Mode};
 use crate::data::tasks::{self, Preset};
 use crate::eval::evaluate;
 use crate::model::{self, Dtype, FreezeRules, LoadOptions};
-use crate::optim::zo::{WeightDecay, ZoOptimizer};
+use crate::optim::zo::{Rng, WeightDecay, ZoOptimizer};
 use crate::train::Stash;
 use crate::train::{
     train_first_order, train_mezo, FirstOrder, LrSchedule, Objective, Outcome, Parallel, TrainConfig,
@@ -83,6 +83,7 @@ pub fn run(ctx: &Context, args: &DemoArgs) -> Result<()> {
         objective: Objective::Loss,
         check_every: 100,
         zo_optimizer: ZoOptimizer::Sgd,
+        rng: Rng::Fast,
         micro_batch_size: 0,
         stash: Stash::Memory,
     };

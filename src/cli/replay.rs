@@ -1,7 +1,7 @@
 use super::{on_root, Context};
 use crate::error::input_error;
 use crate::model::{self, FreezeRules, LoadOptions};
-use crate::optim::zo::Updater;
+use crate::optim::zo::{Perturbations, Updater};
 use crate::train::{fingerprint, read_trajectory, replay_step, trainable, TrainConfig};
 use anyhow::{Context as _, Result};
 use clap::Args;
@@ -48,9 +48,18 @@ pub fn run(ctx: &Context, args: &ReplayArgs) -> Result<()> {
             )));
         }
         let progress = crate::logging::progress_bar(ctx.dist, steps.len() as u64, "steps");
-        let mut updater = Updater::new(train.zo_optimizer, &tensors);
+        let perturbations = Perturbations::new(train.rng, &tensors)?;
+        let mut updater = Updater::new(train.zo_optimizer, train.rng, &tensors);
         for step in &steps {
-            replay_step(&tensors, &mut updater, step, train.eps, train.weight_decay, train.decay_rule);
+            replay_step(
+                &tensors,
+                &perturbations,
+                &mut updater,
+                step,
+                train.eps,
+                train.weight_decay,
+                train.decay_rule,
+            );
             progress.inc(1);
         }
         progress.finish_and_clear();

@@ -3,7 +3,7 @@ use super::Context;
 use crate::data::dataset::{FewShotType, TaskData};
 use crate::error::input_error;
 use crate::model::{self, Dtype, FreezeRules, LoadOptions, LoraConfig, Scope};
-use crate::optim::zo::{WeightDecay, ZoOptimizer};
+use crate::optim::zo::{Rng, WeightDecay, ZoOptimizer};
 use crate::train::Stash;
 use crate::train::{
     train_first_order, train_mezo, FirstOrder, LrSchedule, Objective, Outcome, Parallel, TrainConfig,
@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Optimizer {
-    /// Zeroth-order SGD with the reference random stream (MeZO).
+    /// Zeroth-order SGD (MeZO); --rng picks the perturbation stream.
     Mezo,
     /// Backpropagation with AdamW: the papers' fine-tuning baseline.
     Adam,
@@ -52,6 +52,16 @@ enum ZoOptimizerArg {
     Momentum,
     /// ZO-Adam.
     Adam,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RngArg {
+    /// Counter-based Philox normals, perturbed weights formed just in time: exact restore in
+    /// every dtype, no z in memory, one pass per update.
+    Fast,
+    /// MeZO's PyTorch stream (libtorch's generator, in-place perturbations): the trajectory of
+    /// the reference implementation with the same libtorch.
+    Reference,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -127,6 +137,9 @@ pub struct TrainArgs {
     /// MeZO: how ranks share a step.
     #[arg(long, value_enum, default_value = "data")]
     parallel: ParallelArg,
+    /// MeZO: the perturbation stream.
+    #[arg(long, value_enum, default_value = "fast")]
+    rng: RngArg,
     /// MeZO: what perturbations are scored by.
     #[arg(long, value_enum, default_value = "loss")]
     objective: ObjectiveArg,
@@ -252,6 +265,10 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
             ZoOptimizerArg::Adam => ZoOptimizer::Adam,
         },
         micro_batch_size: args.micro_batch_size,
+        rng: match args.rng {
+            RngArg::Fast => Rng::Fast,
+            RngArg::Reference => Rng::Reference,
+        },
         stash: match args.best_weights {
             StashArg::Memory => Stash::Memory,
             StashArg::Disk => Stash::Disk,
@@ -281,7 +298,7 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
         let resolved = serde_json::json!({
             "program": format!("mezo {}", env!("CARGO_PKG_VERSION")),
             "optimizer": format!("{:?}", args.optimizer).to_lowercase(),
-            "rng": matches!(args.optimizer, Optimizer::Mezo).then_some("reference"), "ranks": dist.size(),
+            "rng": matches!(args.optimizer, Optimizer::Mezo).then_some(config.rng), "ranks": dist.size(),
             "load": {
                 "model": model_dir, "dtype": options.dtype, "num_labels": options.num_labels,
                 "init_seed": options.init_seed, "lora": options.lora, "num_prefix": options.num_prefix,

@@ -100,6 +100,10 @@ fn split_threads(usable: usize, online: usize, local_size: usize) -> usize {
 /// Applies the intra-op thread count to libtorch.
 pub fn set_threads(threads: usize) {
     tch::set_num_threads(threads as i32);
+    // Our own parallel loops (the fast perturbation stream) use the same number of threads.
+    if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
+        log::debug!("rayon's pool was already set up: {e}");
+    }
 }
 
 #[cfg(test)]

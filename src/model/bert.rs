@@ -8,7 +8,7 @@
 //! `ModelForPromptFinetuning` defines no output embeddings); a checkpoint without
 //! `lm_head.decoder.weight` gets a copy of the word embeddings. BERT's decoder is tied.
 
-use super::nn::{merge_heads, split_heads, Activation, LayerNorm, Linear, Loader, Prefix};
+use super::nn::{merge_heads, rows, split_heads, weight, Activation, LayerNorm, Linear, Loader, Prefix};
 use crate::error::InputError;
 use serde::Deserialize;
 use std::cell::Cell;
@@ -248,9 +248,7 @@ impl PromptEncoder {
             Flavor::Bert => Tensor::arange(t, (Kind::Int64, device)).unsqueeze(0).expand([b, t], false),
         };
         let e = &self.embeddings;
-        let x = Tensor::embedding(&e.word, input_ids, -1, false, false)
-            + Tensor::embedding(&e.position, &positions, -1, false, false)
-            + e.token_type.get(0);
+        let x = rows(&e.word, input_ids) + rows(&e.position, &positions) + weight(&e.token_type).get(0);
         let mut x = e.norm.forward(&x);
         // [B, 1, 1, T]: every query sees the non-padding keys; no mask at all without padding,
         // which lets libtorch pick its fastest kernel.
@@ -315,10 +313,7 @@ impl PromptEncoder {
             hidden.gather(1, &mask_pos.view([-1, 1, 1]).expand([-1, 1, h], false), false).squeeze_dim(1);
         let head = &self.head;
         let x = head.norm.forward(&head.activation.forward(&head.dense.forward(&at_mask)));
-        x.linear(
-            &head.decoder.index_select(0, label_word_ids),
-            Some(&head.bias.index_select(0, label_word_ids)),
-        )
+        x.linear(&rows(&head.decoder, label_word_ids), Some(&rows(&head.bias, label_word_ids)))
     }
 
     /// Prefix tuning's real-activation initialisation (MeZO spec §3.5, as for the causal LMs):

@@ -46,8 +46,14 @@ pub trait CausalLm {
         cache: Option<&mut KvCache>,
     ) -> Tensor;
 
+    /// The LM head's weight `[V, H]`, as the forward pass sees it (perturbed just in time under
+    /// MeZO's fast stream: fetch it once per forward pass).
+    fn head_weight(&self) -> Tensor;
+
     /// The LM head: vocabulary logits of hidden states `[..., H]`.
-    fn logits(&self, hidden: &Tensor) -> Tensor;
+    fn logits(&self, hidden: &Tensor) -> Tensor {
+        hidden.linear::<Tensor>(&self.head_weight(), None)
+    }
 
     /// Logits `[B, T, V]`: the head on [`CausalLm::hidden_states`].
     fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: Option<&mut KvCache>) -> Tensor {
@@ -111,11 +117,12 @@ pub fn lm_loss(
     let hidden = hidden.reshape([-1, h]);
     let targets = targets.reshape([-1]);
     let rows = hidden.size()[0];
+    let head = model.head_weight();
     let mut total = Tensor::zeros([], (Kind::Float, hidden.device()));
     let mut start = 0;
     while start < rows {
         let n = LOSS_CHUNK_ROWS.min(rows - start);
-        let logits = model.logits(&hidden.narrow(0, start, n)).to_kind(Kind::Float);
+        let logits = hidden.narrow(0, start, n).linear::<Tensor>(&head, None).to_kind(Kind::Float);
         total = &total
             + logits.cross_entropy_loss::<Tensor>(
                 &targets.narrow(0, start, n),

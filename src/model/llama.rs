@@ -3,7 +3,7 @@
 //! and q/k/v biases where the config (Qwen2, `attention_bias`) asks for them.
 
 use super::cache::{attention_for, CausalLm, KvCache};
-use super::nn::{merge_heads, Activation, Linear, Loader, Prefix, RmsNorm};
+use super::nn::{merge_heads, rows, weight, Activation, Linear, Loader, Prefix, RmsNorm};
 use crate::error::InputError;
 use serde::Deserialize;
 use std::cell::Cell;
@@ -185,7 +185,7 @@ impl CausalLm for Llama {
             Some(p) if self.prefix_active.get() => p.len(),
             _ => 0,
         };
-        let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
+        let mut x = rows(&self.embed_tokens, input_ids);
         let (cos, sin) = self.rotary(past, t, x.kind());
         let (attend, is_causal) = attention_for(attention_mask, t, prefix_len);
         let rep = self.heads / self.kv_heads;
@@ -227,8 +227,8 @@ impl CausalLm for Llama {
         self.norm.forward(&x)
     }
 
-    fn logits(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<Tensor>(&self.lm_head, None)
+    fn head_weight(&self) -> Tensor {
+        weight(&self.lm_head)
     }
 
     fn num_layers(&self) -> usize {

@@ -4,7 +4,57 @@
 
 use super::weights::Weights;
 use crate::error::InputError;
+use std::cell::RefCell;
+use std::rc::Rc;
 use tch::{Device, Kind, Tensor};
+
+/// How the forward pass sees the stored weights: MeZO's fast stream perturbs them just in time
+/// (θ + ε z formed per use and dropped after it) instead of writing them, so the stored weights
+/// change only in the update and come back exactly after any number of perturbations.
+pub trait WeightView {
+    /// The tensor to use for stored parameter `t`, or `None` for `t` itself.
+    fn full(&self, t: &Tensor) -> Option<Tensor>;
+    /// Rows `ids` (int64, any shape) of the stored matrix `t`, `[..ids, H]` (elements of a vector
+    /// `t`, `[..ids]`), or `None` when `t` is used as stored.
+    fn rows(&self, t: &Tensor, ids: &Tensor) -> Option<Tensor>;
+}
+
+thread_local! {
+    static VIEW: RefCell<Option<Rc<dyn WeightView>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (forward passes) with the weights seen through `view`.
+pub fn with_view<R>(view: Rc<dyn WeightView>, f: impl FnOnce() -> R) -> R {
+    struct Reset(Option<Rc<dyn WeightView>>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            VIEW.with(|v| *v.borrow_mut() = self.0.take());
+        }
+    }
+    let _reset = Reset(VIEW.with(|v| v.borrow_mut().replace(view)));
+    f()
+}
+
+fn current_view() -> Option<Rc<dyn WeightView>> {
+    VIEW.with(|v| v.borrow().clone())
+}
+
+/// Stored parameter `t` as the forward pass should use it.
+pub fn weight(t: &Tensor) -> Tensor {
+    current_view().and_then(|v| v.full(t)).unwrap_or_else(|| t.shallow_clone())
+}
+
+/// Rows `ids` of stored matrix (or elements of vector) `t`, as the forward pass should use them:
+/// an embedding lookup that perturbs only the rows a batch uses.
+pub fn rows(t: &Tensor, ids: &Tensor) -> Tensor {
+    if let Some(r) = current_view().and_then(|v| v.rows(t, ids)) {
+        return r;
+    }
+    match t.dim() {
+        1 => t.index_select(0, &ids.flatten(0, -1)).view_as(ids),
+        _ => Tensor::embedding(t, ids, -1, false, false),
+    }
+}
 
 /// A named parameter of a model; `tensor` shares storage with the model's own handle, so in-place
 /// updates through either are seen by both.
@@ -254,8 +304,8 @@ impl Prefix {
         let slots =
             |p: &Tensor| p.view([m, heads, d]).transpose(0, 1).unsqueeze(0).expand([b, heads, m, d], false);
         (
-            Tensor::cat(&[slots(&self.keys), k.shallow_clone()], 2),
-            Tensor::cat(&[slots(&self.values), v.shallow_clone()], 2),
+            Tensor::cat(&[slots(&weight(&self.keys)), k.shallow_clone()], 2),
+            Tensor::cat(&[slots(&weight(&self.values)), v.shallow_clone()], 2),
         )
     }
 }
@@ -282,9 +332,12 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let y = x.linear(&self.weight, self.bias.as_ref());
+        let y = x.linear(&weight(&self.weight), self.bias.as_ref().map(weight).as_ref());
         match &self.lora {
-            Some(lora) => y + x.linear::<Tensor>(&lora.a, None).linear::<Tensor>(&lora.b, None) * lora.scale,
+            Some(lora) => {
+                y + x.linear::<Tensor>(&weight(&lora.a), None).linear::<Tensor>(&weight(&lora.b), None)
+                    * lora.scale
+            }
             None => y,
         }
     }
@@ -305,7 +358,13 @@ impl LayerNorm {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let size = *self.weight.size().last().expect("1-D");
-        x.layer_norm([size].as_slice(), Some(&self.weight), Some(&self.bias), self.eps, true)
+        x.layer_norm(
+            [size].as_slice(),
+            Some(&weight(&self.weight)),
+            Some(&weight(&self.bias)),
+            self.eps,
+            true,
+        )
     }
 }
 
@@ -325,7 +384,7 @@ impl RmsNorm {
         let x = x.to_kind(Kind::Float);
         let variance = x.pow_tensor_scalar(2).mean_dim([-1i64].as_slice(), true, None);
         let normed = x * (variance + self.eps).rsqrt();
-        &self.weight * normed.to_kind(kind)
+        weight(&self.weight) * normed.to_kind(kind)
     }
 }
 

@@ -5,7 +5,7 @@
 //! LM head tied to `embed_tokens` unless the config unties it.
 
 use super::cache::{attention_for, CausalLm, KvCache};
-use super::nn::{merge_heads, split_heads, Activation, LayerNorm, Linear, Loader, Prefix};
+use super::nn::{merge_heads, rows, split_heads, weight, Activation, LayerNorm, Linear, Loader, Prefix};
 use crate::error::InputError;
 use serde::Deserialize;
 use std::cell::Cell;
@@ -139,11 +139,11 @@ impl CausalLm for Opt {
         // transformers: positions = cumsum(mask) * mask - 1, for the new positions, offset by 2.
         let mask = attention_mask.to_kind(Kind::Int64);
         let positions = (mask.cumsum(1, Kind::Int64) * &mask - 1).narrow(1, s - t, t) + 2;
-        let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
+        let mut x = rows(&self.embed_tokens, input_ids);
         if let Some(p) = &self.project_in {
             x = p.forward(&x);
         }
-        x = &x + Tensor::embedding(&self.embed_positions, &positions, -1, false, false);
+        x = &x + rows(&self.embed_positions, &positions);
         let first_step = cache.as_deref().is_none_or(KvCache::is_empty);
         let prefix_len = match &self.layers[0].prefix {
             Some(p) if self.prefix_active.get() => p.len(),
@@ -187,8 +187,8 @@ impl CausalLm for Opt {
         x
     }
 
-    fn logits(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<Tensor>(&self.lm_head, None)
+    fn head_weight(&self) -> Tensor {
+        weight(&self.lm_head)
     }
 
     fn num_layers(&self) -> usize {

@@ -1,4 +1,8 @@
-//! Zeroth-order SGD (MeZO), with the reference implementation's random stream.
+//! Zeroth-order SGD (MeZO) with its two perturbation streams.
+//!
+//! [`Rng::Fast`] (the default) is [`super::fast`]: counter-based z, perturbed weights formed just
+//! in time, weights written only by the update. [`Rng::Reference`] is the stream of MeZO's
+//! PyTorch code, described here.
 //!
 //! One step: draw the step seed s; perturb every trainable tensor by +ε z, evaluate ℓ+; by −2ε z,
 //! evaluate ℓ−; restore by +ε z; the projected gradient is g = (ℓ+ − ℓ−) / 2ε and the update is
@@ -11,8 +15,78 @@
 //! The floating-point operations are those of the reference, in its order: θ + (s z) ε for the
 //! perturbations, θ − η (g z + λ θ) for the update, each rounding where the reference rounds.
 
+use super::fast::{self, FastStream};
 use crate::data::mt19937::RandomState;
 use tch::Tensor;
+
+/// Where the perturbation directions z come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum Rng {
+    /// The reference's: libtorch's generator reset to the step seed, one `randn` per tensor,
+    /// in-place perturbations (same libtorch => same trajectory as a PyTorch implementation).
+    Reference,
+    /// Philox keyed by (step seed, tensor index), perturbed weights formed just in time
+    /// ([`super::fast`]): exact restore in every dtype, no z in memory, one pass per update.
+    #[default]
+    Fast,
+}
+
+/// A stream ready for a run's trainable tensors.
+pub enum Perturbations {
+    Reference,
+    Fast(FastStream),
+}
+
+impl Perturbations {
+    pub fn new(rng: Rng, params: &[Trainable]) -> anyhow::Result<Perturbations> {
+        Ok(match rng {
+            Rng::Reference => Perturbations::Reference,
+            Rng::Fast => Perturbations::Fast(FastStream::new(params)?),
+        })
+    }
+
+    pub fn rng(&self) -> Rng {
+        match self {
+            Perturbations::Reference => Rng::Reference,
+            Perturbations::Fast(_) => Rng::Fast,
+        }
+    }
+
+    /// One SPSA direction without the update: ℓ+ at θ + ε z, ℓ− at θ − ε z, θ restored; returns
+    /// (ℓ+, g = (ℓ+ − ℓ−) / 2ε). With `evaluate` false nothing is evaluated (another rank
+    /// evaluates this direction) and the weights go through what evaluating would do to them.
+    pub fn direction(
+        &self,
+        params: &[Trainable],
+        seed: u64,
+        eps: f64,
+        evaluate: bool,
+        mut loss: impl FnMut() -> anyhow::Result<f64>,
+    ) -> anyhow::Result<(f64, f64)> {
+        match self {
+            Perturbations::Reference => direction(params, seed, eps, evaluate, loss),
+            Perturbations::Fast(stream) => {
+                if !evaluate {
+                    return Ok((0.0, 0.0));
+                }
+                let plus = crate::model::nn::with_view(stream.view(seed, eps), &mut loss)?;
+                let minus = crate::model::nn::with_view(stream.view(seed, -eps), &mut loss)?;
+                Ok((plus, (plus - minus) / (2.0 * eps)))
+            }
+        }
+    }
+
+    /// What [`Perturbations::direction`] did to the weights, without forward passes (replay):
+    /// the reference's three in-place perturbations, whose rounding is part of its trajectory;
+    /// nothing for the fast stream.
+    pub fn replay_direction(&self, params: &[Trainable], seed: u64, eps: f64) {
+        if let Perturbations::Reference = self {
+            perturb(params, seed, 1.0, eps);
+            perturb(params, seed, -2.0, eps);
+            perturb(params, seed, 1.0, eps);
+        }
+    }
+}
 
 /// numpy `RandomState(seed).randint(10**9)`, one per step.
 pub struct StepSeeds {
@@ -152,13 +226,14 @@ pub enum ZoOptimizer {
 /// and Adam. The moments are a function of the trajectory, so replaying a run rebuilds them.
 pub struct Updater {
     optimizer: ZoOptimizer,
+    rng: Rng,
     first: Vec<Tensor>,
     second: Vec<Tensor>,
     steps: i32,
 }
 
 impl Updater {
-    pub fn new(optimizer: ZoOptimizer, params: &[Trainable]) -> Updater {
+    pub fn new(optimizer: ZoOptimizer, rng: Rng, params: &[Trainable]) -> Updater {
         let zeros =
             || params.iter().map(|p| p.tensor.zeros_like().to_kind(tch::Kind::Float)).collect::<Vec<_>>();
         let (first, second) = match optimizer {
@@ -166,7 +241,7 @@ impl Updater {
             ZoOptimizer::Momentum { .. } => (zeros(), Vec::new()),
             ZoOptimizer::Adam => (zeros(), zeros()),
         };
-        Updater { optimizer, first, second, steps: 0 }
+        Updater { optimizer, rng, first, second, steps: 0 }
     }
 
     /// Applies one step's directions (seed, g).
@@ -179,7 +254,10 @@ impl Updater {
         decay: WeightDecay,
     ) {
         if self.optimizer == ZoOptimizer::Sgd {
-            return apply(params, directions, lr, weight_decay, decay);
+            return match self.rng {
+                Rng::Reference => apply(params, directions, lr, weight_decay, decay),
+                Rng::Fast => fast::apply(params, directions, lr, weight_decay, decay),
+            };
         }
         let _guard = tch::no_grad_guard();
         self.steps += 1;
@@ -190,9 +268,14 @@ impl Updater {
             .map(|p| Tensor::zeros(p.tensor.size(), (tch::Kind::Float, p.tensor.device())))
             .collect();
         for (seed, g) in directions {
-            tch::manual_seed(*seed as i64);
-            for (p, e) in params.iter().zip(estimates.iter_mut()) {
-                let z = Tensor::randn(p.tensor.size(), (p.tensor.kind(), p.tensor.device()));
+            if self.rng == Rng::Reference {
+                tch::manual_seed(*seed as i64);
+            }
+            for (i, (p, e)) in params.iter().zip(estimates.iter_mut()).enumerate() {
+                let z = match self.rng {
+                    Rng::Reference => Tensor::randn(p.tensor.size(), (p.tensor.kind(), p.tensor.device())),
+                    Rng::Fast => fast::direction(&p.tensor, *seed, i),
+                };
                 *e = &*e + z.to_kind(tch::Kind::Float) * (g / n);
             }
         }

@@ -17,7 +17,7 @@ use crate::dist::{Dist, Reduce};
 use crate::error::InputError;
 use crate::eval::evaluate;
 use crate::model::{Body, FreezeRules, Model};
-use crate::optim::zo::{self, StepSeeds, Trainable, Updater, WeightDecay, ZoOptimizer};
+use crate::optim::zo::{Perturbations, Rng, StepSeeds, Trainable, Updater, WeightDecay, ZoOptimizer};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -65,11 +65,19 @@ pub struct TrainConfig {
     pub check_every: usize,
     /// How MeZO turns projected gradients into updates.
     pub zo_optimizer: ZoOptimizer,
+    /// MeZO's perturbation stream (run directories from before the choice existed used the
+    /// reference stream).
+    #[serde(default = "reference_rng")]
+    pub rng: Rng,
     /// Forward (and backward) passes take at most this many examples of a rank's share at once,
     /// so peak memory is that of one micro-batch; 0: the whole share.
     pub micro_batch_size: usize,
     /// Where the best-dev weights are kept.
     pub stash: Stash,
+}
+
+fn reference_rng() -> Rng {
+    Rng::Reference
 }
 
 impl TrainConfig {
@@ -461,10 +469,11 @@ pub fn read_trajectory(run: &std::path::Path) -> Result<(serde_json::Value, Vec<
     Ok((header, steps))
 }
 
-/// Re-applies a recorded step without forward passes: the three perturbations (their rounding is
-/// part of the trajectory) and the update.
+/// Re-applies a recorded step without forward passes: what the perturbations did to the weights
+/// (the reference stream's rounding is part of its trajectory) and the update.
 pub fn replay_step(
     trainable: &[Trainable],
+    perturbations: &Perturbations,
     updater: &mut Updater,
     step: &RecordedStep,
     eps: f64,
@@ -473,9 +482,7 @@ pub fn replay_step(
 ) {
     let directions = step.directions();
     for (seed, _) in &directions {
-        zo::perturb(trainable, *seed, 1.0, eps);
-        zo::perturb(trainable, *seed, -2.0, eps);
-        zo::perturb(trainable, *seed, 1.0, eps);
+        perturbations.replay_direction(trainable, *seed, eps);
     }
     updater.apply(trainable, &directions, step.lr, weight_decay, rule);
 }
@@ -532,14 +539,14 @@ pub fn train_mezo(
     let header = serde_json::json!({
         "initial_fingerprint": fingerprint(&trainable), "seed": config.seed, "eps": config.eps,
         "weight_decay": config.weight_decay, "decay_rule": format!("{:?}", config.decay_rule), "trainable": names,
-        "zo_optimizer": config.zo_optimizer,
+        "zo_optimizer": config.zo_optimizer, "rng": config.rng,
     });
     let recorded = if resume {
         let (found, steps) = read_trajectory(&config.out_dir)?;
         if found != header {
             bail!(InputError(format!(
-                "{}: the run was made with other weights or settings (seed, eps, weight decay, trainable tensors) \
-                 than this command gives",
+                "{}: the run was made with other weights or settings (seed, eps, weight decay, trainable tensors, \
+                 rng) than this command gives",
                 config.out_dir.join("trajectory.jsonl").display()
             )));
         }
@@ -566,7 +573,8 @@ pub fn train_mezo(
     }
 
     let mut seeds = StepSeeds::new(config.seed);
-    let mut updater = Updater::new(config.zo_optimizer, &trainable);
+    let perturbations = Perturbations::new(config.rng, &trainable)?;
+    let mut updater = Updater::new(config.zo_optimizer, config.rng, &trainable);
     let mut sampler = BatchSampler::new(data.train.len(), config.batch_size, config.seed);
     let selection = format!("eval_{}", data.config.task.selection_metric());
     let mut best: Best = None;
@@ -589,7 +597,15 @@ pub fn train_mezo(
                 );
             }
         }
-        replay_step(&trainable, &mut updater, r, config.eps, config.weight_decay, config.decay_rule);
+        replay_step(
+            &trainable,
+            &perturbations,
+            &mut updater,
+            r,
+            config.eps,
+            config.weight_decay,
+            config.decay_rule,
+        );
         if let Some((step, dev)) = &logged_best {
             if *step == r.step {
                 best = Some((*step, dev.clone(), Snapshot::take(&trainable, config, dist, "best")?));
@@ -626,7 +642,7 @@ pub fn train_mezo(
         let mut results = vec![(0.0, 0.0); n];
         for (j, &seed) in step_seeds.iter().enumerate() {
             let mine = !by_directions || j == dist.rank();
-            results[j] = zo::direction(&trainable, seed, config.eps, mine, || {
+            results[j] = perturbations.direction(&trainable, seed, config.eps, mine, || {
                 let mut sums = objective_sums(model, data, &step_data, config.objective)?;
                 if !by_directions {
                     dist.all_reduce(&mut sums, Reduce::Sum);

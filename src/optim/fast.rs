@@ -1,0 +1,420 @@
+//! MeZO's fast stream (`--rng fast`, the default): counter-based perturbations formed just in
+//! time, so that the stored weights are written only by the update.
+//!
+//! z of tensor i at step seed s is [`philox`]'s stream under key (s, i): any element can be
+//! generated on its own, so nothing ever holds z for a whole tensor. A forward pass of
+//! direction (s, ±ε) runs under a [`WeightView`] that hands each layer θ + (±ε) z for the
+//! tensors it uses (a temporary the size of one weight matrix, dropped after the layer) and, for
+//! embedding and vocabulary matrices, only the rows the batch looks up. The stored θ is never
+//! perturbed, so there is no restore step and no restore error: after any number of forward
+//! passes the weights are bit for bit what they were, in every dtype. The update
+//! θ ← θ − η (Σ_j (g_j / n) z_j + λ θ) regenerates each z_j in cache-sized blocks and writes θ
+//! once, in parallel over chunks (rayon; results do not depend on the thread count).
+//!
+//! Memory traffic per step, P trainable values of b bytes each, E of them in embedding matrices
+//! of which the batch touches E_b: each forward pass reads θ once more and writes and reads the
+//! perturbed copy ((P − E + E_b) · 3b, on top of the pass itself), and the update reads and
+//! writes θ once (2 P b); z lives only in registers and an L1-sized buffer. Total ≈ 6 (P − E) b +
+//! 2 P b. The reference stream, in place: four passes that each write z (randn), read it, and
+//! read and write θ: 16 P b (plus the scaling passes over z), and the z of a whole tensor in
+//! memory at once.
+//!
+//! Arithmetic: perturbed values are θ + c z in f32 (c = ±ε rounded to f32; f64 tensors in f64),
+//! rounded once to the tensor's dtype; the update computes θ − η (a + λ θ) in f32 with
+//! a = Σ_j (g_j / n) z_j, rounded once. On a GPU the same operations run in the NVRTC kernels
+//! of `fast_cuda`.
+
+use super::philox;
+use super::zo::{Trainable, WeightDecay};
+use crate::model::nn::WeightView;
+use anyhow::{bail, Result};
+use half::{bf16, f16};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::rc::Rc;
+use tch::{Device, Kind, Tensor};
+
+/// Elements per parallel task.
+const CHUNK: usize = 1 << 16;
+/// Elements generated at once inside a task (an L1/L2-sized buffer).
+const BLOCK: usize = 2048;
+
+/// The element types the fast stream handles, with its arithmetic.
+trait Value: Copy + Send + Sync {
+    /// θ + c z.
+    fn perturb(self, c: f64, z: f32) -> Self;
+    /// θ − η (a + λ θ).
+    fn update(self, a: f32, lr: f64, decay: f64) -> Self;
+}
+
+impl Value for f32 {
+    #[inline(always)]
+    fn perturb(self, c: f64, z: f32) -> f32 {
+        self + c as f32 * z
+    }
+    #[inline(always)]
+    fn update(self, a: f32, lr: f64, decay: f64) -> f32 {
+        let step = if decay != 0.0 { a + decay as f32 * self } else { a };
+        self - lr as f32 * step
+    }
+}
+
+impl Value for f64 {
+    #[inline(always)]
+    fn perturb(self, c: f64, z: f32) -> f64 {
+        self + c * f64::from(z)
+    }
+    #[inline(always)]
+    fn update(self, a: f32, lr: f64, decay: f64) -> f64 {
+        let step = if decay != 0.0 { f64::from(a) + decay * self } else { f64::from(a) };
+        self - lr * step
+    }
+}
+
+macro_rules! half_value {
+    ($t:ty) => {
+        impl Value for $t {
+            #[inline(always)]
+            fn perturb(self, c: f64, z: f32) -> $t {
+                <$t>::from_f32(self.to_f32().perturb(c, z))
+            }
+            #[inline(always)]
+            fn update(self, a: f32, lr: f64, decay: f64) -> $t {
+                <$t>::from_f32(self.to_f32().update(a, lr, decay))
+            }
+        }
+    };
+}
+half_value!(bf16);
+half_value!(f16);
+
+/// Runs `$body` with `$T` the Rust type of `$kind`.
+macro_rules! by_kind {
+    ($kind:expr, $T:ident => $body:expr) => {
+        match $kind {
+            Kind::Float => {
+                type $T = f32;
+                $body
+            }
+            Kind::Double => {
+                type $T = f64;
+                $body
+            }
+            Kind::BFloat16 => {
+                type $T = bf16;
+                $body
+            }
+            Kind::Half => {
+                type $T = f16;
+                $body
+            }
+            other => panic!("the fast stream perturbs floating-point tensors, not {other:?}"),
+        }
+    };
+}
+
+/// The elements of a contiguous CPU tensor.
+///
+/// # Safety
+/// `t` must be a contiguous CPU tensor whose elements are `T`s, not aliased mutably elsewhere for the
+/// lifetime of the slice.
+// A tensor handle is a shared reference to storage that libtorch lets any handle write.
+#[allow(clippy::mut_from_ref)]
+unsafe fn slice_mut<T>(t: &Tensor) -> &mut [T] {
+    // (Not checked against tch's `Element::KIND`: tch 0.24 declares bf16 as Kind::Half.)
+    debug_assert!(t.is_contiguous() && t.device() == Device::Cpu);
+    let n = t.numel();
+    if n == 0 {
+        return &mut [];
+    }
+    std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, n)
+}
+
+/// Runs `f(i, chunk)` over the `size`-element chunks of `data`: on rayon's pool when there are
+/// several, on the calling thread when there is one (a pool round trip costs more than a small
+/// tensor's work, and wakes threads that compete with libtorch's for the cores).
+fn for_chunks<T: Send>(data: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    if data.len() <= size {
+        f(0, data);
+    } else {
+        data.par_chunks_mut(size).enumerate().for_each(|(i, chunk)| f(i, chunk));
+    }
+}
+
+/// A tensor's identity while the run lasts: its storage address.
+fn address(t: &Tensor) -> usize {
+    t.data_ptr() as usize
+}
+
+/// The trainable tensors' indices in the stream, by storage address.
+pub struct FastStream {
+    index: Rc<HashMap<usize, usize>>,
+}
+
+impl FastStream {
+    /// `params` in stream order (their index keys their z). Fails for tensors the stream cannot
+    /// handle: on a device other than the CPU without the CUDA kernels, or not contiguous.
+    pub fn new(params: &[Trainable]) -> Result<FastStream> {
+        let mut index = HashMap::new();
+        for (i, p) in params.iter().enumerate() {
+            let t = &p.tensor;
+            if !t.is_contiguous() {
+                bail!("fast stream: trainable tensor {} is not contiguous", p.name);
+            }
+            if !matches!(t.kind(), Kind::Float | Kind::Double | Kind::BFloat16 | Kind::Half) {
+                bail!("fast stream: trainable tensor {} is {:?}, not floating point", p.name, t.kind());
+            }
+            if let Device::Cuda(_) = t.device() {
+                super::fast_cuda::kernels(t.device())?;
+            }
+            if t.numel() > 0 {
+                index.insert(address(t), i);
+            }
+        }
+        Ok(FastStream { index: Rc::new(index) })
+    }
+
+    /// How the forward pass sees the weights along direction `seed` scaled by `coeff` (±ε).
+    pub fn view(&self, seed: u64, coeff: f64) -> Rc<dyn WeightView> {
+        Rc::new(Perturbation { index: Rc::clone(&self.index), seed, coeff })
+    }
+}
+
+struct Perturbation {
+    index: Rc<HashMap<usize, usize>>,
+    seed: u64,
+    coeff: f64,
+}
+
+impl Perturbation {
+    fn key_of(&self, t: &Tensor) -> Option<[u32; 2]> {
+        let i = *self.index.get(&address(t))?;
+        Some(philox::key(self.seed, i))
+    }
+}
+
+impl WeightView for Perturbation {
+    fn full(&self, t: &Tensor) -> Option<Tensor> {
+        let key = self.key_of(t)?;
+        Some(perturbed(t, key, self.coeff))
+    }
+
+    fn rows(&self, t: &Tensor, ids: &Tensor) -> Option<Tensor> {
+        let key = self.key_of(t)?;
+        Some(perturbed_rows(t, ids, key, self.coeff))
+    }
+}
+
+/// θ + c z(key) as a new tensor.
+pub fn perturbed(t: &Tensor, key: [u32; 2], c: f64) -> Tensor {
+    let _guard = tch::no_grad_guard();
+    if let Device::Cuda(_) = t.device() {
+        return super::fast_cuda::perturbed(t, key, c);
+    }
+    let out = t.empty_like();
+    by_kind!(t.kind(), T => {
+        // SAFETY: both are contiguous CPU tensors of kind T; `out` is fresh and `t` only read.
+        let (src, dst) = unsafe { (slice_mut::<T>(t) as &[T], slice_mut::<T>(&out)) };
+        for_chunks(dst, CHUNK, |ci, dst| {
+            let src = &src[ci * CHUNK..ci * CHUNK + dst.len()];
+            let mut z = [0f32; BLOCK];
+            for (bi, (dst, src)) in dst.chunks_mut(BLOCK).zip(src.chunks(BLOCK)).enumerate() {
+                let z = &mut z[..dst.len()];
+                philox::fill(key, (ci * CHUNK + bi * BLOCK) as u64, z);
+                for ((d, s), z) in dst.iter_mut().zip(src).zip(z.iter()) {
+                    *d = s.perturb(c, *z);
+                }
+            }
+        });
+    });
+    out
+}
+
+/// Rows `ids` of θ + c z(key) (elements, for a vector θ), perturbing only those rows.
+pub fn perturbed_rows(t: &Tensor, ids: &Tensor, key: [u32; 2], c: f64) -> Tensor {
+    let _guard = tch::no_grad_guard();
+    let width = if t.dim() == 1 { 1 } else { t.size()[1..].iter().product::<i64>() as usize };
+    let gathered = match t.dim() {
+        1 => t.index_select(0, &ids.flatten(0, -1)).view_as(ids),
+        _ => Tensor::embedding(t, ids, -1, false, false),
+    }
+    .contiguous();
+    if let Device::Cuda(_) = t.device() {
+        return super::fast_cuda::perturb_rows_in_place(gathered, ids, width, key, c);
+    }
+    let ids: Vec<i64> = Vec::try_from(ids.flatten(0, -1).to_device(Device::Cpu).to_kind(Kind::Int64))
+        .expect("row ids are int64");
+    by_kind!(t.kind(), T => {
+        // SAFETY: `gathered` is a fresh contiguous CPU tensor of kind T.
+        let rows = unsafe { slice_mut::<T>(&gathered) };
+        // Whole rows per task, about CHUNK elements each.
+        let per_task = (CHUNK / width).max(1);
+        for_chunks(rows, per_task * width, |ti, rows| {
+            let mut z = [0f32; BLOCK];
+            for (ri, row) in rows.chunks_mut(width).enumerate() {
+                let id = ids[ti * per_task + ri] as u64;
+                for (bi, row) in row.chunks_mut(BLOCK).enumerate() {
+                    let z = &mut z[..row.len()];
+                    philox::fill(key, id * width as u64 + (bi * BLOCK) as u64, z);
+                    for (v, z) in row.iter_mut().zip(z.iter()) {
+                        *v = v.perturb(c, *z);
+                    }
+                }
+            }
+        });
+    });
+    gathered
+}
+
+/// z of tensor `index` at step seed `seed`, f32, shaped and placed like `t`.
+pub fn direction(t: &Tensor, seed: u64, index: usize) -> Tensor {
+    let zeros = Tensor::zeros(t.size(), (Kind::Float, t.device()));
+    perturbed(&zeros, philox::key(seed, index), 1.0)
+}
+
+/// The update of n directions (seed, g) for every tensor, one pass each:
+/// θ ← θ − η (Σ_j (g_j / n) z_j + λ θ), λ per `decay`. With n = 1 this is the reference's
+/// θ − η (g z + λ θ).
+pub fn apply(
+    params: &[Trainable],
+    directions: &[(u64, f64)],
+    lr: f64,
+    weight_decay: f64,
+    decay: WeightDecay,
+) {
+    let _guard = tch::no_grad_guard();
+    let n = directions.len() as f64;
+    for (i, p) in params.iter().enumerate() {
+        let keyed: Vec<([u32; 2], f32)> =
+            directions.iter().map(|&(seed, g)| (philox::key(seed, i), (g / n) as f32)).collect();
+        let lambda = if decay.applies_to(&p.name) { weight_decay } else { 0.0 };
+        let t = &p.tensor;
+        if let Device::Cuda(_) = t.device() {
+            super::fast_cuda::update(t, &keyed, lr, lambda);
+            continue;
+        }
+        by_kind!(t.kind(), T => {
+            // SAFETY: a contiguous CPU tensor of kind T (checked in FastStream::new), written only here.
+            let theta = unsafe { slice_mut::<T>(t) };
+            for_chunks(theta, CHUNK, |ci, theta| {
+                let (mut a, mut z) = ([0f32; BLOCK], [0f32; BLOCK]);
+                for (bi, theta) in theta.chunks_mut(BLOCK).enumerate() {
+                    let first = (ci * CHUNK + bi * BLOCK) as u64;
+                    let (a, z) = (&mut a[..theta.len()], &mut z[..theta.len()]);
+                    a.fill(0.0);
+                    for &(key, g) in &keyed {
+                        philox::fill(key, first, z);
+                        for (a, z) in a.iter_mut().zip(z.iter()) {
+                            *a += g * z;
+                        }
+                    }
+                    for (v, a) in theta.iter_mut().zip(a.iter()) {
+                        *v = v.update(*a, lr, lambda);
+                    }
+                }
+            });
+        });
+    }
+}
+
+/// Checks on CUDA device `ordinal` that the kernels give the CPU's numbers bit for bit
+/// (perturbed tensors, perturbed rows and updates in f32, bf16, f16, f64); for `mezo check`.
+pub fn check_gpu_matches_cpu(ordinal: usize) -> Result<String> {
+    let device = Device::Cuda(ordinal);
+    let mut checked = 0;
+    for kind in [Kind::Float, Kind::BFloat16, Kind::Half, Kind::Double] {
+        let cpu = (Tensor::arange(10_003, (Kind::Double, Device::Cpu)) * 0.37).sin().to_kind(kind);
+        let gpu = cpu.to_device(device);
+        let p = |t: &Tensor| vec![Trainable { name: "w".into(), tensor: t.shallow_clone() }];
+        FastStream::new(&p(&gpu))?;
+        let key = philox::key(987_654_321, 5);
+        let same = |a: &Tensor, b: &Tensor| a.equal(&b.to_device(Device::Cpu));
+        if !same(&perturbed(&cpu, key, -1e-3), &perturbed(&gpu, key, -1e-3)) {
+            bail!("perturbed {kind:?} tensors differ between CPU and cuda:{ordinal}");
+        }
+        let matrix = |t: &Tensor| t.narrow(0, 0, 10_000).view([100, 100]).contiguous();
+        let ids = Tensor::from_slice(&[7i64, 0, 99, 7]);
+        let rows_cpu = perturbed_rows(&matrix(&cpu), &ids, key, 2e-2);
+        let rows_gpu = perturbed_rows(&matrix(&gpu), &ids.to_device(device), key, 2e-2);
+        if !same(&rows_cpu, &rows_gpu) {
+            bail!("perturbed {kind:?} rows differ between CPU and cuda:{ordinal}");
+        }
+        let dirs = [(11u64, 0.5), (12, -2.0)];
+        apply(&p(&cpu), &dirs, 0.1, 0.01, WeightDecay::AllTensors);
+        apply(&p(&gpu), &dirs, 0.1, 0.01, WeightDecay::AllTensors);
+        if !same(&cpu, &gpu) {
+            bail!("{kind:?} updates differ between CPU and cuda:{ordinal}");
+        }
+        checked += 1;
+    }
+    Ok(format!(
+        "perturbations, rows and updates on cuda:{ordinal} equal the CPU's bit for bit ({checked} dtypes)"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::nn;
+
+    fn params(kind: Kind) -> Vec<Trainable> {
+        let w = Tensor::arange(40_000, (Kind::Float, Device::Cpu)).sin().view([200, 200]).to_kind(kind);
+        let b = Tensor::arange(200, (Kind::Float, Device::Cpu)).cos().to_kind(kind);
+        vec![Trainable { name: "w".into(), tensor: w }, Trainable { name: "b.bias".into(), tensor: b }]
+    }
+
+    #[test]
+    fn perturbations_never_touch_the_stored_weights() {
+        for kind in [Kind::Float, Kind::BFloat16, Kind::Half, Kind::Double] {
+            let p = params(kind);
+            let before: Vec<Tensor> = p.iter().map(|t| t.tensor.copy()).collect();
+            let stream = FastStream::new(&p).unwrap();
+            for (seed, c) in [(1, 1e-3), (1, -1e-3), (7, 1e-1)] {
+                let seen = nn::with_view(stream.view(seed, c), || nn::weight(&p[0].tensor));
+                assert!(!seen.equal(&p[0].tensor), "{kind:?}: the view perturbs");
+                let rows = Tensor::from_slice(&[3i64, 0, 199, 3]);
+                let seen_rows = nn::with_view(stream.view(seed, c), || nn::rows(&p[0].tensor, &rows));
+                assert!(seen_rows.equal(&seen.index_select(0, &rows)), "{kind:?}: rows equal the full view");
+                let bias_rows = nn::with_view(stream.view(seed, c), || nn::rows(&p[1].tensor, &rows));
+                let bias = nn::with_view(stream.view(seed, c), || nn::weight(&p[1].tensor));
+                assert!(bias_rows.equal(&bias.index_select(0, &rows)), "{kind:?}: vector elements");
+            }
+            for (t, b) in p.iter().zip(&before) {
+                assert!(t.tensor.equal(b), "{kind:?}: {} restored bit for bit", t.name);
+            }
+            // Outside a view, the stored weights.
+            assert!(nn::weight(&p[0].tensor).equal(&p[0].tensor));
+        }
+    }
+
+    #[test]
+    fn the_view_is_theta_plus_c_z() {
+        let p = params(Kind::Float);
+        let stream = FastStream::new(&p).unwrap();
+        let seen = nn::with_view(stream.view(5, 0.25), || nn::weight(&p[1].tensor));
+        let z = direction(&p[1].tensor, 5, 1);
+        assert!(seen.equal(&(&p[1].tensor + z.g_mul_scalar(0.25))));
+        let mut expect = vec![0f32; 200];
+        philox::fill(philox::key(5, 1), 0, &mut expect);
+        assert_eq!(Vec::<f32>::try_from(&z).unwrap(), expect);
+    }
+
+    #[test]
+    fn the_update_follows_the_formula() {
+        let p = params(Kind::Double);
+        let before: Vec<Tensor> = p.iter().map(|t| t.tensor.copy()).collect();
+        let dirs = [(11u64, 0.5f64), (12, -2.0)];
+        apply(&p, &dirs, 0.1, 0.01, WeightDecay::ExcludeBiasAndNorm);
+        for (i, (t, b)) in p.iter().zip(&before).enumerate() {
+            let estimate = direction(b, 11, i).to_kind(Kind::Float) * (0.5f64 / 2.0)
+                + direction(b, 12, i).to_kind(Kind::Float) * (-2.0f64 / 2.0);
+            let lambda = if i == 0 { 0.01 } else { 0.0 };
+            let want = b - (estimate.to_kind(Kind::Double) + b * lambda) * 0.1;
+            assert!(t.tensor.allclose(&want, 1e-6, 1e-7, false), "{}", t.name);
+        }
+        // Bit-identical when repeated from the same weights.
+        let q = params(Kind::Double);
+        apply(&q, &dirs, 0.1, 0.01, WeightDecay::ExcludeBiasAndNorm);
+        assert!(q[0].tensor.equal(&p[0].tensor));
+    }
+}

@@ -1,0 +1,281 @@
+//! The fast stream's normal numbers: Philox4x32-10 (Salmon et al., "Parallel random numbers: as
+//! easy as 1, 2, 3", SC 2011) keyed by (step seed, tensor index), counted by element, with a
+//! Box-Muller transform.
+//!
+//! Element `e` of tensor `i` at step seed `s` is a pure function of (s, i, e): counter
+//! `(e / 4, 0, 0)` under key `(s, i)` gives four 32-bit words; words 0 and 1 become the normals
+//! of elements 4k and 4k + 1, words 2 and 3 those of 4k + 2 and 4k + 3. Any element, any row
+//! range, any chunk can be generated on its own, in any order and on any number of threads, with
+//! the same result: that is what lets the forward pass perturb only the embedding rows a batch
+//! uses, and the update stream through a tensor in parallel chunks.
+//!
+//! The transform uses only IEEE-exact operations (integer arithmetic, `+ − ×`, `sqrt`) and no
+//! fused multiply-add, with our own polynomials for `ln` and `sin`/`cos`, so the numbers do not
+//! depend on the platform's libm or on the SIMD width the compiler picks; the CUDA kernel in
+//! `fast_cuda` spells out the same operations (compiled without contraction) to give the same
+//! numbers on a GPU.
+
+const M0: u32 = 0xD251_1F53;
+const M1: u32 = 0xCD9E_8D57;
+const W0: u32 = 0x9E37_79B9;
+const W1: u32 = 0xBB67_AE85;
+
+/// The raw generator: four 32-bit words for `counter` under `key`.
+#[inline(always)]
+pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+    let [mut c0, mut c1, mut c2, mut c3] = counter;
+    let [mut k0, mut k1] = key;
+    for round in 0..10 {
+        if round > 0 {
+            k0 = k0.wrapping_add(W0);
+            k1 = k1.wrapping_add(W1);
+        }
+        let p0 = u64::from(M0) * u64::from(c0);
+        let p1 = u64::from(M1) * u64::from(c2);
+        let (hi0, lo0) = ((p0 >> 32) as u32, p0 as u32);
+        let (hi1, lo1) = ((p1 >> 32) as u32, p1 as u32);
+        (c0, c1, c2, c3) = (hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0);
+    }
+    [c0, c1, c2, c3]
+}
+
+/// `ln(x)` for x in (0, 1], within about 2 ulp (Cephes `logf`'s polynomial), branch-free.
+#[inline(always)]
+fn ln(x: f32) -> f32 {
+    const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
+    let bits = x.to_bits() as i32;
+    // x = m · 2^e with m in [0.5, 1).
+    let mut e = ((bits >> 23) & 0xff) - 126;
+    let m = f32::from_bits(((bits & 0x007f_ffff) | 0x3f00_0000) as u32);
+    let small = m < SQRT_HALF;
+    e -= small as i32;
+    let t = if small { m + m - 1.0 } else { m - 1.0 };
+    let e = e as f32;
+    let z = t * t;
+    let mut y = 7.037_683_6e-2;
+    y = y * t - 1.151_461e-1;
+    y = y * t + 1.167_699_9e-1;
+    y = y * t - 1.242_014_1e-1;
+    y = y * t + 1.424_932_3e-1;
+    y = y * t - 1.666_805_8e-1;
+    y = y * t + 2.000_071_4e-1;
+    y = y * t - 2.499_999_4e-1;
+    y = y * t + 3.333_333e-1;
+    y = y * t * z;
+    y += -2.121_944_4e-4 * e;
+    y += -0.5 * z;
+    t + y + 0.693_359_4 * e
+}
+
+/// (sin, cos) of 2π·m/2^24 for an integer 0 ≤ m < 2^24: an exact reduction to the nearest
+/// quarter turn, then Cephes' minimax polynomials on [−π/4, π/4].
+#[inline(always)]
+fn sincos_turns(m: u32) -> (f32, f32) {
+    let quadrant = (m + (1 << 21)) >> 22;
+    let rest = (m as i32 - (quadrant << 22) as i32) as f32 * (1.0 / 16_777_216.0);
+    let a = rest * std::f32::consts::TAU;
+    let a2 = a * a;
+    let s = a + a * a2 * (-1.666_665_5e-1 + a2 * (8.332_161e-3 + a2 * -1.951_529_6e-4));
+    let c = 1.0 - 0.5 * a2 + a2 * a2 * (4.166_664_6e-2 + a2 * (-1.388_731_6e-3 + a2 * 2.443_315_7e-5));
+    let (sin, cos) = if quadrant & 1 == 1 { (c, s) } else { (s, c) };
+    let sin = if quadrant & 2 == 2 { -sin } else { sin };
+    let cos = if (quadrant + 1) & 2 == 2 { -cos } else { cos };
+    (sin, cos)
+}
+
+/// Two standard normals from two 32-bit words (the top 24 bits of each).
+#[inline(always)]
+fn box_muller(a: u32, b: u32) -> (f32, f32) {
+    // u in (0, 1), exact in f32.
+    let u = ((a >> 8) as i32 as f32 + 0.5) * (1.0 / 16_777_216.0);
+    let r = (-2.0 * ln(u)).sqrt();
+    let (sin, cos) = sincos_turns(b >> 8);
+    (r * cos, r * sin)
+}
+
+/// The four normals of counter `k`: elements 4k .. 4k + 4.
+#[inline(always)]
+pub fn normals4(key: [u32; 2], k: u64) -> [f32; 4] {
+    let [x0, x1, x2, x3] = philox4x32_10([k as u32, (k >> 32) as u32, 0, 0], key);
+    let (z0, z1) = box_muller(x0, x1);
+    let (z2, z3) = box_muller(x2, x3);
+    [z0, z1, z2, z3]
+}
+
+/// The generator key of tensor `index` at step seed `seed`.
+pub fn key(seed: u64, index: usize) -> [u32; 2] {
+    assert!(seed <= u64::from(u32::MAX), "fast-stream step seeds are 32-bit, got {seed}");
+    [seed as u32, index as u32]
+}
+
+/// Element `e` of the stream (for tests and the odd single element).
+pub fn normal(key: [u32; 2], e: u64) -> f32 {
+    normals4(key, e / 4)[(e % 4) as usize]
+}
+
+/// Counters per block: enough independent lanes for the compiler to fill any SIMD width.
+const LANES: usize = 16;
+
+/// Calls `f(j, z)` for every element `first + j` of `out_len` elements, in order, with z the
+/// stream's normal; the inner loop is written over [`LANES`] counters at once so that it
+/// vectorises.
+#[inline(always)]
+fn for_each_normal(key: [u32; 2], first: u64, len: usize, mut f: impl FnMut(usize, f32)) {
+    let mut j = 0usize;
+    // Head: up to the next multiple of 4.
+    while j < len && (first + j as u64) % 4 != 0 {
+        f(j, normal(key, first + j as u64));
+        j += 1;
+    }
+    let mut block = [0f32; 4 * LANES];
+    while len - j >= 4 * LANES {
+        let k0 = (first + j as u64) / 4;
+        fill_block(key, k0, &mut block);
+        for (i, &z) in block.iter().enumerate() {
+            f(j + i, z);
+        }
+        j += 4 * LANES;
+    }
+    while len - j >= 4 {
+        let z = normals4(key, (first + j as u64) / 4);
+        for (i, &z) in z.iter().enumerate() {
+            f(j + i, z);
+        }
+        j += 4;
+    }
+    while j < len {
+        f(j, normal(key, first + j as u64));
+        j += 1;
+    }
+}
+
+/// `4 · LANES` normals of counters k0 .. k0 + LANES, lane-major so that each step of Philox and
+/// of the transform is one vector operation across lanes.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // lane-indexed on purpose: one vector operation per step
+fn fill_block(key: [u32; 2], k0: u64, out: &mut [f32; 4 * LANES]) {
+    let mut words = [[0u32; LANES]; 4];
+    for lane in 0..LANES {
+        let k = k0 + lane as u64;
+        let x = philox4x32_10([k as u32, (k >> 32) as u32, 0, 0], key);
+        for w in 0..4 {
+            words[w][lane] = x[w];
+        }
+    }
+    let mut z = [[0f32; LANES]; 4];
+    for lane in 0..LANES {
+        let (a, b) = box_muller(words[0][lane], words[1][lane]);
+        let (c, d) = box_muller(words[2][lane], words[3][lane]);
+        z[0][lane] = a;
+        z[1][lane] = b;
+        z[2][lane] = c;
+        z[3][lane] = d;
+    }
+    for lane in 0..LANES {
+        for w in 0..4 {
+            out[4 * lane + w] = z[w][lane];
+        }
+    }
+}
+
+/// Width-specific copies of a hot loop: the body is compiled once per target feature set and the
+/// widest the CPU has is picked at run time. Results do not depend on the choice (no FMA).
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+        $(#[$meta])* $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) $body
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+                unsafe fn avx512($($arg: $ty),*) $body
+                if std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512vl")
+                {
+                    // SAFETY: the CPU has the features the function was compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body
+        }
+    };
+}
+
+multiversion! {
+    /// `out[j] = z(first + j)`.
+    pub fn fill(key: [u32; 2], first: u64, out: &mut [f32]) {
+        let len = out.len();
+        for_each_normal(key, first, len, |j, z| out[j] = z);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Random123's known-answer vectors for philox4x32-10 (kat_vectors).
+    #[test]
+    fn philox_matches_random123() {
+        assert_eq!(philox4x32_10([0; 4], [0; 2]), [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]);
+        assert_eq!(
+            philox4x32_10([u32::MAX; 4], [u32::MAX; 2]),
+            [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]
+        );
+        assert_eq!(
+            philox4x32_10([0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344], [0xa4093822, 0x299f31d0]),
+            [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]
+        );
+    }
+
+    #[test]
+    fn ln_and_sincos_are_accurate() {
+        for i in 1..=100_000u32 {
+            let x = i as f32 / 100_000.0;
+            let err = (f64::from(ln(x)) - f64::from(x).ln()).abs();
+            assert!(err <= 2e-7 * f64::from(x).ln().abs().max(1e-30) + 1e-7, "ln({x}): error {err}");
+        }
+        for m in (0..(1u32 << 24)).step_by(997) {
+            let angle = std::f64::consts::TAU * f64::from(m) / 16_777_216.0;
+            let (s, c) = sincos_turns(m);
+            assert!((f64::from(s) - angle.sin()).abs() < 3e-7, "sin at {m}");
+            assert!((f64::from(c) - angle.cos()).abs() < 3e-7, "cos at {m}");
+        }
+    }
+
+    #[test]
+    fn blocks_equal_single_elements_at_any_offset() {
+        let key = key(123_456_789, 7);
+        for first in [0u64, 1, 3, 4, 5, 62, 64, 1001] {
+            let mut out = vec![0f32; 300];
+            fill(key, first, &mut out);
+            for (j, z) in out.iter().enumerate() {
+                assert_eq!(z.to_bits(), normal(key, first + j as u64).to_bits(), "first {first}, j {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_stream_is_standard_normal() {
+        let mut z = vec![0f32; 1 << 20];
+        fill(key(42, 0), 0, &mut z);
+        let n = z.len() as f64;
+        let mean = z.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let var = z.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
+        let kurt = z.iter().map(|&v| (f64::from(v) - mean).powi(4)).sum::<f64>() / n / var.powi(2);
+        let within1 = z.iter().filter(|v| v.abs() < 1.0).count() as f64 / n;
+        assert!(mean.abs() < 5e-3, "mean {mean}");
+        assert!((var - 1.0).abs() < 5e-3, "variance {var}");
+        assert!((kurt - 3.0).abs() < 0.03, "kurtosis {kurt}");
+        assert!((within1 - 0.682_689).abs() < 2e-3, "P(|z| < 1) = {within1}");
+        // Different tensors and seeds give unrelated streams.
+        let mut other = vec![0f32; 1 << 12];
+        fill(key(42, 1), 0, &mut other);
+        let corr: f64 = other.iter().zip(&z).map(|(a, b)| f64::from(a * b)).sum::<f64>() / 4096.0;
+        assert!(corr.abs() < 0.06, "correlation {corr}");
+    }
+}

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 pub struct NcclComm {
     comm: Comm,
+    stream: Arc<cudarc::driver::CudaStream>,
 }
 
 impl NcclComm {
@@ -30,15 +31,36 @@ impl NcclComm {
         }
         dist.broadcast(&mut id_bytes, 0);
         let id = Id::uninit(id_bytes.map(|b| b as std::ffi::c_char));
-        let comm = Comm::from_rank(ctx.default_stream(), dist.rank(), dist.size(), id)
+        // The legacy default stream, libtorch's too: NCCL's work orders with libtorch's kernels.
+        let stream = ctx.default_stream();
+        let comm = Comm::from_rank(Arc::clone(&stream), dist.rank(), dist.size(), id)
             .map_err(|e| anyhow!("ncclCommInitRank (rank {} of {}): {e:?}", dist.rank(), dist.size()))?;
-        Ok(NcclComm { comm })
+        Ok(NcclComm { comm, stream })
     }
 
     /// In-place sum over all ranks, on the communicator's stream.
     pub fn all_reduce_sum(&self, buffer: &mut CudaSlice<f32>) -> Result<()> {
         self.comm.all_reduce_in_place(buffer, &ReduceOp::Sum).map_err(|e| anyhow!("ncclAllReduce: {e:?}"))?;
         Ok(())
+    }
+}
+
+impl NcclComm {
+    /// In-place sum over all ranks of a contiguous f32 tensor of libtorch's on this rank's GPU.
+    pub fn all_reduce_tensor_sum(&self, t: &tch::Tensor) -> Result<()> {
+        if !t.is_contiguous() || t.kind() != tch::Kind::Float || !t.device().is_cuda() {
+            bail!(
+                "NCCL all-reduce of a {:?} tensor on {:?}: needs contiguous f32 on a GPU",
+                t.kind(),
+                t.device()
+            );
+        }
+        // SAFETY: the pointer is a live allocation of t.numel() f32s on this context's device;
+        // the slice is leaked below, so cudarc never frees libtorch's memory.
+        let mut slice = unsafe { self.stream.upgrade_device_ptr::<f32>(t.data_ptr() as u64, t.numel()) };
+        let result = self.all_reduce_sum(&mut slice);
+        slice.leak();
+        result
     }
 }
 

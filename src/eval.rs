@@ -13,6 +13,35 @@ use anyhow::Result;
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
 
+/// The class scores `[B, C]` of a batch (differentiable): the label words' scores at the mask
+/// (prompt models), at the scoring position (causal LMs), or the classifier on the first token
+/// (`finetune`).
+pub fn class_scores(
+    model: &Model,
+    few_shot_type: FewShotType,
+    label_word_ids: &Tensor,
+    ids: &Tensor,
+    mask: &Tensor,
+    mask_pos: Option<&Tensor>,
+) -> Result<Tensor> {
+    let pos = || mask_pos.ok_or_else(|| anyhow::anyhow!("prompt features have a mask position"));
+    Ok(match (&model.body, few_shot_type) {
+        (Body::Encoder(e), FewShotType::Finetune) => e.classifier_logits(ids, mask)?,
+        (Body::Encoder(e), _) => e.label_scores(ids, mask, pos()?, label_word_ids),
+        (_, FewShotType::Finetune) => {
+            return Err(InputError("finetune mode needs an encoder model (RoBERTa/BERT)".into()).into())
+        }
+        (_, _) => {
+            let lm = model.causal_lm().expect("a decoder body is a causal LM");
+            let logits = lm.forward(ids, mask, None);
+            let v = logits.size()[2];
+            let last =
+                logits.gather(1, &pos()?.view([-1, 1, 1]).expand([-1, 1, v], false), false).squeeze_dim(1);
+            last.index_select(1, label_word_ids)
+        }
+    })
+}
+
 /// Label scores `[F, C]` (f64, CPU) of `set`'s features, every rank computing its share.
 pub fn feature_scores(
     model: &Model,
@@ -33,30 +62,8 @@ pub fn feature_scores(
         let b = collate(&batch_rows, pad);
         let ids = b.input_ids.to_device(model.device);
         let mask = b.attention_mask.to_device(model.device);
-        let scores = match (&model.body, data.config.few_shot_type) {
-            (Body::Encoder(e), FewShotType::Finetune) => e.classifier_logits(&ids, &mask)?,
-            (Body::Encoder(e), _) => {
-                let pos =
-                    b.mask_pos.as_ref().expect("prompt features have mask positions").to_device(model.device);
-                e.label_scores(&ids, &mask, &pos, &words)
-            }
-            (_, FewShotType::Finetune) => {
-                return Err(InputError("finetune mode needs an encoder model (RoBERTa/BERT)".into()).into())
-            }
-            (_, _) => {
-                let lm = model.causal_lm().expect("a decoder body is a causal LM");
-                let logits = lm.forward(&ids, &mask, None);
-                let pos = b
-                    .mask_pos
-                    .as_ref()
-                    .expect("prompt features have a scoring position")
-                    .to_device(model.device);
-                let v = logits.size()[2];
-                let last =
-                    logits.gather(1, &pos.view([-1, 1, 1]).expand([-1, 1, v], false), false).squeeze_dim(1);
-                last.index_select(1, &words)
-            }
-        };
+        let pos = b.mask_pos.as_ref().map(|p| p.to_device(model.device));
+        let scores = class_scores(model, data.config.few_shot_type, &words, &ids, &mask, pos.as_ref())?;
         classes = scores.size()[1];
         rows.extend(Vec::<f64>::try_from(scores.to_kind(Kind::Double).to_device(Device::Cpu).view([-1]))?);
     }

@@ -104,13 +104,36 @@ impl H5File {
         block: ArrayViewD<T>,
     ) -> Result<TransferMode> {
         let dataset = self.dataset(name)?;
-        let block = block.as_standard_layout();
         let rows = rows_of(name, &dataset, first_row, block.shape())?;
+        let mut offset = vec![0; block.ndim()];
+        offset[0] = rows.start;
+        self.write_block(name, &offset, block)
+    }
+
+    /// Writes `block` at `offset` (one index per axis) of dataset `name`, e.g. rows along the
+    /// second axis of a `[2, N, ...]` dataset. Collective like [`H5File::write_rows`]; a rank with
+    /// nothing to write passes a block with a zero-length axis.
+    pub fn write_block<T: H5Type + Clone>(
+        &self,
+        name: &str,
+        offset: &[usize],
+        block: ArrayViewD<T>,
+    ) -> Result<TransferMode> {
+        let dataset = self.dataset(name)?;
+        let block = block.as_standard_layout();
+        let shape = dataset.shape();
+        ensure!(
+            offset.len() == shape.len()
+                && block.ndim() == shape.len()
+                && (0..shape.len()).all(|a| offset[a] + block.shape()[a] <= shape[a]),
+            "a block of shape {:?} at {offset:?} does not fit dataset '{name}' {shape:?}",
+            block.shape()
+        );
         // SAFETY: `block` is contiguous, of the memory space's shape, and outlives the call.
-        self.transfer::<T>(&dataset, rows, |ds, mem_t, mspace, fspace, dxpl| unsafe {
+        self.transfer::<T>(&dataset, offset, block.shape(), |ds, mem_t, mspace, fspace, dxpl| unsafe {
             H5Dwrite(ds, mem_t, mspace, fspace, dxpl, block.as_ptr().cast())
         })
-        .with_context(|| format!("writing rows {first_row}.. of dataset '{name}' in {}", self.path.display()))
+        .with_context(|| format!("writing at {offset:?} of dataset '{name}' in {}", self.path.display()))
     }
 
     /// Reads `rows` (all trailing axes) of dataset `name`. Collective like [`H5File::write_rows`].
@@ -125,9 +148,11 @@ impl H5File {
         shape[0] = rows.len();
         let mut out = ArrayD::<T>::default(IxDyn(&shape));
         let rows = rows_of(name, &dataset, rows.start, &shape)?;
+        let mut offset = vec![0; shape.len()];
+        offset[0] = rows.start;
         let ptr = out.as_mut_ptr();
         // SAFETY: `out` is a fresh contiguous array of the memory space's shape.
-        self.transfer::<T>(&dataset, rows, |ds, mem_t, mspace, fspace, dxpl| unsafe {
+        self.transfer::<T>(&dataset, &offset, &shape, |ds, mem_t, mspace, fspace, dxpl| unsafe {
             H5Dread(ds, mem_t, mspace, fspace, dxpl, ptr.cast())
         })
         .with_context(|| format!("reading dataset '{name}' of {}", self.path.display()))?;
@@ -158,17 +183,18 @@ impl H5File {
         Ok(done)
     }
 
+    /// Transfers the hyperslab `offset .. offset + count` of `dataset` (an empty selection when
+    /// any count is 0).
     fn transfer<T: H5Type>(
         &self,
         dataset: &Dataset,
-        rows: Range<usize>,
+        offset: &[usize],
+        count: &[usize],
         io: impl FnOnce(hid_t, hid_t, hid_t, hid_t, hid_t) -> i32,
     ) -> Result<TransferMode> {
-        let shape = dataset.shape();
-        let mut count: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-        count[0] = rows.len() as u64;
-        let mut start = vec![0u64; shape.len()];
-        start[0] = rows.start as u64;
+        let empty = count.contains(&0);
+        let count: Vec<u64> = count.iter().map(|&c| c as u64).collect();
+        let start: Vec<u64> = offset.iter().map(|&o| o as u64).collect();
         let file_space = dataset.space()?;
         let mem_space = hdf5::Dataspace::try_new(count.iter().map(|&c| c as usize).collect::<Vec<_>>())?;
         let mem_type = hdf5::Datatype::from_type::<T>()?;
@@ -176,7 +202,7 @@ impl H5File {
         let mut mode = H5D_mpio_actual_io_mode_t::H5D_MPIO_NO_COLLECTIVE;
         let rc = hdf5::sync::sync(|| unsafe {
             // SAFETY: ids are valid for the duration; start/count have the dataset's rank.
-            let selected = if rows.is_empty() {
+            let selected = if empty {
                 H5Sselect_none(file_space.id()).min(H5Sselect_none(mem_space.id()))
             } else {
                 H5Sselect_hyperslab(

@@ -41,6 +41,7 @@ pub mod error;
 pub mod eval;
 pub mod h5;
 pub mod info;
+pub mod kernel;
 pub mod logging;
 pub mod metrics;
 pub mod model;

@@ -8,6 +8,7 @@ mod demo;
 mod encode;
 mod eval;
 mod info;
+mod kernel;
 mod kshot;
 mod replay;
 mod train;
@@ -68,6 +69,9 @@ enum Command {
     Replay(replay::ReplayArgs),
     /// MeZO and Adam fine-tuning end to end on the built-in tiny model and demo task.
     Demo(demo::DemoArgs),
+    /// Compute eNTK kernels (sgd, signgd, asymmetric_signgd) into an HDF5 file, row blocks over
+    /// the ranks; rerun to continue an interrupted file.
+    Kernel(kernel::KernelArgs),
 }
 
 /// Runs the command line of this process; returns the exit code.
@@ -98,6 +102,7 @@ pub fn main() -> i32 {
         Command::Train(args) => train::run(&context, args),
         Command::Replay(args) => replay::run(&context, args),
         Command::Demo(args) => demo::run(&context, args),
+        Command::Kernel(args) => kernel::run(&context, args),
     };
     match result {
         Ok(()) => 0,

@@ -16,7 +16,7 @@ use crate::data::dataset::{FewShotType, TaskData};
 use crate::dist::{Dist, Reduce};
 use crate::error::InputError;
 use crate::eval::evaluate;
-use crate::model::{Body, FreezeRules, Model};
+use crate::model::{FreezeRules, Model};
 use crate::optim::zo::{Perturbations, Rng, StepSeeds, Trainable, Updater, WeightDecay, ZoOptimizer};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -335,29 +335,14 @@ fn check_replicas(dist: &Dist, trainable: &[Trainable], step: usize) -> Result<(
 /// The class scores of a batch (differentiable).
 fn scores(model: &Model, data: &TaskData, b: &StepBatch) -> Result<Tensor> {
     let words = Tensor::from_slice(data.encoder.label_word_ids()).to_device(model.device);
-    let (ids, mask) = (&b.input_ids, &b.attention_mask);
-    Ok(match (&model.body, data.config.few_shot_type) {
-        (Body::Encoder(e), FewShotType::Finetune) => e.classifier_logits(ids, mask)?,
-        (Body::Encoder(e), _) => e.label_scores(
-            ids,
-            mask,
-            b.mask_pos.as_ref().expect("prompt features have mask positions"),
-            &words,
-        ),
-        (_, FewShotType::Finetune) => {
-            bail!(InputError("finetune mode needs an encoder model (RoBERTa/BERT)".into()))
-        }
-        _ => {
-            let lm = model.causal_lm().expect("decoder bodies are causal LMs");
-            let logits = lm.forward(ids, mask, None);
-            let v = logits.size()[2];
-            let pos = b.mask_pos.as_ref().expect("prompt features have a scoring position");
-            logits
-                .gather(1, &pos.view([-1, 1, 1]).expand([-1, 1, v], false), false)
-                .squeeze_dim(1)
-                .index_select(1, &words)
-        }
-    })
+    crate::eval::class_scores(
+        model,
+        data.config.few_shot_type,
+        &words,
+        &b.input_ids,
+        &b.attention_mask,
+        b.mask_pos.as_ref(),
+    )
 }
 
 /// The summed cross-entropy of a batch over its class scores (differentiable).

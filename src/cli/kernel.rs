@@ -1,0 +1,144 @@
+use super::data::DataArgs;
+use super::Context;
+use crate::data::dataset::{FewShotType, TaskData};
+use crate::error::input_error;
+use crate::kernel::{compute, Formula, KernelConfig};
+use crate::model::{self, Dtype, FreezeRules, LoadOptions, Scope};
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FormulaArg {
+    /// ⟨g(a), g(b)⟩.
+    Sgd,
+    /// ⟨sign g(a), sign g(b)⟩ (exact integers).
+    Signgd,
+    /// ⟨sign g(a), g(b)⟩ and ⟨g(a), sign g(b)⟩ (needs --binary).
+    #[value(name = "asymmetric_signgd", alias = "asymmetric-signgd")]
+    AsymmetricSigngd,
+}
+
+#[derive(Args, Debug)]
+pub struct KernelArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    #[arg(long, value_enum, default_value = "sgd")]
+    formula: FormulaArg,
+    /// One output z1 − z0 per example (binary tasks), labels ±1 in the solvers.
+    #[arg(long)]
+    binary: bool,
+    /// Leave out names containing "embed".
+    #[arg(long)]
+    exclude_embeddings: bool,
+    /// Leave out names containing "head" (the MLM head; not the classifier, as in the reference).
+    #[arg(long)]
+    exclude_head: bool,
+    /// Differentiate only names containing "bias".
+    #[arg(long)]
+    only_biases: bool,
+    /// Train examples whose gradients a rank keeps at once [default: as many as fit in
+    /// --block-memory].
+    #[arg(long, value_name = "R")]
+    row_block: Option<usize>,
+    /// Memory for a row block's gradients, in GiB, when --row-block is not given.
+    #[arg(long, default_value_t = 4.0, value_name = "GIB")]
+    block_memory: f64,
+    /// Column examples multiplied with a row block at once.
+    #[arg(long, default_value_t = 16, value_name = "B")]
+    column_batch: usize,
+    /// Parameter type (the reference computes kernels in f32).
+    #[arg(long, default_value = "f32")]
+    dtype: Dtype,
+    /// The kernel file (HDF5). Until it is complete it is FILE.partial, and running the same
+    /// command again continues it.
+    #[arg(long, value_name = "FILE.h5")]
+    out: PathBuf,
+    /// Replace an existing complete file.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+pub fn run(ctx: &Context, args: &KernelArgs) -> Result<()> {
+    let dist = ctx.dist;
+    let model_dir = args.data.model_dir().ok_or_else(|| input_error("mezo kernel needs --model DIR"))?;
+    let mut data_config = args.data.config()?;
+    let options = LoadOptions {
+        device: ctx.device.resolve(dist.local_rank())?,
+        dtype: args.dtype,
+        num_labels: Some(data_config.task.labels.len() as i64),
+        init_seed: data_config.seed as i64,
+        lora: None,
+        num_prefix: None,
+        adapter: None,
+    };
+    let model = model::load(&model_dir, &options)?;
+    if data_config.few_shot_type == FewShotType::Finetune {
+        args.data.check_classifier(&model, &model_dir)?;
+    }
+    data_config.causal = model.causal_lm().is_some();
+    if args.column_batch == 0
+        || args.row_block == Some(0)
+        || args.block_memory.is_nan()
+        || args.block_memory <= 0.0
+    {
+        return Err(input_error("--row-block, --column-batch and --block-memory must be positive"));
+    }
+    let k = data_config
+        .data_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split('-').next())
+        .and_then(|k| k.parse::<i64>().ok());
+    let description = serde_json::json!({
+        "task": data_config.task.name,
+        "model": model_dir.canonicalize().unwrap_or(model_dir.clone()),
+        "data_dir": data_config.data_dir.canonicalize().unwrap_or(data_config.data_dir.clone()),
+        "seed": data_config.seed,
+        "k": k,
+        "few_shot_type": format!("{:?}", data_config.few_shot_type).to_lowercase(),
+        "template": data_config.template,
+        "label_words": data_config.mapping.iter().map(|(k, v)| serde_json::json!([k, v])).collect::<Vec<_>>(),
+        "max_seq_length": data_config.lengths.max_seq_length,
+        "dtype": args.dtype,
+    });
+    let mut data = TaskData::load(data_config)?;
+    let config = KernelConfig {
+        formula: match args.formula {
+            FormulaArg::Sgd => Formula::Sgd,
+            FormulaArg::Signgd => Formula::SignGd,
+            FormulaArg::AsymmetricSigngd => Formula::AsymmetricSignGd,
+        },
+        binary: args.binary,
+        freeze: FreezeRules {
+            scope: Scope::Full,
+            exclude_embeddings: args.exclude_embeddings,
+            exclude_head: args.exclude_head,
+            only_biases: args.only_biases,
+        },
+        row_block: args.row_block.unwrap_or(0),
+        memory_budget: (args.block_memory * (1u64 << 30) as f64) as u64,
+        column_batch: args.column_batch,
+        out: args.out.clone(),
+        overwrite: args.overwrite,
+        description,
+    };
+    let summary = compute(&model, &mut data, dist, &config)?;
+    if dist.is_root() {
+        println!(
+            "{}: {} kernels of {} train × ({} train, {} dev, {} test) examples, {} output(s); \
+             {} backward passes (reference schedule: {} JVPs); grad_dim {}",
+            summary.path.display(),
+            config.formula.name(),
+            summary.train,
+            summary.train,
+            summary.dev,
+            summary.test,
+            summary.outputs,
+            summary.backward_passes,
+            summary.reference_passes,
+            summary.grad_dim
+        );
+    }
+    Ok(())
+}

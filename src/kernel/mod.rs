@@ -1,0 +1,434 @@
+//! Empirical NTK kernels of prompt-based fine-tuning (LM-Kernel-FT's `kernel_trainer`), computed
+//! in row blocks spread over the ranks and written collectively into one HDF5 file.
+//!
+//! The reference builds every entry K[t, c; x, c'] with a forward-mode JVP along the train
+//! gradient, so each column example is differentiated again for every train example: about
+//! N_tr · N_X · C example-JVPs. Here every gradient is computed once per row block and every entry
+//! is a dot product ([`products`]):
+//!
+//! * each rank takes a contiguous share of the train examples (no padding) and works through it
+//!   in blocks of R ([`KernelConfig::row_block`]); a block's R·C gradients stay in memory;
+//! * for each block, every column example (train, dev, test) is differentiated once (one forward
+//!   and C backward passes) and multiplied with the block in batches;
+//! * backward passes: C · (N_tr + Σ_blocks (N_tr − R_b + N_dev + N_test)), that is
+//!   C · (N_tr + N_dev + N_test) when the train gradients fit in one block per rank, against the
+//!   reference's C · N_tr · (N_tr + N_dev + N_test) JVPs (twice for dev and test with
+//!   `asymmetric_signgd`);
+//! * bytes moved by the products: per block, its R·C·P gradient values once per column batch,
+//!   plus each column's C·P values once, with P the dense part plus the touched vocabulary rows.
+//!
+//! Both counts are logged at the end of a run. The file records which train rows are complete;
+//! rerunning the same command after a crash computes only the missing rows, and a file made with
+//! other arguments is refused. It keeps its `.partial` name until every row is written.
+
+pub mod gradients;
+pub mod products;
+
+use crate::data::batch::shard;
+use crate::data::dataset::{Feature, TaskData};
+use crate::data::examples::Label;
+use crate::dist::{Dist, Reduce};
+use crate::error::InputError;
+use crate::h5::{partial_path, H5File};
+use crate::model::{FreezeRules, Model};
+use anyhow::{bail, Context, Result};
+use gradients::{ExampleGradient, Gradients};
+use hdf5::types::VarLenUnicode;
+use ndarray::{ArrayD, IxDyn};
+pub use products::Formula;
+use products::RowBlock;
+use std::path::PathBuf;
+use tch::{Device, Kind, Tensor};
+
+/// What `mezo kernel` computes.
+#[derive(Debug, Clone)]
+pub struct KernelConfig {
+    pub formula: Formula,
+    /// One output z1 − z0 (binary tasks) instead of one per label.
+    pub binary: bool,
+    /// Which parameters are differentiated (`Scope::Full` with the reference's exclusion flags).
+    pub freeze: FreezeRules,
+    /// Train examples whose gradients a rank keeps at once; 0: as many as fit in
+    /// [`KernelConfig::memory_budget`].
+    pub row_block: usize,
+    /// Bytes of row-block gradients a rank may hold when `row_block` is 0.
+    pub memory_budget: u64,
+    /// Column examples multiplied with a block at once.
+    pub column_batch: usize,
+    pub out: PathBuf,
+    /// Replace a complete file at `out`.
+    pub overwrite: bool,
+    /// Root attributes describing the run (task, model, seed, k, template, label words...):
+    /// written into the file and compared when a run resumes.
+    pub description: serde_json::Value,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    pub path: PathBuf,
+    pub train: usize,
+    pub dev: usize,
+    pub test: usize,
+    pub outputs: usize,
+    pub grad_dim: u64,
+    /// Values per gradient that enter the products (structural zeros and untouched vocabulary
+    /// rows left out).
+    pub computed_dim: i64,
+    pub backward_passes: u64,
+    /// JVPs of the reference's schedule for the same kernels.
+    pub reference_passes: u64,
+    pub resumed_rows: usize,
+    pub bytes_multiplied: f64,
+}
+
+const SPLITS: [&str; 3] = ["train", "dev", "test"];
+
+/// Computes the kernels of `model` on `data` into `config.out`; collective.
+pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelConfig) -> Result<Summary> {
+    let labels = data.config.task.labels.len();
+    if data.config.task.regression {
+        bail!(InputError(format!(
+            "kernels of the regression task {} are not supported",
+            data.config.task.name
+        )));
+    }
+    if config.binary && labels != 2 {
+        bail!(InputError(format!(
+            "--binary needs a task with 2 labels; {} has {labels}",
+            data.config.task.name
+        )));
+    }
+    if config.formula == Formula::AsymmetricSignGd && !config.binary {
+        bail!(InputError("--formula asymmetric_signgd needs --binary (as in the reference)".into()));
+    }
+    if data.config.few_shot_type == crate::data::dataset::FewShotType::PromptDemo {
+        bail!(InputError("kernels use no demonstrations: --few-shot-type prompt or finetune".into()));
+    }
+    let included: Vec<(String, Tensor)> = model
+        .trainable(&config.freeze)
+        .into_iter()
+        .map(|p| (p.name.clone(), p.tensor.shallow_clone()))
+        .collect();
+    if included.is_empty() {
+        bail!(InputError("the exclusion flags leave no parameter to differentiate".into()));
+    }
+    let grad_dim: u64 = included.iter().map(|(_, t)| t.numel() as u64).sum();
+    let pad = data.encoder.special().pad;
+    let train: Vec<Feature> =
+        (0..data.train.len()).map(|i| data.train_feature(i)).collect::<Result<_, _>>()?;
+    let columns: [Vec<Feature>; 3] = [train.clone(), data.dev.features.clone(), data.test.features.clone()];
+    let mut grads = Gradients::new(
+        model,
+        data.config.few_shot_type,
+        data.encoder.label_word_ids(),
+        config.binary,
+        included,
+    );
+    let c = grads.outputs(labels);
+    let n = [columns[0].len(), columns[1].len(), columns[2].len()];
+    if n[0] == 0 {
+        bail!(InputError(format!("{}: no training examples", data.config.data_dir.display())));
+    }
+
+    let (file, done) = open(dist, config, &n, c, grad_dim)?;
+    let resumed_rows = done.iter().filter(|&&d| d).count();
+    if resumed_rows > 0 {
+        log::info!(
+            "{}: {resumed_rows} of {} train rows already computed",
+            partial_path(&config.out).display(),
+            n[0]
+        );
+    }
+    // f0 (the outputs at θ) and labels: cheap, recomputed on every run.
+    write_outputs(&file, dist, model, data, &columns, c, config.binary)?;
+
+    // This rank's rows still to do, in contiguous runs of at most R.
+    let mine = shard(n[0], dist.rank(), dist.size());
+    let mut todo: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut block_rows = config.row_block;
+    for row in mine.clone().filter(|&r| !done[r]) {
+        if block_rows == 0 {
+            // Size the block from one gradient's footprint.
+            let g = grads.example(&columns[0][row], pad)?;
+            let bytes = (g.dense.numel() + g.sparse.iter().map(|s| s.rows.numel()).sum::<usize>()) as u64 * 4;
+            block_rows = ((config.memory_budget / bytes.max(1)) as usize).clamp(1, mine.len().max(1));
+            log::info!(
+                "row blocks of {block_rows} train examples ({:.1} MB of gradients each)",
+                bytes as f64 / 1e6
+            );
+        }
+        match todo.last_mut() {
+            Some(run) if run.end == row && run.len() < block_rows => run.end += 1,
+            _ => todo.push(row..row + 1),
+        }
+    }
+    let mut rounds = [todo.len() as u64];
+    dist.all_reduce(&mut rounds, Reduce::Max);
+    let progress = crate::logging::progress_bar(dist, rounds[0], "row blocks");
+    let kernels = config.formula.kernels();
+    let mut bytes_multiplied = 0f64;
+    for round in 0..rounds[0] as usize {
+        let block = todo.get(round).cloned().unwrap_or(0..0);
+        let mut results: Vec<ArrayD<f64>> = Vec::new();
+        if !block.is_empty() {
+            let row_grads: Vec<ExampleGradient> =
+                block.clone().map(|r| grads.example(&columns[0][r], pad)).collect::<Result<_>>()?;
+            let row_refs: Vec<&ExampleGradient> = row_grads.iter().collect();
+            let rows = RowBlock::new(&row_refs, config.formula);
+            let per_value = row_grads[0].dense.size()[1] as f64 * 4.0;
+            for (split, features) in columns.iter().enumerate() {
+                let out = Tensor::zeros(
+                    [kernels as i64, block.len() as i64, c as i64, features.len() as i64, c as i64],
+                    (Kind::Double, Device::Cpu),
+                );
+                for start in (0..features.len()).step_by(config.column_batch.max(1)) {
+                    let end = (start + config.column_batch.max(1)).min(features.len());
+                    let mut fresh: Vec<(usize, ExampleGradient)> = Vec::new();
+                    for (x, feature) in features.iter().enumerate().take(end).skip(start) {
+                        if !(split == 0 && block.contains(&x)) {
+                            fresh.push((x, grads.example(feature, pad)?));
+                        }
+                    }
+                    let batch: Vec<&ExampleGradient> = (start..end)
+                        .map(|x| match fresh.iter().find(|(i, _)| *i == x) {
+                            Some((_, g)) => g,
+                            None => &row_grads[x - block.start],
+                        })
+                        .collect();
+                    bytes_multiplied += per_value * (c * (block.len() + batch.len())) as f64;
+                    for (k, kernel) in rows.against(&batch).into_iter().enumerate() {
+                        out.get(k as i64)
+                            .narrow(2, start as i64, (end - start) as i64)
+                            .copy_(&kernel.to_device(Device::Cpu));
+                    }
+                }
+                results.push(to_array(&out));
+            }
+        } else {
+            for features in &columns {
+                results.push(ArrayD::zeros(IxDyn(&[kernels, 0, c, features.len(), c])));
+            }
+        }
+        for (split, result) in SPLITS.iter().zip(results) {
+            write_kernel_rows(&file, split, block.start, result, kernels)?;
+        }
+        let flags = ArrayD::from_elem(IxDyn(&[block.len()]), 1u8);
+        file.write_rows("rows_done", block.start, flags.view())?;
+        file.file().flush().context("flushing the kernel file")?;
+        progress.inc(1);
+        crash_for_tests(round + 1);
+    }
+    progress.finish_and_clear();
+    if config.formula == Formula::Sgd {
+        symmetrize_train(&file, dist, n[0])?;
+    }
+
+    let mut counts = [grads.backward_passes, bytes_multiplied as u64];
+    dist.all_reduce(&mut counts, Reduce::Sum);
+    let computed_dim = grads.dense_len().unwrap_or(0);
+    let skipped = grads.structurally_zero();
+    if !skipped.is_empty() {
+        log::info!("left out of the products (no gradient): {}", skipped.join(", "));
+    }
+    let total: usize = n.iter().sum();
+    let reference_passes = (c * n[0] * total) as u64
+        + if config.formula == Formula::AsymmetricSignGd { (c * n[0] * (n[1] + n[2])) as u64 } else { 0 };
+    drop(skipped);
+    let path = file.commit(dist)?;
+    let summary = Summary {
+        path,
+        train: n[0],
+        dev: n[1],
+        test: n[2],
+        outputs: c,
+        grad_dim,
+        computed_dim,
+        backward_passes: counts[0],
+        reference_passes,
+        resumed_rows,
+        bytes_multiplied: counts[1] as f64,
+    };
+    log::info!(
+        "{} backward passes (the reference's schedule: {} JVPs), {:.2} GB of gradients multiplied, \
+         grad_dim {} ({} values per gradient in the products)",
+        summary.backward_passes,
+        summary.reference_passes,
+        summary.bytes_multiplied / 1e9,
+        grad_dim,
+        computed_dim
+    );
+    Ok(summary)
+}
+
+/// Fault injection for the resume tests: `MEZO_TEST_CRASH_AFTER_BLOCKS=n` aborts the process
+/// (no unwinding, no clean-up: a crash) once every rank has written n row blocks.
+fn crash_for_tests(rounds: usize) {
+    if let Some(n) = std::env::var("MEZO_TEST_CRASH_AFTER_BLOCKS").ok().and_then(|v| v.parse::<usize>().ok())
+    {
+        if rounds >= n {
+            std::process::abort();
+        }
+    }
+}
+
+fn to_array(t: &Tensor) -> ArrayD<f64> {
+    let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+    let values: Vec<f64> = Vec::try_from(t.contiguous().view([-1])).expect("f64 values");
+    ArrayD::from_shape_vec(IxDyn(&shape), values).expect("shape matches")
+}
+
+/// Writes rows `first..` of a split's kernel: `[N, C, M, C]`, or `[2, N, C, M, C]` for the
+/// asymmetric formula (rows on the second axis).
+fn write_kernel_rows(
+    file: &H5File,
+    split: &str,
+    first: usize,
+    block: ArrayD<f64>,
+    kernels: usize,
+) -> Result<()> {
+    if kernels == 2 {
+        file.write_block(split, &[0, first, 0, 0, 0], block.view())?;
+    } else {
+        let block = block.index_axis_move(ndarray::Axis(0), 0);
+        file.write_rows(split, first, block.view())?;
+    }
+    Ok(())
+}
+
+/// Opens the `.partial` file of an interrupted run with the same description, or creates it;
+/// returns it with the rows already done.
+fn open(
+    dist: &Dist,
+    config: &KernelConfig,
+    n: &[usize; 3],
+    c: usize,
+    grad_dim: u64,
+) -> Result<(H5File, Vec<bool>)> {
+    let mut description = config.description.clone();
+    description["formula"] = config.formula.name().into();
+    description["binary"] = config.binary.into();
+    description["grad_dim"] = grad_dim.into();
+    description["exclusions"] = serde_json::json!({
+        "exclude_embeddings": config.freeze.exclude_embeddings, "exclude_head": config.freeze.exclude_head,
+        "only_biases": config.freeze.only_biases,
+    });
+    description["shape"] = serde_json::json!({"train": n[0], "dev": n[1], "test": n[2], "outputs": c});
+    let arguments = serde_json::to_string(&description)?;
+    let mut exists = [u8::from(config.out.exists()), u8::from(partial_path(&config.out).exists())];
+    dist.broadcast(&mut exists, 0);
+    if exists[0] == 1 && !config.overwrite {
+        bail!(InputError(format!(
+            "{} exists: use --overwrite to replace it, or another --out",
+            config.out.display()
+        )));
+    }
+    if exists[1] == 1 {
+        let file = H5File::resume(dist, &config.out)?;
+        let found: Option<String> = file
+            .file()
+            .attr("arguments")
+            .and_then(|a| a.read_scalar::<VarLenUnicode>())
+            .ok()
+            .map(|s| s.as_str().to_string());
+        if found.as_deref() != Some(arguments.as_str()) {
+            bail!(InputError(format!(
+                "{} was started with other arguments (model, data, formula, exclusions or sizes); \
+                 remove it to start over, or rerun the command that made it. It has: {}",
+                partial_path(&config.out).display(),
+                found.unwrap_or_else(|| "no description".into())
+            )));
+        }
+        let done: ArrayD<u8> = file.read_rows("rows_done", 0..n[0])?;
+        return Ok((file, done.iter().map(|&d| d != 0).collect()));
+    }
+    let file = H5File::create(dist, &config.out)?;
+    let kernels = config.formula.kernels();
+    for (split, &m) in SPLITS.iter().zip(n) {
+        let shape = if kernels == 2 { vec![2, n[0], c, m, c] } else { vec![n[0], c, m, c] };
+        file.create_dataset::<f64>(split, &shape)?;
+        file.create_dataset::<i64>(&format!("{split}_labels"), &[m])?;
+        file.create_dataset::<f64>(&format!("{split}_f0"), &[m, c])?;
+    }
+    file.create_dataset::<u8>("rows_done", &[n[0]])?;
+    let attr = |name: &str, value: &str| -> Result<()> {
+        let value: VarLenUnicode = value.parse().map_err(|e| anyhow::anyhow!("attribute {name}: {e:?}"))?;
+        file.file().new_attr::<VarLenUnicode>().create(name)?.write_scalar(&value)?;
+        Ok(())
+    };
+    attr("arguments", &arguments)?;
+    if let serde_json::Value::Object(fields) = &description {
+        for (key, value) in fields {
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            attr(key, &text)?;
+        }
+    }
+    attr("program", &format!("mezo {}", env!("CARGO_PKG_VERSION")))?;
+    Ok((file, vec![false; n[0]]))
+}
+
+/// Labels (class ids) and f0 of every split; every rank computes its share of the outputs.
+fn write_outputs(
+    file: &H5File,
+    dist: &Dist,
+    model: &Model,
+    data: &TaskData,
+    columns: &[Vec<Feature>; 3],
+    c: usize,
+    binary: bool,
+) -> Result<()> {
+    let words = Tensor::from_slice(data.encoder.label_word_ids()).to_device(model.device);
+    let pad = data.encoder.special().pad;
+    for (split, features) in SPLITS.iter().zip(columns) {
+        let mine = shard(features.len(), dist.rank(), dist.size());
+        let mut f0 = Vec::with_capacity(mine.len() * c);
+        let _guard = tch::no_grad_guard();
+        for f in &features[mine.clone()] {
+            let b = crate::data::batch::collate(&[(&f.encoded, f.label)], pad);
+            let pos = b.mask_pos.map(|p| p.to_device(model.device));
+            let scores = crate::eval::class_scores(
+                model,
+                data.config.few_shot_type,
+                &words,
+                &b.input_ids.to_device(model.device),
+                &b.attention_mask.to_device(model.device),
+                pos.as_ref(),
+            )?
+            .to_kind(Kind::Double)
+            .to_device(Device::Cpu);
+            let s: Vec<f64> = Vec::try_from(scores.view([-1]))?;
+            if binary {
+                f0.push(s[1] - s[0]);
+            } else {
+                f0.extend(s);
+            }
+        }
+        let f0 = ArrayD::from_shape_vec(IxDyn(&[mine.len(), c]), f0)?;
+        file.write_rows(&format!("{split}_f0"), mine.start, f0.view())?;
+        let labels: Vec<i64> = features[mine.clone()]
+            .iter()
+            .map(|f| match f.label {
+                Label::Class(k) => Ok(k as i64),
+                Label::Score(_) => bail!("regression labels"),
+            })
+            .collect::<Result<_>>()?;
+        let labels = ArrayD::from_shape_vec(IxDyn(&[mine.len()]), labels)?;
+        file.write_rows(&format!("{split}_labels"), mine.start, labels.view())?;
+    }
+    Ok(())
+}
+
+/// Makes the sgd train×train kernel exactly symmetric, (K + Kᵀ)/2: its two halves come from
+/// different row blocks (and ranks), so their f64 sums may differ in the last bits.
+fn symmetrize_train(file: &H5File, dist: &Dist, n: usize) -> Result<()> {
+    let all: ArrayD<f64> = file.read_rows("train", 0..n)?;
+    let transposed = all.view().permuted_axes(IxDyn(&[2, 3, 0, 1]));
+    let symmetric = (&all + &transposed) / 2.0;
+    let mine = shard(n, dist.rank(), dist.size());
+    let rows = symmetric.slice_axis(ndarray::Axis(0), ndarray::Slice::from(mine.clone()));
+    file.write_rows("train", mine.start, rows.into_dyn())?;
+    Ok(())
+}

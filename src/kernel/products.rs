@@ -1,0 +1,196 @@
+//! Kernel entries as matrix products of cached gradients, accumulated in f64.
+//!
+//! A row block holds R train gradients as an `[R·C, P]` matrix; a batch of B column gradients is
+//! `[B·C, P]`; one product gives the `[R, C, B, C]` block of the kernel. The products run in
+//! f64 over chunks of P (each f32 gradient value is exact in f64), so sign kernels, whose
+//! entries are sums of −1, 0 and +1, are exact integers, and `sgd` entries carry no f32
+//! accumulation error. Row-sparse tensors enter the same way, over the union of the rows the
+//! block's examples touch: a column's rows outside that union meet zeros on the row side.
+
+use super::gradients::ExampleGradient;
+use tch::{Kind, Tensor};
+
+/// The kernel formulas of LM-Kernel-FT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Formula {
+    /// ⟨g(a), g(b)⟩.
+    Sgd,
+    /// ⟨sign g(a), sign g(b)⟩.
+    SignGd,
+    /// K⁰ = ⟨sign g(a), g(b)⟩ and K¹ = ⟨g(a), sign g(b)⟩, both from one pass.
+    AsymmetricSignGd,
+}
+
+impl Formula {
+    /// The name the reference and our files use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Formula::Sgd => "sgd",
+            Formula::SignGd => "signgd",
+            Formula::AsymmetricSignGd => "asymmetric_signgd",
+        }
+    }
+
+    /// Kernels per entry: 2 for the asymmetric formula.
+    pub fn kernels(self) -> usize {
+        if self == Formula::AsymmetricSignGd {
+            2
+        } else {
+            1
+        }
+    }
+}
+
+/// Values of P multiplied at once (bounds the f64 copies to `(R + B)·C·CHUNK` values).
+const CHUNK: i64 = 1 << 18;
+
+/// `a · bᵀ` in f64 for f32 matrices `[M, P]` and `[N, P]`, over chunks of P.
+fn product(a: &Tensor, b: &Tensor) -> Tensor {
+    let (m, p) = a.size2().expect("[M, P]");
+    let n = b.size()[0];
+    let mut out = Tensor::zeros([m, n], (Kind::Double, a.device()));
+    let mut start = 0;
+    while start < p {
+        let len = CHUNK.min(p - start);
+        let x = a.narrow(1, start, len).to_kind(Kind::Double);
+        let y = b.narrow(1, start, len).to_kind(Kind::Double);
+        out += x.matmul(&y.tr());
+        start += len;
+    }
+    out
+}
+
+/// One part of the gradients (the dense part, or one row-sparse tensor over the block's rows)
+/// in the two forms the formula needs.
+struct Part {
+    values: Tensor,
+    signs: Option<Tensor>,
+}
+
+impl Part {
+    fn new(values: Tensor, formula: Formula) -> Part {
+        let signs = (formula != Formula::Sgd).then(|| values.sign());
+        Part { values, signs }
+    }
+
+    /// The block's kernels against `columns` `[B·C, P]` (K, or K⁰ and K¹).
+    fn against(&self, columns: &Tensor, formula: Formula) -> Vec<Tensor> {
+        match formula {
+            Formula::Sgd => vec![product(&self.values, columns)],
+            Formula::SignGd => vec![product(self.signs.as_ref().expect("sign formula"), &columns.sign())],
+            Formula::AsymmetricSignGd => vec![
+                product(self.signs.as_ref().expect("sign formula"), columns),
+                product(&self.values, &columns.sign()),
+            ],
+        }
+    }
+}
+
+/// R train gradients ready to be multiplied with columns.
+pub struct RowBlock {
+    rows: usize,
+    outputs: usize,
+    formula: Formula,
+    dense: Part,
+    /// Per row-sparse tensor: the sorted union of the block's row ids, and the part over them.
+    sparse: Vec<(Tensor, Part)>,
+}
+
+impl RowBlock {
+    pub fn new(gradients: &[&ExampleGradient], formula: Formula) -> RowBlock {
+        let outputs = gradients[0].dense.size()[0] as usize;
+        let dense = Tensor::cat(&gradients.iter().map(|g| g.dense.shallow_clone()).collect::<Vec<_>>(), 0);
+        let sparse = (0..gradients[0].sparse.len())
+            .map(|j| {
+                let ids = Tensor::cat(
+                    &gradients.iter().map(|g| g.sparse[j].ids.shallow_clone()).collect::<Vec<_>>(),
+                    0,
+                );
+                let (union, _, _) = ids.internal_unique2(true, false, false);
+                let scattered: Vec<Tensor> =
+                    gradients.iter().map(|g| scatter(&g.sparse[j], &union)).collect();
+                (union, Part::new(Tensor::cat(&scattered, 0), formula))
+            })
+            .collect();
+        RowBlock { rows: gradients.len(), outputs, formula, dense: Part::new(dense, formula), sparse }
+    }
+
+    /// The kernels `[R, C, B, C]` (f64) of this block against `columns` (K, or K⁰ and K¹).
+    pub fn against(&self, columns: &[&ExampleGradient]) -> Vec<Tensor> {
+        let dense = Tensor::cat(&columns.iter().map(|g| g.dense.shallow_clone()).collect::<Vec<_>>(), 0);
+        let mut kernels = self.dense.against(&dense, self.formula);
+        for (j, (union, part)) in self.sparse.iter().enumerate() {
+            if union.numel() == 0 {
+                continue;
+            }
+            let gathered =
+                Tensor::cat(&columns.iter().map(|g| scatter(&g.sparse[j], union)).collect::<Vec<_>>(), 0);
+            for (k, extra) in kernels.iter_mut().zip(part.against(&gathered, self.formula)) {
+                *k += extra;
+            }
+        }
+        let (r, c, b) = (self.rows as i64, self.outputs as i64, columns.len() as i64);
+        kernels.into_iter().map(|k| k.view([r, c, b, c])).collect()
+    }
+}
+
+/// An example's rows of one sparse tensor laid out over `union` (sorted ids): `[C, |union|·W]`,
+/// zero at the ids the example does not touch; its rows outside `union` are dropped.
+fn scatter(rows: &super::gradients::SparseRows, union: &Tensor) -> Tensor {
+    let (c, _, w) = rows.rows.size3().expect("[C, n, W]");
+    let u = union.size()[0];
+    let out = Tensor::zeros([c, u, w], (Kind::Float, rows.rows.device()));
+    if rows.ids.numel() > 0 && u > 0 {
+        let at = rows.ids.searchsorted(union, false, false, "left", None::<&Tensor>).clamp_max(u - 1);
+        let found = union.index_select(0, &at).eq_tensor(&rows.ids);
+        let keep = found.nonzero().view([-1]);
+        let _ =
+            out.shallow_clone().index_copy_(1, &at.index_select(0, &keep), &rows.rows.index_select(1, &keep));
+    }
+    out.view([c, u * w])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::gradients::SparseRows;
+    use tch::Device;
+
+    fn example(dense: &[f32], ids: &[i64], rows: &[f32]) -> ExampleGradient {
+        ExampleGradient {
+            dense: Tensor::from_slice(dense).view([1, -1]),
+            sparse: vec![SparseRows {
+                ids: Tensor::from_slice(ids),
+                rows: Tensor::from_slice(rows).view([1, ids.len() as i64, 2]),
+            }],
+            outputs: vec![0.0],
+        }
+    }
+
+    fn values(t: &Tensor) -> Vec<f64> {
+        Vec::try_from(t.to_device(Device::Cpu).view([-1])).unwrap()
+    }
+
+    /// The spec's worked example (binary, C = 1), with the third coordinate stored as a sparse
+    /// row to exercise the union: g1 = (1, 2, 0), g2 = (−1, 1, 1), test g3 = (2, 0, −1).
+    #[test]
+    fn worked_example() {
+        // Dense part: the first two coordinates; sparse: row 5 = (third coordinate, 0).
+        let g1 = example(&[1.0, 2.0], &[], &[]);
+        let g2 = example(&[-1.0, 1.0], &[5], &[1.0, 0.0]);
+        let g3 = example(&[2.0, 0.0], &[5, 9], &[-1.0, 0.0, 7.0, 7.0]);
+        let sgd = RowBlock::new(&[&g1, &g2], Formula::Sgd);
+        assert_eq!(values(&sgd.against(&[&g1, &g2])[0]), [5.0, 1.0, 1.0, 3.0]);
+        assert_eq!(values(&sgd.against(&[&g3])[0]), [2.0, -3.0]);
+        let sign = RowBlock::new(&[&g1, &g2], Formula::SignGd);
+        assert_eq!(values(&sign.against(&[&g1, &g2])[0]), [2.0, 0.0, 0.0, 3.0]);
+        assert_eq!(values(&sign.against(&[&g3])[0]), [1.0, -2.0]);
+        let asym = RowBlock::new(&[&g1, &g2], Formula::AsymmetricSignGd);
+        let train = asym.against(&[&g1, &g2]);
+        assert_eq!(values(&train[0]), [3.0, 0.0, 1.0, 3.0]);
+        assert_eq!(values(&train[1]), [3.0, 1.0, 0.0, 3.0]);
+        let test = asym.against(&[&g3]);
+        assert_eq!(values(&test[0]), [2.0, -3.0]);
+        assert_eq!(values(&test[1]), [1.0, -2.0]);
+    }
+}

@@ -1,0 +1,203 @@
+//! `mezo kernel` against a torch.func implementation of LM-Kernel-FT's kernels
+//! (tests/fixtures/kernel, made by scripts/make_kernel_fixture.py), the spec's acceptance facts,
+//! two ranks against one, and crash-and-resume.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use tch::{Kind, Tensor};
+
+mod common;
+use common::{demo_split, mpirun, repo, MEZO};
+
+fn kernel(ranks: usize, split: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut cmd = if ranks == 1 { Command::new(MEZO) } else { mpirun(ranks) };
+    cmd.args(["-q", "kernel", "--task", "sst-2"])
+        .arg("--model")
+        .arg(repo("tests/fixtures/models/roberta"))
+        .arg("--data-dir")
+        .arg(split)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn ok(output: Output) -> String {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn read(path: &Path, name: &str) -> Tensor {
+    let file = hdf5::File::open(path).unwrap();
+    let ds = file.dataset(name).unwrap();
+    let shape: Vec<i64> = ds.shape().iter().map(|&d| d as i64).collect();
+    if name.ends_with("_labels") {
+        let v: Vec<i64> = ds.read_raw().unwrap();
+        return Tensor::from_slice(&v).view(shape.as_slice());
+    }
+    let v: Vec<f64> = ds.read_raw().unwrap();
+    Tensor::from_slice(&v).view(shape.as_slice())
+}
+
+fn expected() -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(repo("tests/fixtures/kernel/expected.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// Largest |a − b| relative to the largest |b|.
+fn relative(a: &Tensor, b: &Tensor) -> f64 {
+    let scale = b.abs().max().double_value(&[]).max(1e-300);
+    (a - b).abs().max().double_value(&[]) / scale
+}
+
+fn setup() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let split = demo_split(dir.path(), 4, 42);
+    (dir, split)
+}
+
+#[test]
+fn kernels_match_torch_func_and_the_spec_facts() {
+    let (dir, split) = setup();
+    let want = expected();
+    let files: Vec<(&str, PathBuf, Vec<&str>)> = vec![
+        ("sgd", dir.path().join("sgd.h5"), vec!["--formula", "sgd"]),
+        ("signgd", dir.path().join("signgd.h5"), vec!["--formula", "signgd"]),
+        ("sgd_binary", dir.path().join("sgd-binary.h5"), vec!["--formula", "sgd", "--binary"]),
+        ("asymmetric_signgd", dir.path().join("asym.h5"), vec!["--formula", "asymmetric_signgd", "--binary"]),
+    ];
+    for (name, path, args) in &files {
+        let stdout = ok(kernel(1, &split, path, args));
+        assert!(stdout.contains("backward passes"), "{stdout}");
+        for split in ["train", "dev", "test"] {
+            let ours = read(path, split);
+            let reference = &want[&format!("{name}_{split}")];
+            assert_eq!(ours.size(), reference.size(), "{name} {split}");
+            if *name == "signgd" {
+                // Sign kernels count the coordinates whose true gradient is 0 but whose computed
+                // one is rounding noise with a random sign (spec §2): the attention key biases,
+                // 2 layers × 32 here, each changing an entry by at most 2.
+                let d = (&ours - reference).abs().max().double_value(&[]);
+                assert!(d <= 2.0 * 64.0, "signgd {split}: entries differ by up to {d} from torch.func");
+            } else {
+                let d = relative(&ours, reference);
+                assert!(d <= 1e-6, "{name} {split}: relative difference {d:e} from torch.func");
+            }
+            let labels = read(path, &format!("{split}_labels"));
+            assert!(labels.equal(&want[&format!("{split}_labels")]), "{name} {split} labels");
+        }
+    }
+    let f0 = read(&files[0].1, "test_f0");
+    assert!(relative(&f0, &want["test_f0"]) <= 1e-6, "f0 differs from the reference outputs");
+
+    // §10.1: sgd train×train exactly symmetric, PSD, positive diagonal, Cauchy-Schwarz.
+    let sgd = read(&files[0].1, "train");
+    let n = sgd.size()[0] * sgd.size()[1];
+    let flat = sgd.view([n, n]);
+    assert!(flat.equal(&flat.tr()), "sgd train×train is not exactly symmetric");
+    let eig = flat.linalg_eigvalsh("L");
+    let (low, high) = (eig.min().double_value(&[]), eig.max().double_value(&[]));
+    assert!(low >= -1e-8 * high, "sgd kernel is not PSD: λmin {low}, λmax {high}");
+    let diag = flat.diagonal(0, 0, 1);
+    assert!(diag.min().double_value(&[]) > 0.0);
+    let bound = (diag.unsqueeze(1) * diag.unsqueeze(0)).sqrt();
+    assert!(flat.abs().le_tensor(&(&bound * (1.0 + 1e-12))).all().int64_value(&[]) == 1);
+
+    // §10.2: signgd integers, symmetric, PSD, |K_ij| ≤ min(K_ii, K_jj).
+    let sign = read(&files[1].1, "train").view([n, n]);
+    assert!(sign.equal(&sign.round()), "signgd entries are not integers");
+    assert!(sign.equal(&sign.tr()));
+    let eig = sign.linalg_eigvalsh("L");
+    assert!(eig.min().double_value(&[]) >= -1e-8 * eig.max().double_value(&[]));
+    let d = sign.diagonal(0, 0, 1);
+    let min = d.unsqueeze(1).minimum(&d.unsqueeze(0));
+    assert!(sign.abs().le_tensor(&min).all().int64_value(&[]) == 1);
+    for split in ["dev", "test"] {
+        let k = read(&files[1].1, split);
+        assert!(k.equal(&k.round()), "signgd {split} entries are not integers");
+    }
+
+    // §10.3: asymmetric index 1 of train is index 0 permuted to (2, 3, 0, 1).
+    let asym = read(&files[3].1, "train");
+    assert_eq!(asym.size()[0], 2);
+    assert!(
+        asym.get(1).equal(&asym.get(0).permute([2, 3, 0, 1])),
+        "asymmetric index 1 is not index 0 transposed"
+    );
+
+    // §10.4: binary contraction of the L = 2 sgd kernel.
+    let s = Tensor::from_slice(&[-1.0f64, 1.0]);
+    for split in ["train", "dev", "test"] {
+        let full = read(&files[0].1, split);
+        let contracted =
+            Tensor::einsum("ncmd,c,d->nm", &[full, s.shallow_clone(), s.shallow_clone()], None::<i64>);
+        let binary = read(&files[2].1, split).squeeze_dim(3).squeeze_dim(1);
+        // The binary gradient is ∇(z1 − z0) from its own backward pass: equal up to f32 rounding.
+        let d = relative(&contracted, &binary);
+        assert!(d <= 1e-5, "binary contraction fails on {split}: relative difference {d:e}");
+    }
+    let _ = Kind::Double;
+}
+
+#[test]
+fn two_ranks_equal_one_and_a_crash_resumes_only_missing_rows() {
+    let (dir, split) = setup();
+    let one = dir.path().join("one.h5");
+    let stdout = ok(kernel(1, &split, &one, &["--formula", "asymmetric_signgd", "--binary"]));
+    let passes = |s: &str| -> u64 {
+        s.split("; ")
+            .find_map(|p| p.strip_suffix(" backward passes (reference schedule").or(None))
+            .map_or_else(
+                || {
+                    let at = s.find(" backward passes").unwrap();
+                    s[..at].rsplit(' ').next().unwrap().parse().unwrap()
+                },
+                |v| v.parse().unwrap(),
+            )
+    };
+    let whole = passes(&stdout);
+    let two = dir.path().join("two.h5");
+    ok(kernel(2, &split, &two, &["--formula", "asymmetric_signgd", "--binary"]));
+    // Up to reduction order: two ranks run one libtorch thread each, one rank two.
+    for name in ["train", "dev", "test", "train_f0", "test_labels"] {
+        let (a, b) = (read(&one, name), read(&two, name));
+        let d = relative(&b, &a);
+        assert!(d <= 1e-5, "{name}: 2 ranks differ from 1 by {d:e}");
+    }
+
+    // A crash after two row blocks of one row: the rerun computes the other rows only.
+    let resumed = dir.path().join("resumed.h5");
+    let args = ["--formula", "asymmetric_signgd", "--binary", "--row-block", "1"];
+    let mut cmd = Command::new(MEZO);
+    cmd.args(["-q", "kernel", "--task", "sst-2", "--model"])
+        .arg(repo("tests/fixtures/models/roberta"))
+        .arg("--data-dir")
+        .arg(&split)
+        .arg("--out")
+        .arg(&resumed)
+        .args(args)
+        .env("MEZO_TEST_CRASH_AFTER_BLOCKS", "2");
+    let crashed = cmd.output().unwrap();
+    assert!(!crashed.status.success());
+    assert!(!resumed.exists(), "a crashed run left a file that looks complete");
+    assert!(mezo::h5::partial_path(&resumed).exists());
+    // Other arguments are refused.
+    let other = kernel(1, &split, &resumed, &["--formula", "sgd", "--binary", "--row-block", "1"]);
+    assert_eq!(other.status.code(), Some(2), "{}", String::from_utf8_lossy(&other.stderr));
+    assert!(String::from_utf8_lossy(&other.stderr).contains("other arguments"));
+    let stdout = ok(kernel(1, &split, &resumed, &args));
+    let rest = passes(&stdout);
+    // 8 train rows, one output: row blocks of 1 recompute every column per block; the resumed run
+    // does 6 of the 8 blocks.
+    let columns = 8 + 8 + 120;
+    assert_eq!(rest, 6 * columns as u64, "resumed run: {rest} backward passes");
+    assert!(whole < rest, "one block per rank needs fewer passes ({whole}) than blocks of one row");
+    for name in ["train", "dev", "test"] {
+        let (a, b) = (read(&one, name), read(&resumed, name));
+        assert!(relative(&b, &a) <= 1e-12, "{name}: the resumed file differs");
+    }
+}

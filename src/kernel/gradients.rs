@@ -137,6 +137,26 @@ impl<'a> Gradients<'a> {
             .collect()
     }
 
+    /// Gradient `c` of `g` laid back onto the shapes of the included tensors (zeros for those
+    /// without a gradient), in the order they were given: a direction in parameter space.
+    pub fn as_direction(&self, g: &ExampleGradient, c: i64) -> Vec<Tensor> {
+        let layout = self.layout.as_ref().expect("a gradient was computed");
+        let mut out: Vec<Tensor> = self.params.iter().map(|p| p.zeros_like().to_kind(Kind::Float)).collect();
+        let mut offset = 0;
+        for &i in &layout.dense {
+            let n = self.params[i].numel() as i64;
+            out[i] = g.dense.get(c).narrow(0, offset, n).view(self.params[i].size().as_slice());
+            offset += n;
+        }
+        for (&i, rows) in layout.sparse.iter().zip(&g.sparse) {
+            let shape = self.params[i].size();
+            let values = rows.rows.get(c).view([rows.ids.size()[0], -1]);
+            let flat = out[i].view([shape[0], -1]).index_copy(0, &rows.ids, &values);
+            out[i] = flat.view(shape.as_slice());
+        }
+        out
+    }
+
     /// The gradients of one example.
     pub fn example(&mut self, feature: &Feature, pad: i64) -> Result<ExampleGradient> {
         let device = self.model.device;

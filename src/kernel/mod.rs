@@ -432,3 +432,91 @@ fn symmetrize_train(file: &H5File, dist: &Dist, n: usize) -> Result<()> {
     file.write_rows("train", mine.start, rows.into_dyn())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::gradients::Gradients;
+    use super::products::{Formula, RowBlock};
+    use crate::data::dataset::{Feature, FewShotType};
+    use crate::data::examples::Label;
+    use crate::data::template::Encoded;
+    use crate::model::{self, FreezeRules, LoadOptions};
+    use tch::{Device, Kind, Tensor};
+
+    /// Spec §10.5: [f_x(θ + εv) − f_x(θ − εv)] / 2ε equals K[t, c, x, ·] for v = g_c(t) (sgd)
+    /// and v = sign g_c(t) (asymmetric K⁰), in f64.
+    #[test]
+    fn kernels_are_directional_derivatives() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/roberta");
+        let m = model::load(
+            &dir,
+            &LoadOptions { num_labels: Some(2), ..LoadOptions::new(Device::Cpu, model::Dtype::F32) },
+        )
+        .unwrap();
+        for p in &m.params {
+            let mut t = p.tensor.shallow_clone();
+            t.set_data(&p.tensor.to_kind(Kind::Double));
+        }
+        let feature = |ids: &[i64], mask: usize| Feature {
+            encoded: Encoded { input_ids: ids.to_vec(), mask_pos: Some(mask) },
+            label: Label::Class(0),
+            query: 0,
+        };
+        let t = feature(&[0, 262, 454, 267, 335, 621, 17, 2], 5);
+        let x = feature(&[0, 262, 395, 267, 261, 492, 302, 621, 2], 7);
+        let words = [300i64, 310];
+        let params: Vec<(String, Tensor)> = m
+            .trainable(&FreezeRules::default())
+            .into_iter()
+            .map(|p| (p.name.clone(), p.tensor.shallow_clone()))
+            .collect();
+        let handles: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
+        let mut grads = Gradients::new(&m, FewShotType::Prompt, &words, false, params);
+        let (gt, gx) = (grads.example(&t, 1).unwrap(), grads.example(&x, 1).unwrap());
+        let outputs = |f: &Feature| -> Tensor {
+            let _guard = tch::no_grad_guard();
+            let b = crate::data::batch::collate(&[(&f.encoded, f.label)], 1);
+            crate::eval::class_scores(
+                &m,
+                FewShotType::Prompt,
+                &Tensor::from_slice(&words),
+                &b.input_ids,
+                &b.attention_mask,
+                b.mask_pos.as_ref(),
+            )
+            .unwrap()
+            .get(0)
+        };
+        for formula in [Formula::Sgd, Formula::AsymmetricSignGd] {
+            let k = RowBlock::new(&[&gt], formula).against(&[&gx]).remove(0);
+            for c in 0..2 {
+                let mut v = grads.as_direction(&gt, c);
+                if formula != Formula::Sgd {
+                    v = v.iter().map(|d| d.sign()).collect();
+                }
+                let norm =
+                    v.iter().map(|d| d.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+                let eps = 1e-3 / norm;
+                let shift = |s: f64| {
+                    let _guard = tch::no_grad_guard();
+                    for (h, d) in handles.iter().zip(&v) {
+                        let _ = h.shallow_clone().g_add_(&(d.to_kind(Kind::Double) * s));
+                    }
+                };
+                shift(eps);
+                let plus = outputs(&x);
+                shift(-2.0 * eps);
+                let minus = outputs(&x);
+                shift(eps);
+                let derivative = (plus - minus) / (2.0 * eps);
+                let want = k.get(0).get(c).get(0);
+                let err = (&derivative - &want).abs().max().double_value(&[]);
+                let scale = want.abs().max().double_value(&[]);
+                assert!(
+                    err <= 1e-5 * scale,
+                    "{formula:?} c={c}: finite difference {derivative:?} vs kernel {want:?}"
+                );
+            }
+        }
+    }
+}

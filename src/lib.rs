@@ -44,4 +44,5 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod solve;
 pub mod train;

@@ -10,6 +10,7 @@ mod eval;
 mod info;
 mod kshot;
 mod replay;
+mod solve;
 mod train;
 
 use crate::dist::device::{self, DeviceRequest};
@@ -66,6 +67,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Rebuild a MeZO run's fine-tuned model from its trajectory alone.
     Replay(replay::ReplayArgs),
+    /// Solve a kernel file (lstsq, logistic, svr, svc, asym) and report dev/test metrics.
+    Solve(solve::SolveArgs),
     /// MeZO and Adam fine-tuning end to end on the built-in tiny model and demo task.
     Demo(demo::DemoArgs),
 }
@@ -97,6 +100,7 @@ pub fn main() -> i32 {
         Command::Eval(args) => eval::run(&context, args),
         Command::Train(args) => train::run(&context, args),
         Command::Replay(args) => replay::run(&context, args),
+        Command::Solve(args) => solve::run(&context, args),
         Command::Demo(args) => demo::run(&context, args),
     };
     match result {

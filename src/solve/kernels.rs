@@ -155,9 +155,10 @@ pub fn read(dist: &Dist, path: &Path, with_f0: bool) -> Result<Kernels> {
         .to_string();
     let binary = match attributes.get("binary") {
         None => c == 1,
-        Some(v) => v.as_bool().or_else(|| v.as_i64().map(|i| i != 0)).ok_or_else(|| {
-            bad(format!("attribute 'binary' is {v}; expected a boolean"))
-        })?,
+        Some(v) => v
+            .as_bool()
+            .or_else(|| v.as_i64().map(|i| i != 0))
+            .ok_or_else(|| bad(format!("attribute 'binary' is {v}; expected a boolean")))?,
     };
     if binary != (c == 1) {
         bail!(bad(format!(
@@ -178,8 +179,11 @@ pub fn read(dist: &Dist, path: &Path, with_f0: bool) -> Result<Kernels> {
             || d[1] != c
             || d[3] != c
         {
-            let want = if asymmetric { format!("[2, {n}, {c}, M, {c}]") } else { format!("[{n}, {c}, M, {c}]") };
-            bail!(bad(format!("dataset '{ds}' has shape {shape:?}; expected {want} (train file: {train_shape:?})")));
+            let want =
+                if asymmetric { format!("[2, {n}, {c}, M, {c}]") } else { format!("[{n}, {c}, M, {c}]") };
+            bail!(bad(format!(
+                "dataset '{ds}' has shape {shape:?}; expected {want} (train file: {train_shape:?})"
+            )));
         }
         let m = d[2];
         let values = read_shared(dist, &file, ds)?;
@@ -229,7 +233,18 @@ pub fn read(dist: &Dist, path: &Path, with_f0: bool) -> Result<Kernels> {
     let dev = read_split(SplitName::Dev)?;
     let test = read_split(SplitName::Test)?;
     drop(file);
-    Ok(Kernels { path: path.to_owned(), formula, task, outputs: c, binary, grad_dim, train, dev, test, attributes })
+    Ok(Kernels {
+        path: path.to_owned(),
+        formula,
+        task,
+        outputs: c,
+        binary,
+        grad_dim,
+        train,
+        dev,
+        test,
+        attributes,
+    })
 }
 
 fn shape(file: &H5File, name: &str) -> Result<Vec<usize>, InputError> {

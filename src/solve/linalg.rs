@@ -24,9 +24,8 @@ fn array(t: &Tensor) -> Result<Array2<f64>> {
 /// gelsy found.
 pub fn lstsq_gelsy(a: &Array2<f64>, b: &Array2<f64>) -> Result<(Array2<f64>, i64)> {
     ensure!(a.nrows() == b.nrows(), "lstsq: A has {} rows but B has {}", a.nrows(), b.nrows());
-    let (solution, _residuals, rank, _singular) = tensor(a)
-        .f_linalg_lstsq(&tensor(b), None::<f64>, "gelsy")
-        .context("torch.linalg.lstsq (gelsy)")?;
+    let (solution, _residuals, rank, _singular) =
+        tensor(a).f_linalg_lstsq(&tensor(b), None::<f64>, "gelsy").context("torch.linalg.lstsq (gelsy)")?;
     let rank = rank.int64_value(&[]);
     Ok((array(&solution)?, rank))
 }
@@ -63,6 +62,6 @@ mod tests {
         let k = array![[5.0, 1.0], [1.0, 3.0]];
         assert!((sigma_max(&k).unwrap() - (4.0 + 2f64.sqrt())).abs() < 1e-12);
         let r = regularized(&k, 0.1, 4.0 + 2f64.sqrt());
-        assert!((r[[0, 0]] - 5.5414213562373095).abs() < 1e-12 && r[[0, 1]] == 1.0);
+        assert!((r[[0, 0]] - 5.541_421_356_237_31).abs() < 1e-12 && r[[0, 1]] == 1.0);
     }
 }

@@ -73,7 +73,7 @@ pub struct SolveConfig {
 }
 
 /// Metrics of one regularisation value.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct GridPoint {
     pub reg: f64,
     pub dev: BTreeMap<String, f64>,
@@ -87,6 +87,8 @@ pub struct SolveReport {
     pub formula: &'static str,
     /// The dev metric that picks the grid point (`eval_acc`, `eval_f1`, `eval_mcc`, ...).
     pub selection_metric: String,
+    /// Index of the selected grid point.
+    pub best: usize,
     pub best_reg: f64,
     pub best_dev: BTreeMap<String, f64>,
     pub test: BTreeMap<String, f64>,
@@ -110,7 +112,9 @@ fn check_config(config: &SolveConfig) -> Result<()> {
         bail!(InputError(format!("regularisation {r} is not a finite value ≥ 0 (--reg / --reg-grid)")));
     }
     if config.solver == SolverKind::Svc && config.adjust_for_init && config.f0_scaling > 0.0 {
-        bail!(InputError("--solver svc does not take --adjust-for-init (the reference asserts no f0)".into()));
+        bail!(InputError(
+            "--solver svc does not take --adjust-for-init (the reference asserts no f0)".into()
+        ));
     }
     if config.solver == SolverKind::Asym && !(config.kernel_gamma.is_finite() && config.kernel_gamma > 0.0) {
         bail!(InputError(format!("--kernel-gamma {} must be positive", config.kernel_gamma)));
@@ -124,7 +128,11 @@ pub fn solve_kernels(dist: &Dist, config: &SolveConfig, kernels: &Kernels) -> Re
     let task = tasks::task(&kernels.task)
         .map_err(|e| InputError(format!("{}: attribute 'task': {e}", kernels.path.display())))?;
     if task.regression {
-        bail!(InputError(format!("{}: regression task {} is not supported", kernels.path.display(), task.name)));
+        bail!(InputError(format!(
+            "{}: regression task {} is not supported",
+            kernels.path.display(),
+            task.name
+        )));
     }
     let classes = if kernels.binary { 2 } else { kernels.outputs };
     if task.labels.len() != classes {
@@ -162,12 +170,24 @@ pub fn solve_kernels(dist: &Dist, config: &SolveConfig, kernels: &Kernels) -> Re
         for (i, &reg) in config.reg.iter().enumerate().filter(|(i, _)| i % dist.size() == dist.rank()) {
             mine.push((i, problem.point(&single, reg)?));
         }
-        let mut all: Vec<(usize, GridPoint)> = Vec::new();
-        for part in dist.all_gather_strings(&serde_json::to_string(&mine)?) {
-            all.extend(serde_json::from_str::<Vec<(usize, GridPoint)>>(&part)?);
+        // Metrics travel as bit patterns: JSON has no inf (a logistic loss can be one).
+        type Wire = (usize, u64, Vec<(String, u64)>, Vec<(String, u64)>);
+        let bits = |m: &BTreeMap<String, f64>| m.iter().map(|(k, v)| (k.clone(), v.to_bits())).collect();
+        let values = |m: Vec<(String, u64)>| m.into_iter().map(|(k, v)| (k, f64::from_bits(v))).collect();
+        let wire: Vec<Wire> =
+            mine.iter().map(|(i, p)| (*i, p.reg.to_bits(), bits(&p.dev), bits(&p.test))).collect();
+        let mut all: Vec<Wire> = Vec::new();
+        for part in dist.all_gather_strings(&serde_json::to_string(&wire)?) {
+            all.extend(serde_json::from_str::<Vec<Wire>>(&part)?);
         }
-        all.sort_by_key(|(i, _)| *i);
-        all.into_iter().map(|(_, p)| p).collect()
+        all.sort_by_key(|w| w.0);
+        all.into_iter()
+            .map(|(_, reg, dev, test)| GridPoint {
+                reg: f64::from_bits(reg),
+                dev: values(dev),
+                test: values(test),
+            })
+            .collect()
     };
 
     let selection_metric = format!("eval_{}", task.selection_metric());
@@ -181,6 +201,7 @@ pub fn solve_kernels(dist: &Dist, config: &SolveConfig, kernels: &Kernels) -> Re
         task: task.name.to_string(),
         formula: kernels.formula.name(),
         selection_metric,
+        best,
         best_reg: grid[best].reg,
         best_dev: grid[best].dev.clone(),
         test: grid[best].test.clone(),
@@ -200,9 +221,16 @@ struct Problem<'a> {
 /// A fitted solver.
 enum Fitted {
     /// p = K_Xᵀα.
-    Lstsq { alpha: Array1<f64>, rank: i64 },
+    Lstsq {
+        alpha: Array1<f64>,
+        rank: i64,
+    },
     /// p = λ·K⁰_Xᵀ(α∘y) + (1 − λ)·K¹_Xᵀ(β∘y).
-    Asym { alpha_y: Array1<f64>, beta_y: Array1<f64>, rank: i64 },
+    Asym {
+        alpha_y: Array1<f64>,
+        beta_y: Array1<f64>,
+        rank: i64,
+    },
     Logistic(logistic::LogisticCv),
     Svr(svm::Svm),
     Svc(svm::Svm),
@@ -225,13 +253,17 @@ impl Problem<'_> {
 
     /// f0/s of a split when the adjustment is on.
     fn offset<'s>(&self, split: &'s Split) -> Option<&'s [f64]> {
-        (self.config.adjust_for_init && self.config.f0_scaling > 0.0 && self.config.solver != SolverKind::Logistic)
-            .then(|| split.f0.as_deref())
+        (self.config.adjust_for_init
+            && self.config.f0_scaling > 0.0
+            && self.config.solver != SolverKind::Logistic)
+            .then_some(split.f0.as_deref())
             .flatten()
     }
 
     fn point(&self, dist: &Dist, reg: f64) -> Result<GridPoint> {
-        let fitted = self.fit(dist, reg).with_context(|| format!("{} solver, --reg {reg}", self.config.solver.name()))?;
+        let fitted = self
+            .fit(dist, reg)
+            .with_context(|| format!("{} solver, --reg {reg}", self.config.solver.name()))?;
         let dev = self.evaluate(&fitted, &self.kernels.dev);
         let test = self.evaluate(&fitted, &self.kernels.test);
         Ok(GridPoint { reg, dev, test })
@@ -321,14 +353,17 @@ impl Problem<'_> {
                 log_proba.iter().map(|(l0, l1)| l1 - l0).collect()
             }
             Fitted::Svr(m) => m.decision(kx),
-            Fitted::Svc(m) => m.decision(kx).into_iter().map(|d| 2.0 * svm::svc_class(d) as f64 - 1.0).collect(),
+            Fitted::Svc(m) => {
+                m.decision(kx).into_iter().map(|d| 2.0 * svm::svc_class(d) as f64 - 1.0).collect()
+            }
         };
         if let Some(f0) = self.offset(split) {
             let s = self.config.f0_scaling;
             preds.iter_mut().zip(f0).for_each(|(p, f)| *p += f / s);
         }
         if !matches!(fitted, Fitted::Logistic(_)) {
-            let loss = preds.iter().zip(&targets).map(|(p, y)| (p - y).powi(2)).sum::<f64>() / preds.len() as f64;
+            let loss =
+                preds.iter().zip(&targets).map(|(p, y)| (p - y).powi(2)).sum::<f64>() / preds.len() as f64;
             out.insert("eval_loss".to_string(), loss);
         }
         let predicted = classes_of(&preds, self.outputs());

@@ -196,7 +196,8 @@ pub const TOL: f64 = 1e-3;
 /// side: a decision > 0 predicts class 0, a decision ≤ 0 class 1.
 pub fn svc(kernel: &Array2<f64>, classes: &[usize], c: f64) -> Svm {
     let y: Vec<f64> = classes.iter().map(|&k| if k == 0 { 1.0 } else { -1.0 }).collect();
-    let dual = Dual { kernel: kernel.view(), index: (0..y.len()).collect(), linear: vec![-1.0; y.len()], y, c };
+    let dual =
+        Dual { kernel: kernel.view(), index: (0..y.len()).collect(), linear: vec![-1.0; y.len()], y, c };
     let (alpha, rho) = dual.solve(TOL);
     Svm { coef: alpha.iter().zip(&dual.y).map(|(a, y)| a * y).collect(), rho }
 }
@@ -217,7 +218,9 @@ pub fn svr(kernel: &Array2<f64>, targets: &[f64], c: f64, epsilon: f64) -> Svm {
         kernel: kernel.view(),
         index: (0..2 * l).map(|k| k % l).collect(),
         y: (0..2 * l).map(|k| if k < l { 1.0 } else { -1.0 }).collect(),
-        linear: (0..2 * l).map(|k| if k < l { epsilon - targets[k] } else { epsilon + targets[k - l] }).collect(),
+        linear: (0..2 * l)
+            .map(|k| if k < l { epsilon - targets[k] } else { epsilon + targets[k - l] })
+            .collect(),
         c,
     };
     let (alpha, rho) = dual.solve(TOL);
@@ -227,7 +230,7 @@ pub fn svr(kernel: &Array2<f64>, targets: &[f64], c: f64, epsilon: f64) -> Svm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    
+
     #[test]
     fn separable_points_get_the_maximum_margin() {
         // 1-D points −2, −1 (class 1) and 1, 2 (class 0) with a linear kernel: the margin is set by

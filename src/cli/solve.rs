@@ -1,0 +1,126 @@
+use super::{on_root, Context};
+use crate::error::{self, input_error, InputError};
+use crate::solve::{self, SolveConfig, SolverKind};
+use anyhow::{Context as _, Result};
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct SolveArgs {
+    /// Kernel file (HDF5: train, dev, test kernels and labels; see `mezo kernel` or
+    /// scripts/convert_published_kernels.py).
+    #[arg(long, value_name = "FILE")]
+    kernels: PathBuf,
+    /// lstsq (gelsy least squares), logistic (L2 logistic regression on kernel rows with 5-fold
+    /// CV), svr, svc (SVMs on the precomputed kernel), asym (asymmetric_signgd kernels).
+    #[arg(long, value_enum, default_value = "logistic")]
+    solver: Solver,
+    /// Results JSON (written by rank 0): config, dev and test metrics at the best dev.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Regularisation λ: the solvers use K + λ·σmax(K)·I.
+    #[arg(long, default_value_t = 0.0, value_name = "X", conflicts_with = "reg_grid")]
+    reg: f64,
+    /// Several λ (comma-separated): each is solved, the best dev metric wins (first on ties).
+    #[arg(long, value_delimiter = ',', num_args = 1.., value_name = "X,Y,...")]
+    reg_grid: Vec<f64>,
+    /// Regress on y − f0/s and add f0/s back to the predictions (needs the *_f0 datasets).
+    #[arg(long)]
+    adjust_for_init: bool,
+    /// s of --adjust-for-init; s ≤ 0 turns the adjustment off.
+    #[arg(long, default_value_t = 1.0, value_name = "S", requires = "adjust_for_init")]
+    f0_scaling: f64,
+    /// γ of the asym solver [default: 1.0].
+    #[arg(long, value_name = "G")]
+    kernel_gamma: Option<f64>,
+    /// Mix p = λω + (1 − λ)ν of the asym solver [default: 0.5].
+    #[arg(long, value_name = "L")]
+    kernel_lambda: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Solver {
+    Lstsq,
+    Logistic,
+    Svr,
+    Svc,
+    Asym,
+}
+
+pub fn run(ctx: &Context, args: &SolveArgs) -> Result<()> {
+    let dist = ctx.dist;
+    let solver = match args.solver {
+        Solver::Lstsq => SolverKind::Lstsq,
+        Solver::Logistic => SolverKind::Logistic,
+        Solver::Svr => SolverKind::Svr,
+        Solver::Svc => SolverKind::Svc,
+        Solver::Asym => SolverKind::Asym,
+    };
+    if solver != SolverKind::Asym && (args.kernel_gamma.is_some() || args.kernel_lambda.is_some()) {
+        return Err(input_error("--kernel-gamma and --kernel-lambda belong to --solver asym"));
+    }
+    let config = SolveConfig {
+        kernels: args.kernels.clone(),
+        solver,
+        reg: if args.reg_grid.is_empty() { vec![args.reg] } else { args.reg_grid.clone() },
+        adjust_for_init: args.adjust_for_init,
+        f0_scaling: args.f0_scaling,
+        kernel_gamma: args.kernel_gamma.unwrap_or(1.0),
+        kernel_lambda: args.kernel_lambda.unwrap_or(0.5),
+    };
+    // Input checks fail identically on every rank (same file, same flags): end the job normally.
+    let report = solve::solve(dist, &config).map_err(|e| {
+        if e.chain().any(|c| c.is::<InputError>()) {
+            error::on_all_ranks(&e)
+        } else {
+            e
+        }
+    })?;
+    let results = serde_json::json!({
+        "program": format!("mezo {}", env!("CARGO_PKG_VERSION")),
+        "config": {
+            "kernels": config.kernels, "solver": config.solver,
+            "reg": (args.reg_grid.is_empty()).then_some(args.reg),
+            "reg_grid": (!args.reg_grid.is_empty()).then_some(&args.reg_grid),
+            "adjust_for_init": config.adjust_for_init, "f0_scaling": config.f0_scaling,
+            "kernel_gamma": (solver == SolverKind::Asym).then_some(config.kernel_gamma),
+            "kernel_lambda": (solver == SolverKind::Asym).then_some(config.kernel_lambda),
+            "ranks": dist.size(),
+            "kernel": report.kernel_attributes,
+        },
+        "task": report.task, "formula": report.formula, "selection_metric": report.selection_metric,
+        "best_reg": report.best_reg, "best_index": report.best, "best_dev": report.best_dev, "test": report.test, "grid": report.grid,
+    });
+    on_root(dist, || {
+        println!(
+            "{} {} ({} ranks), selected by dev {}",
+            report.task,
+            solver.name(),
+            dist.size(),
+            report.selection_metric
+        );
+        let keys: Vec<&String> = report.best_dev.keys().collect();
+        print!("{:>12}", "reg");
+        for key in &keys {
+            print!(" {:>14} {:>14}", format!("dev {}", key.trim_start_matches("eval_")), "test");
+        }
+        println!();
+        for (i, point) in report.grid.iter().enumerate() {
+            let mark = if i == report.best { "*" } else { " " };
+            print!("{mark}{:>11}", point.reg);
+            for key in &keys {
+                let get =
+                    |m: &std::collections::BTreeMap<String, f64>| m.get(*key).copied().unwrap_or(f64::NAN);
+                print!(" {:>14.6} {:>14.6}", get(&point.dev), get(&point.test));
+            }
+            println!();
+        }
+        let partial = crate::h5::partial_path(&args.out);
+        std::fs::write(&partial, serde_json::to_string_pretty(&results)?)
+            .and_then(|()| std::fs::rename(&partial, &args.out))
+            .with_context(|| format!("writing --out {}", args.out.display()))?;
+        println!("results: {}", args.out.display());
+        Ok(())
+    })?;
+    Ok(())
+}

@@ -44,5 +44,6 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod report;
 pub mod solve;
 pub mod train;

@@ -30,6 +30,7 @@ struct KernelFile {
     formula: &'static str,
     binary: Option<bool>,
     grad_dim: Option<u64>,
+    seed: i64,
     /// train, dev, test kernels ([N, C, M, C] or [2, N, C, M, C]).
     kernels: [ArrayD<f64>; 3],
     labels: [Vec<i64>; 3],
@@ -52,7 +53,7 @@ fn write_kernels(path: &Path, k: &KernelFile) {
     if let Some(g) = k.grad_dim {
         file.new_attr::<u64>().create("grad_dim").unwrap().write_scalar(&g).unwrap();
     }
-    file.new_attr::<i64>().create("seed").unwrap().write_scalar(&42i64).unwrap();
+    file.new_attr::<i64>().create("seed").unwrap().write_scalar(&k.seed).unwrap();
     for (i, split) in SPLITS.iter().enumerate() {
         file.new_dataset_builder().with_data(&k.kernels[i]).create(*split).unwrap();
         let labels = ndarray::Array1::from(k.labels[i].clone());
@@ -125,6 +126,7 @@ fn worked_example(dir: &Path, formula: &'static str, test_label: i64) -> PathBuf
             formula,
             binary: Some(true),
             grad_dim: Some(3),
+            seed: 42,
             kernels: [make(&[0, 1]), make(&[0, 1]), make(&[2])],
             labels: [vec![1, 0], vec![1, 0], vec![test_label]],
             f0: None,
@@ -195,6 +197,7 @@ fn full_rank_lstsq_reproduces_the_train_targets() {
             formula: "sgd",
             binary: None,
             grad_dim: None,
+            seed: 42,
             kernels: [k.clone(), k.clone(), k],
             labels: [labels.clone(), labels.clone(), labels],
             f0: None,
@@ -249,6 +252,7 @@ fn write_problem(dir: &Path, name: &str, p: &Value) -> PathBuf {
             formula,
             binary: Some(p["outputs"] == 1),
             grad_dim: p["grad_dim"].as_u64(),
+            seed: 42,
             kernels: SPLITS.map(|s| array(&p["kernels"][s])),
             labels: SPLITS.map(|s| labels(&p["labels"][s])),
             f0: Some(SPLITS.map(|s| array(&p["f0"][s]))),
@@ -497,4 +501,117 @@ fn two_ranks_report_what_one_rank_reports() {
         r2["config"]["ranks"] = Value::Null;
         assert_eq!(r1, r2, "{name}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// mezo gather over solve results and training run directories.
+
+#[test]
+fn gather_keeps_the_best_dev_per_seed_and_averages_test() {
+    no_file_locking();
+    let dir = tempfile::tempdir().unwrap();
+    let p = fixture()["problems"]["binary"].clone();
+    let runs = dir.path().join("runs");
+    std::fs::create_dir_all(runs.join("solve")).unwrap();
+    // Seed 13: the fixture problem; seed 42: the same with dev and test exchanged.
+    let mut solved = BTreeMap::new();
+    for seed in [13i64, 42] {
+        let (dev, test) = if seed == 13 { ("dev", "test") } else { ("test", "dev") };
+        let path = dir.path().join(format!("k{seed}.h5"));
+        let splits = ["train", dev, test];
+        write_kernels(
+            &path,
+            &KernelFile {
+                task: "sst-2",
+                formula: "sgd",
+                binary: Some(true),
+                grad_dim: None,
+                seed,
+                kernels: splits.map(|s| array(&p["kernels"][s])),
+                labels: splits.map(|s| labels(&p["labels"][s])),
+                f0: None,
+            },
+        );
+        for (solver, reg) in [("lstsq", "0"), ("lstsq", "0.1"), ("svc", "0")] {
+            let out = runs.join("solve").join(format!("{solver}-{seed}-{reg}.json"));
+            let status = mezo(&[
+                "-q",
+                "solve",
+                "--kernels",
+                path.to_str().unwrap(),
+                "--solver",
+                solver,
+                "--reg",
+                reg,
+                "--out",
+                out.to_str().unwrap(),
+            ]);
+            assert!(status.status.success(), "{}", stderr(&status));
+            solved.insert((solver, seed, reg), results(&out));
+        }
+    }
+    // A training run directory as `mezo train` leaves it (config.json + results.json).
+    let train = runs.join("train-13");
+    std::fs::create_dir_all(&train).unwrap();
+    let config = serde_json::json!({
+        "program": "mezo 0.1.0", "optimizer": "mezo", "rng": "reference", "ranks": 1,
+        "load": {"model": "m", "dtype": "F32", "num_labels": 2, "init_seed": 13, "lora": null, "num_prefix": null},
+        "train": {"steps": 10, "lr": 1e-6, "eps": 1e-3, "seed": 13, "out_dir": train},
+        "data": {"task": "sst-2", "data_dir": "data/k-shot-1k-test/SST-2/16-13", "seed": 13},
+    });
+    std::fs::write(train.join("config.json"), config.to_string()).unwrap();
+    let summary = serde_json::json!({"best_step": 10, "best_dev": {"eval_acc": 0.75}, "test": {"eval_acc": 0.5},
+                                     "final_train_loss": 0.69});
+    std::fs::write(train.join("results.json"), summary.to_string()).unwrap();
+    std::fs::write(runs.join("notes.json"), "{\"unrelated\": 1}").unwrap();
+
+    let out = mezo(&["gather", runs.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let groups: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let groups = groups.as_array().unwrap();
+    assert_eq!(groups.len(), 3, "{groups:#?}");
+    let find = |pred: &dyn Fn(&Value) -> bool| groups.iter().find(|g| pred(g)).unwrap().clone();
+    let lstsq = find(&|g| g["tag"]["solver"] == "lstsq");
+    let seeds = lstsq["seeds"].as_array().unwrap();
+    assert_eq!(seeds.len(), 2);
+    let mut tests = Vec::new();
+    // Seed 42's dev is the fixture's test split, where λ = 0 and 0.1 tie (0.85).
+    let acc = |reg| solved[&("lstsq", 42, reg)]["best_dev"]["eval_acc"].clone();
+    assert_eq!((acc("0"), acc("0.1")), (serde_json::json!(0.85), serde_json::json!(0.85)));
+    for (s, seed) in seeds.iter().zip([13i64, 42]) {
+        assert_eq!(s["runs"], 2);
+        let dev = |reg| solved[&("lstsq", seed, reg)]["best_dev"]["eval_acc"].as_f64().unwrap();
+        // On a dev tie the first path in sorted order wins: "lstsq-S-0.1.json" < "lstsq-S-0.json".
+        let best = if dev("0") > dev("0.1") { "0" } else { "0.1" };
+        assert_eq!(s["dev"].as_f64().unwrap(), dev(best));
+        let test = solved[&("lstsq", seed, best)]["test"]["eval_acc"].as_f64().unwrap();
+        assert_eq!(s["test"]["eval_acc"].as_f64().unwrap(), test);
+        tests.push(test);
+    }
+    let mean = (tests[0] + tests[1]) / 2.0;
+    assert!((lstsq["test_mean"]["eval_acc"].as_f64().unwrap() - mean).abs() < 1e-12);
+    assert!((lstsq["test_std"]["eval_acc"].as_f64().unwrap() - (tests[0] - mean).abs()).abs() < 1e-12);
+    let svc = find(&|g| g["tag"]["solver"] == "svc");
+    assert_eq!(svc["seeds"].as_array().unwrap().len(), 2);
+    let mezo_run = find(&|g| g["tag"]["optimizer"] == "mezo");
+    assert_eq!(mezo_run["tag"]["data.data_dir.k"], "16");
+    assert_eq!(mezo_run["test_mean"]["eval_acc"], 0.5);
+
+    // Conditions filter; the table names what differs between groups.
+    let out = mezo(&[
+        "gather",
+        runs.to_str().unwrap(),
+        "--condition",
+        "solver=svc",
+        "--condition",
+        "kernel.seed=13",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("over 1 seed(s), 1 run(s)"), "{stdout}");
+    refused(&["gather", "nowhere"], &["nowhere", "no such file or directory"]);
+    refused(
+        &["gather", runs.to_str().unwrap(), "--condition", "solver"],
+        &["--condition solver", "KEY=VALUE"],
+    );
 }

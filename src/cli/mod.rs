@@ -7,6 +7,7 @@ mod data;
 mod demo;
 mod encode;
 mod eval;
+mod gather;
 mod info;
 mod kshot;
 mod replay;
@@ -69,6 +70,8 @@ enum Command {
     Replay(replay::ReplayArgs),
     /// Solve a kernel file (lstsq, logistic, svr, svc, asym) and report dev/test metrics.
     Solve(solve::SolveArgs),
+    /// Results over seeds: best dev per seed, test mean (std), per task and configuration.
+    Gather(gather::GatherArgs),
     /// MeZO and Adam fine-tuning end to end on the built-in tiny model and demo task.
     Demo(demo::DemoArgs),
 }
@@ -101,6 +104,7 @@ pub fn main() -> i32 {
         Command::Train(args) => train::run(&context, args),
         Command::Replay(args) => replay::run(&context, args),
         Command::Solve(args) => solve::run(&context, args),
+        Command::Gather(args) => gather::run(&context, args),
         Command::Demo(args) => demo::run(&context, args),
     };
     match result {

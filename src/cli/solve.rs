@@ -92,29 +92,7 @@ pub fn run(ctx: &Context, args: &SolveArgs) -> Result<()> {
         "best_reg": report.best_reg, "best_index": report.best, "best_dev": report.best_dev, "test": report.test, "grid": report.grid,
     });
     on_root(dist, || {
-        println!(
-            "{} {} ({} ranks), selected by dev {}",
-            report.task,
-            solver.name(),
-            dist.size(),
-            report.selection_metric
-        );
-        let keys: Vec<&String> = report.best_dev.keys().collect();
-        print!("{:>12}", "reg");
-        for key in &keys {
-            print!(" {:>14} {:>14}", format!("dev {}", key.trim_start_matches("eval_")), "test");
-        }
-        println!();
-        for (i, point) in report.grid.iter().enumerate() {
-            let mark = if i == report.best { "*" } else { " " };
-            print!("{mark}{:>11}", point.reg);
-            for key in &keys {
-                let get =
-                    |m: &std::collections::BTreeMap<String, f64>| m.get(*key).copied().unwrap_or(f64::NAN);
-                print!(" {:>14.6} {:>14.6}", get(&point.dev), get(&point.test));
-            }
-            println!();
-        }
+        print_table(&report, solver, dist.size());
         let partial = crate::h5::partial_path(&args.out);
         std::fs::write(&partial, serde_json::to_string_pretty(&results)?)
             .and_then(|()| std::fs::rename(&partial, &args.out))
@@ -123,4 +101,48 @@ pub fn run(ctx: &Context, args: &SolveArgs) -> Result<()> {
         Ok(())
     })?;
     Ok(())
+}
+
+/// One line per grid point: dev and test of each metric, then what the fit itself reports.
+fn print_table(report: &solve::SolveReport, solver: SolverKind, ranks: usize) {
+    let grad_dim = report.best_dev.get("grad_dim").map(|g| format!(", grad_dim {g}")).unwrap_or_default();
+    println!(
+        "{} {} kernel, {} solver, {ranks} rank(s){grad_dim}; λ selected by dev {}",
+        report.task,
+        report.formula,
+        solver.name(),
+        report.selection_metric
+    );
+    // Metrics first, the loss next; rank0 / logistic_C are properties of the fit (same for dev and test).
+    let fit_keys = ["rank0", "logistic_C"];
+    let mut keys: Vec<&String> =
+        report.best_dev.keys().filter(|k| k.starts_with("eval_") && *k != "eval_loss").collect();
+    keys.push(&report.selection_metric);
+    keys.dedup();
+    keys.sort_by_key(|k| *k != &report.selection_metric);
+    let loss = "eval_loss".to_string();
+    keys.push(&loss);
+    print!("  {:>10}", "λ");
+    for key in &keys {
+        let name = key.trim_start_matches("eval_");
+        print!(" {:>12} {:>12}", format!("dev {name}"), format!("test {name}"));
+    }
+    for key in fit_keys.iter().filter(|k| report.best_dev.contains_key(**k)) {
+        print!(" {key:>12}");
+    }
+    println!();
+    for (i, point) in report.grid.iter().enumerate() {
+        print!("{} {:>10}", if i == report.best { "*" } else { " " }, point.reg);
+        let get =
+            |m: &std::collections::BTreeMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+        for key in &keys {
+            print!(" {:>12.6} {:>12.6}", get(&point.dev, key), get(&point.test, key));
+        }
+        for key in fit_keys.iter().filter(|k| point.dev.contains_key(**k)) {
+            let value = get(&point.dev, key);
+            let text = if *key == "rank0" { format!("{value}") } else { format!("{value:.4e}") };
+            print!(" {text:>12}");
+        }
+        println!();
+    }
 }

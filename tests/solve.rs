@@ -144,7 +144,7 @@ fn worked_example_of_the_spec() {
     let r = solve_file(&sgd, SolverKind::Lstsq, 0.0);
     assert!(close(r.test["eval_loss"], (13.0f64 / 7.0 - 1.0).powi(2), 1e-12), "{:?}", r.test);
     assert_eq!((r.test["eval_acc"], r.test["rank0"], r.test["grad_dim"]), (1.0, 2.0, 3.0));
-    assert!(r.best_dev["eval_loss"] < 1e-28 && r.best_dev["eval_acc"] == 1.0, "{:?}", r.best_dev);
+    assert!(r.best_dev["eval_loss"] < 1e-20 && r.best_dev["eval_acc"] == 1.0, "{:?}", r.best_dev);
     // λ = 0.1 adds 0.1·σmax = 0.1·(4 + √2) = 0.5414 to the diagonal of K = [[5, 1], [1, 3]].
     let s = 0.1 * (4.0 + 2f64.sqrt());
     assert!((s - 0.5414).abs() < 1e-4);
@@ -295,10 +295,9 @@ fn solvers_match_the_reference_pipeline() {
             for (key, value) in want {
                 let value = value.as_f64().unwrap();
                 let tolerance = match (solver, key.as_str()) {
-                    // The two L-BFGS runs stop at slightly different points.
-                    (SolverKind::Logistic, "eval_loss") => 2e-2,
-                    // libsvm's tolerance 1e-3 on the dual, with and without shrinking.
-                    (SolverKind::Svr, "eval_loss") => 1e-2,
+                    // Both sides run L-BFGS to convergence; the optima agree to about 1e-6.
+                    (SolverKind::Logistic, "eval_loss") => 1e-5,
+                    // lstsq/asym: the same LAPACK routine; svr: libsvm's iterations, repeated.
                     (_, "eval_loss") => 1e-9,
                     // Metrics from the same predictions; F1 may differ in the last bit by formula.
                     _ => 1e-12,
@@ -330,14 +329,14 @@ fn logistic_cv_matches_scikit_learn() {
         let coef = array(&want["coef"]);
         let scale = coef.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         for (a, b) in cv.coef.iter().zip(coef.iter()) {
-            assert!((a - b).abs() <= 2e-2 * scale, "{name}: coef {} vs {coef}", cv.coef);
+            assert!((a - b).abs() <= 1e-4 * scale, "{name}: coef {} vs {coef}", cv.coef);
         }
         let kx = flat(array(&p["kernels"]["dev"]));
         let d = logistic::decision(kx.t(), &cv.coef);
         let want_d = array(&want["dev_decision"]);
         for (a, b) in d.iter().zip(want_d.iter()) {
             assert!(
-                (a - b).abs() <= 2e-2 * b.abs().max(1.0) && (a > &0.0) == (b > &0.0),
+                (a - b).abs() <= 1e-4 * b.abs().max(1.0) && (a > &0.0) == (b > &0.0),
                 "{name}: {d} vs {want_d}"
             );
         }

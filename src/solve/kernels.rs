@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `train`, `dev`, `test` | f64 [N, C, M, C] | K[t, c; x, c'] for train example t and example x of the split |
 //! | (asymmetric_signgd) | f64 [2, N, C, M, C] | index 0: sign on the train side, index 1: sign on the X side |
-//! | `train_labels`, `dev_labels`, `test_labels` | int64 [M] | class ids (index in the task's label list) |
+//! | `train_labels`, `dev_labels`, `test_labels` | int64 \[M\] | class ids (index in the task's label list) |
 //! | `train_f0`, `dev_f0`, `test_f0` (optional) | f64 or f32 [M, C] | the outputs f(x; θ₀) the kernel was taken at |
 //! | root attributes | | `formula` (sgd, signgd, asymmetric_signgd), `task` (registry name), `binary` (bool: C = 1, f = z₁ − z₀), `grad_dim`; others (model, seed, k, ...) are carried into the results |
 //!

@@ -24,7 +24,7 @@
 
 use crate::dist::Dist;
 use anyhow::{bail, ensure, Context, Result};
-use argmin::core::{CostFunction, Executor, Gradient};
+use argmin::core::{CostFunction, Executor, Gradient, State, TerminationReason};
 use argmin::solver::linesearch::MoreThuenteLineSearch;
 use argmin::solver::quasinewton::LBFGS;
 use ndarray::{concatenate, Array1, Array2, ArrayView1, ArrayView2, Axis};
@@ -151,7 +151,13 @@ fn fit(x: ArrayView2<f64>, classes: &Array1<usize>, c: f64, init: Array1<f64>) -
         .with_tolerance_cost(0.0)?;
     let params =
         match Executor::new(problem, solver).configure(|s| s.param(init.to_vec()).max_iters(10_000)).run() {
-            Ok(result) => result.state.best_param.unwrap_or_else(best),
+            Ok(result) => {
+            if result.state.get_termination_reason() == Some(&TerminationReason::MaxItersReached) {
+                // scikit-learn's ConvergenceWarning.
+                log::warn!("L2 logistic regression with C = {c:e} did not converge in 10000 iterations");
+            }
+            result.state.best_param.unwrap_or_else(best)
+        }
             // The line search can fail at a point it cannot improve on in floating point: the best
             // point seen is then as good as the optimiser gets.
             Err(e) => {

@@ -176,7 +176,7 @@ impl Dual<'_> {
     }
 }
 
-/// A fitted SVM: decision(x) = Σᵢ coef[i]·K[i, x] − rho.
+/// A fitted SVM: decision(x) = Σᵢ coefᵢ·K(i, x) − rho.
 #[derive(Debug, Clone)]
 pub struct Svm {
     pub coef: Vec<f64>,

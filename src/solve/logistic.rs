@@ -152,12 +152,12 @@ fn fit(x: ArrayView2<f64>, classes: &Array1<usize>, c: f64, init: Array1<f64>) -
     let params =
         match Executor::new(problem, solver).configure(|s| s.param(init.to_vec()).max_iters(10_000)).run() {
             Ok(result) => {
-            if result.state.get_termination_reason() == Some(&TerminationReason::MaxItersReached) {
-                // scikit-learn's ConvergenceWarning.
-                log::warn!("L2 logistic regression with C = {c:e} did not converge in 10000 iterations");
+                if result.state.get_termination_reason() == Some(&TerminationReason::MaxItersReached) {
+                    // scikit-learn's ConvergenceWarning.
+                    log::warn!("L2 logistic regression with C = {c:e} did not converge in 10000 iterations");
+                }
+                result.state.best_param.unwrap_or_else(best)
             }
-            result.state.best_param.unwrap_or_else(best)
-        }
             // The line search can fail at a point it cannot improve on in floating point: the best
             // point seen is then as good as the optimiser gets.
             Err(e) => {

@@ -16,6 +16,9 @@ saved), `{split}_labels` (int64 class ids; ±1 becomes 0/1), `{split}_f0` (f64 [
 logit files exist, and root attributes `task`, `formula`, `binary`, `source`, plus `seed`, `k`
 and `grad_dim` when known. C and the label encoding are read from the files, never assumed.
 
+Rows the reference padded (its distributed sampler repeats the first train examples when N is not
+divisible by the GPU count, and keeps them) are recognised and dropped.
+
 `--formula` defaults to what the files show: asymmetric_signgd for 5-D kernels, signgd when every
 train×train entry is an integer (sign kernels are exact integer counts), else sgd. `--seed` and
 `--k` default to the directory name when it is K-SEED (LM-BFF's 16-42). The task defaults to the
@@ -80,8 +83,21 @@ def convert(directory, out, task=None, formula=None, seed=None, k=None, grad_dim
         if os.path.exists(logits):
             f0[split] = load_pair(logits)[0].to(torch.float64).numpy()
 
+    asymmetric = kernels["train"].ndim == 5
+    if not asymmetric and kernels["train"].ndim == 4:
+        # [quirk] The reference's distributed row sampler pads the rows (train examples) with the
+        # first rows when N is not divisible by the number of GPUs and never removes them.
+        n_true = kernels["train"].shape[2]
+        for split in SPLITS:
+            rows = kernels[split].shape[0]
+            if rows > n_true:
+                extra = kernels[split][n_true:]
+                if not np.array_equal(extra, kernels[split][: rows - n_true]):
+                    fail(f"{split} kernel has {rows} rows for {n_true} train examples, and the extra rows "
+                         "are not the reference's padding (copies of the first rows)")
+                print(f"{split}: dropped {rows - n_true} padding row(s) (copies of the first rows)")
+                kernels[split] = kernels[split][:n_true]
     train = kernels["train"]
-    asymmetric = train.ndim == 5
     if train.ndim not in (4, 5) or (asymmetric and train.shape[0] != 2):
         fail(f"train kernel has shape {list(train.shape)}; expected [N, C, N, C] or [2, N, C, N, C]")
     dims = train.shape[1:] if asymmetric else train.shape

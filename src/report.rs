@@ -49,7 +49,7 @@ pub const GRID_KEYS: &[&str] = &[
 const UNTAGGED: &[&str] = &["out_dir", "out", "data_dir", "kernels", "program", "ranks"];
 
 /// One finished run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Run {
     /// The results file.
     pub path: PathBuf,

@@ -25,9 +25,9 @@ fn no_file_locking() {
 }
 
 /// A kernel file's content, written by [`write_kernels`].
-struct KernelFile {
-    task: &'static str,
-    formula: &'static str,
+struct KernelFile<'a> {
+    task: &'a str,
+    formula: &'a str,
     binary: Option<bool>,
     grad_dim: Option<u64>,
     seed: i64,
@@ -243,13 +243,11 @@ fn labels(v: &Value) -> Vec<i64> {
 
 fn write_problem(dir: &Path, name: &str, p: &Value) -> PathBuf {
     let path = dir.join(format!("{name}.h5"));
-    let task: &'static str = Box::leak(p["task"].as_str().unwrap().to_string().into_boxed_str());
-    let formula: &'static str = Box::leak(p["formula"].as_str().unwrap().to_string().into_boxed_str());
     write_kernels(
         &path,
         &KernelFile {
-            task,
-            formula,
+            task: p["task"].as_str().unwrap(),
+            formula: p["formula"].as_str().unwrap(),
             binary: Some(p["outputs"] == 1),
             grad_dim: p["grad_dim"].as_u64(),
             seed: 42,

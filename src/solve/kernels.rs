@@ -121,7 +121,7 @@ pub fn read(dist: &Dist, path: &Path, with_f0: bool) -> Result<Kernels> {
     let bad = |what: String| InputError(format!("{}: {what}", path.display()));
     let attributes = root_attributes(file.file()).with_context(|| format!("reading {}", path.display()))?;
 
-    let train_shape = shape(&file, "train").map_err(|e| bad(e.to_string()))?;
+    let train_shape = shape_of(&file, "train").map_err(|e| bad(e.to_string()))?;
     let asymmetric = match train_shape.len() {
         4 => false,
         5 if train_shape[0] == 2 => true,
@@ -170,7 +170,7 @@ pub fn read(dist: &Dist, path: &Path, with_f0: bool) -> Result<Kernels> {
 
     let read_split = |name: SplitName| -> Result<Split> {
         let ds = name.name();
-        let shape = shape(&file, ds).map_err(|e| bad(e.to_string()))?;
+        let shape = shape_of(&file, ds).map_err(|e| bad(e.to_string()))?;
         let expected_rank = if asymmetric { 5 } else { 4 };
         let d = &shape[shape.len().saturating_sub(4)..];
         if shape.len() != expected_rank
@@ -245,10 +245,6 @@ pub fn read(dist: &Dist, path: &Path, with_f0: bool) -> Result<Kernels> {
         test,
         attributes,
     })
-}
-
-fn shape(file: &H5File, name: &str) -> Result<Vec<usize>, InputError> {
-    shape_of(file, name)
 }
 
 fn shape_of(file: &H5File, name: &str) -> Result<Vec<usize>, InputError> {

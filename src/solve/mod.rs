@@ -57,7 +57,7 @@ impl SolverKind {
 }
 
 /// Everything `mezo solve` needs.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct SolveConfig {
     pub kernels: PathBuf,
     pub solver: SolverKind,

@@ -498,6 +498,15 @@ fn two_ranks_report_what_one_rank_reports() {
         r2["config"]["ranks"] = Value::Null;
         assert_eq!(r1, r2, "{name}");
     }
+    // An input error on every rank ends the job with exit code 2 and one message (rank 0's).
+    let out = common::mpirun(2)
+        .args(["solve", "--kernels", path.to_str().unwrap(), "--solver", "asym", "--out"])
+        .arg(dir.path().join("never.json"))
+        .output()
+        .expect("mpirun");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.matches("--solver asym needs an asymmetric_signgd kernel file").count(), 1, "{err}");
 }
 
 // ---------------------------------------------------------------------------------------------

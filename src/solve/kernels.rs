@@ -186,14 +186,12 @@ pub fn read(dist: &Dist, path: &Path, with_f0: bool) -> Result<Kernels> {
             )));
         }
         let m = d[2];
-        let values = read_shared(dist, &file, ds)?;
-        let block = n * c * m * c;
-        let flat = |offset: usize| {
-            Array2::from_shape_vec((n * c, m * c), values[offset..offset + block].to_vec())
-                .expect("the dataset's size was checked")
-        };
-        let kernel = flat(0);
-        let flipped = asymmetric.then(|| flat(block));
+        // [N, C, M, C] in row-major order already is [N·C, M·C]: no copy.
+        let mut values = read_shared(dist, &file, ds)?;
+        let flat =
+            |v: Vec<f64>| Array2::from_shape_vec((n * c, m * c), v).expect("the dataset's size was checked");
+        let flipped = asymmetric.then(|| flat(values.split_off(n * c * m * c)));
+        let kernel = flat(values);
         let labels_name = format!("{ds}_labels");
         let labels_shape = shape_of(&file, &labels_name).map_err(|e| bad(e.to_string()))?;
         if labels_shape != [m] {

@@ -182,7 +182,7 @@ pub fn read(dist: &Dist, path: &Path, with_f0: bool) -> Result<Kernels> {
             let want =
                 if asymmetric { format!("[2, {n}, {c}, M, {c}]") } else { format!("[{n}, {c}, M, {c}]") };
             bail!(bad(format!(
-                "dataset '{ds}' has shape {shape:?}; expected {want} (train file: {train_shape:?})"
+                "dataset '{ds}' has shape {shape:?}; expected {want} (dataset 'train' is {train_shape:?})"
             )));
         }
         let m = d[2];

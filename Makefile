@@ -27,10 +27,12 @@ lint: setup
 	cargo clippy --all-targets -- -D warnings
 
 # The whole test suite, as CI runs it: cargo's tests (no Python needed), then the checks that
-# need transformers: models mezo saves load back in transformers with the same outputs.
+# need transformers: models mezo saves load back in transformers with the same outputs; and
+# LM-Kernel-FT's .pt kernel files convert to kernel files that mezo solves as the reference does.
 test: lint
 	cargo test
 	.venv/bin/python scripts/check_transformers_roundtrip.py target/debug/mezo
+	.venv/bin/python scripts/check_kernel_converter.py target/debug/mezo
 
 # Binary + shared libraries for a GPU node without a Rust toolchain (see benches/gpu-check.sh).
 gpu-bundle: build

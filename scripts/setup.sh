@@ -22,6 +22,9 @@ py_packages=(
   "numpy==2.3.5"
   "pandas==2.3.3"
   "h5py==3.16.0"
+  # scripts/make_solver_fixture.py: the reference kernel solvers (LogisticRegressionCV, SVR, SVC).
+  "scikit-learn==1.7.2"
+  "scipy==1.17.1"
 )
 # patchelf is for benches/gpu-check.sh, which bundles the binary for GPU nodes.
 apt_packages=(libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libclang-dev pkg-config patchelf)

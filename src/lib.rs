@@ -16,6 +16,9 @@
 //!          stream (Philox, perturbed weights formed just in time, NVRTC kernels on GPUs)
 //! train    the training loop: data-parallel steps, dev evaluation, best-dev weights, run directory
 //! eval     task metrics of a model on dev/test, features sharded over ranks
+//! solve    kernel solvers (lstsq, logistic with CV, SVR/SVC, asym) on a kernel HDF5 file, as
+//!          LM-Kernel-FT computes them; grid points or CV folds spread over ranks
+//! report   results over seeds (best dev per seed, test mean and std): `mezo gather`
 //! metrics  accuracy, F1, MCC, Pearson, Spearman as LM-BFF computes them
 //! dist     the communicator (one process, or MPI ranks under mpirun/srun), rank -> device and
 //!          thread placement, NCCL bootstrapped over MPI
@@ -29,7 +32,7 @@
 //! ```
 //!
 //! A [`dist::Dist`] is created once per process and passed down; no module reaches for a global
-//! communicator. The remaining optimiser features, the kernel and the solver layers of the design
+//! communicator. The remaining optimiser features and the kernel layer of the design
 //! (`../shared/design.md` in the project workspace) are built on these as they land.
 
 pub mod check;
@@ -46,4 +49,6 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod report;
+pub mod solve;
 pub mod train;

@@ -7,10 +7,12 @@ mod data;
 mod demo;
 mod encode;
 mod eval;
+mod gather;
 mod info;
 mod kernel;
 mod kshot;
 mod replay;
+mod solve;
 mod train;
 
 use crate::dist::device::{self, DeviceRequest};
@@ -67,6 +69,10 @@ enum Command {
     Train(train::TrainArgs),
     /// Rebuild a MeZO run's fine-tuned model from its trajectory alone.
     Replay(replay::ReplayArgs),
+    /// Solve a kernel file (lstsq, logistic, svr, svc, asym) and report dev/test metrics.
+    Solve(solve::SolveArgs),
+    /// Results over seeds: best dev per seed, test mean (std), per task and configuration.
+    Gather(gather::GatherArgs),
     /// MeZO and Adam fine-tuning end to end on the built-in tiny model and demo task.
     Demo(demo::DemoArgs),
     /// Compute eNTK kernels (sgd, signgd, asymmetric_signgd) into an HDF5 file, row blocks over
@@ -101,6 +107,8 @@ pub fn main() -> i32 {
         Command::Eval(args) => eval::run(&context, args),
         Command::Train(args) => train::run(&context, args),
         Command::Replay(args) => replay::run(&context, args),
+        Command::Solve(args) => solve::run(&context, args),
+        Command::Gather(args) => gather::run(&context, args),
         Command::Demo(args) => demo::run(&context, args),
         Command::Kernel(args) => kernel::run(&context, args),
     };

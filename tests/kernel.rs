@@ -141,6 +141,23 @@ fn kernels_match_torch_func_and_the_spec_facts() {
         assert!(d <= 1e-5, "binary contraction fails on {split}: relative difference {d:e}");
     }
     let _ = Kind::Double;
+
+    // The files are what `mezo solve` reads: lstsq on the full-rank sgd kernel fits the train
+    // targets exactly (rank N·C), asym solves the binary asymmetric kernel.
+    for (file, solver) in [(&files[0].1, "lstsq"), (&files[3].1, "asym")] {
+        let results = dir.path().join(format!("{solver}.json"));
+        let output = Command::new(MEZO)
+            .args(["-q", "solve", "--kernels"])
+            .arg(file)
+            .args(["--solver", solver])
+            .arg("--out")
+            .arg(&results)
+            .output()
+            .unwrap();
+        ok(output);
+        let text = std::fs::read_to_string(&results).unwrap();
+        assert!(text.contains("rank0"), "{text}");
+    }
 }
 
 #[test]

@@ -351,22 +351,38 @@ fn open(
         file.create_dataset::<f64>(&format!("{split}_f0"), &[m, c])?;
     }
     file.create_dataset::<u8>("rows_done", &[n[0]])?;
-    let attr = |name: &str, value: &str| -> Result<()> {
+    let text = |name: &str, value: &str| -> Result<()> {
         let value: VarLenUnicode = value.parse().map_err(|e| anyhow::anyhow!("attribute {name}: {e:?}"))?;
         file.file().new_attr::<VarLenUnicode>().create(name)?.write_scalar(&value)?;
         Ok(())
     };
-    attr("arguments", &arguments)?;
+    text("arguments", &arguments)?;
+    // Typed attributes: booleans, integers, floats and strings as themselves, anything else
+    // (label words, exclusions) as JSON text.
     if let serde_json::Value::Object(fields) = &description {
         for (key, value) in fields {
-            let text = match value {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            attr(key, &text)?;
+            let root = file.file();
+            match value {
+                serde_json::Value::Bool(b) => {
+                    root.new_attr::<bool>().create(key.as_str())?.write_scalar(b)?
+                }
+                serde_json::Value::Number(x) if x.is_i64() => {
+                    root.new_attr::<i64>().create(key.as_str())?.write_scalar(&x.as_i64().expect("i64"))?
+                }
+                serde_json::Value::Number(x) if x.is_u64() => {
+                    root.new_attr::<u64>().create(key.as_str())?.write_scalar(&x.as_u64().expect("u64"))?
+                }
+                serde_json::Value::Number(x) => root
+                    .new_attr::<f64>()
+                    .create(key.as_str())?
+                    .write_scalar(&x.as_f64().unwrap_or(f64::NAN))?,
+                serde_json::Value::String(s) => text(key, s)?,
+                serde_json::Value::Null => text(key, "")?,
+                other => text(key, &other.to_string())?,
+            }
         }
     }
-    attr("program", &format!("mezo {}", env!("CARGO_PKG_VERSION")))?;
+    text("program", &format!("mezo {}", env!("CARGO_PKG_VERSION")))?;
     Ok((file, vec![false; n[0]]))
 }
 

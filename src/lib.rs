@@ -16,6 +16,8 @@
 //!          stream (Philox, perturbed weights formed just in time, NVRTC kernels on GPUs)
 //! train    the training loop: data-parallel steps, dev evaluation, best-dev weights, run directory
 //! eval     task metrics of a model on dev/test, features sharded over ranks
+//! kernel   eNTK kernels: per-example gradients computed once per row block (vocabulary rows kept
+//!          sparse), f64 products, row blocks over ranks into one HDF5 file, resumable
 //! solve    kernel solvers (lstsq, logistic with CV, SVR/SVC, asym) on a kernel HDF5 file, as
 //!          LM-Kernel-FT computes them; grid points or CV folds spread over ranks
 //! report   results over seeds (best dev per seed, test mean and std): `mezo gather`
@@ -32,8 +34,7 @@
 //! ```
 //!
 //! A [`dist::Dist`] is created once per process and passed down; no module reaches for a global
-//! communicator. The remaining optimiser features and the kernel layer of the design
-//! (`../shared/design.md` in the project workspace) are built on these as they land.
+//! communicator. The design this grows along is `../shared/design.md` in the project workspace.
 
 pub mod check;
 pub mod cli;

@@ -45,7 +45,7 @@ pub struct KernelArgs {
     #[arg(long, default_value_t = 4.0, value_name = "GIB")]
     block_memory: f64,
     /// Column examples multiplied with a row block at once.
-    #[arg(long, default_value_t = 16, value_name = "B")]
+    #[arg(long, default_value_t = 32, value_name = "B")]
     column_batch: usize,
     /// Parameter type (the reference computes kernels in f32).
     #[arg(long, default_value = "f32")]

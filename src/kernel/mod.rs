@@ -151,7 +151,8 @@ pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelC
         if block_rows == 0 {
             // Size the block from one gradient's footprint.
             let g = grads.example(&columns[0][row], pad)?;
-            let bytes = (g.dense.numel() + g.sparse.iter().map(|s| s.rows.numel()).sum::<usize>()) as u64 * 4;
+            let values = (g.dense.numel() + g.sparse.iter().map(|s| s.rows.numel()).sum::<usize>()) as u64;
+            let bytes = values * products::bytes_per_value(config.formula);
             block_rows = ((config.memory_budget / bytes.max(1)) as usize).clamp(1, mine.len().max(1));
             log::info!(
                 "row blocks of {block_rows} train examples ({:.1} MB of gradients each)",

@@ -41,49 +41,72 @@ impl Formula {
     }
 }
 
-/// Values of P multiplied at once (bounds the f64 copies to `(R + B)·C·CHUNK` values).
+/// Values of P multiplied at once: bounds the f64 copies of a column batch to `B·C·CHUNK`
+/// values, and keeps f32 sums of ±1 products exact (below 2^24).
 const CHUNK: i64 = 1 << 18;
 
-/// `a · bᵀ` in f64 for f32 matrices `[M, P]` and `[N, P]`, over chunks of P.
-fn product(a: &Tensor, b: &Tensor) -> Tensor {
-    let (m, p) = a.size2().expect("[M, P]");
-    let n = b.size()[0];
-    let mut out = Tensor::zeros([m, n], (Kind::Double, a.device()));
-    let mut start = 0;
-    while start < p {
-        let len = CHUNK.min(p - start);
-        let x = a.narrow(1, start, len).to_kind(Kind::Double);
-        let y = b.narrow(1, start, len).to_kind(Kind::Double);
-        out += x.matmul(&y.tr());
-        start += len;
-    }
-    out
-}
-
-/// One part of the gradients (the dense part, or one row-sparse tensor over the block's rows)
-/// in the two forms the formula needs.
+/// One part of the row block's gradients (the dense part, or one row-sparse tensor over the
+/// block's rows) in the forms its formula multiplies: f64 values for `sgd`; f32 signs for
+/// `signgd`, whose chunked f32 products are exact integers; f64 signs and values for
+/// `asymmetric_signgd`. Converted once per block, not per column batch.
 struct Part {
-    values: Tensor,
+    values: Option<Tensor>,
     signs: Option<Tensor>,
 }
 
 impl Part {
     fn new(values: Tensor, formula: Formula) -> Part {
-        let signs = (formula != Formula::Sgd).then(|| values.sign());
-        Part { values, signs }
-    }
-
-    /// The block's kernels against `columns` `[B·C, P]` (K, or K⁰ and K¹).
-    fn against(&self, columns: &Tensor, formula: Formula) -> Vec<Tensor> {
         match formula {
-            Formula::Sgd => vec![product(&self.values, columns)],
-            Formula::SignGd => vec![product(self.signs.as_ref().expect("sign formula"), &columns.sign())],
-            Formula::AsymmetricSignGd => vec![
-                product(self.signs.as_ref().expect("sign formula"), columns),
-                product(&self.values, &columns.sign()),
-            ],
+            Formula::Sgd => Part { values: Some(values.to_kind(Kind::Double)), signs: None },
+            Formula::SignGd => Part { values: None, signs: Some(values.sign()) },
+            Formula::AsymmetricSignGd => Part {
+                signs: Some(values.sign().to_kind(Kind::Double)),
+                values: Some(values.to_kind(Kind::Double)),
+            },
         }
     }
+
+    /// Bytes per f32 gradient value a block holds for `formula` (the f32 gradients included).
+    pub fn bytes_per_value(formula: Formula) -> u64 {
+        match formula {
+            Formula::Sgd => 4 + 8,
+            Formula::SignGd => 4 + 4,
+            Formula::AsymmetricSignGd => 4 + 16,
+        }
+    }
+
+    /// The block's kernels against `columns` `[N, P]` f32 (K, or K⁰ and K¹), over chunks of P.
+    fn against(&self, columns: &Tensor, formula: Formula) -> Vec<Tensor> {
+        let p = columns.size()[1];
+        let (m, device) = {
+            let any = self.values.as_ref().or(self.signs.as_ref()).expect("a part has values or signs");
+            (any.size()[0], any.device())
+        };
+        let n = columns.size()[0];
+        let mut out: Vec<Tensor> =
+            (0..formula.kernels()).map(|_| Tensor::zeros([m, n], (Kind::Double, device))).collect();
+        let mut start = 0;
+        while start < p {
+            let len = CHUNK.min(p - start);
+            let col = columns.narrow(1, start, len);
+            let rows = |t: &Option<Tensor>| t.as_ref().expect("formula's form").narrow(1, start, len);
+            match formula {
+                Formula::Sgd => out[0] += rows(&self.values).matmul(&col.to_kind(Kind::Double).tr()),
+                Formula::SignGd => out[0] += rows(&self.signs).matmul(&col.sign().tr()).to_kind(Kind::Double),
+                Formula::AsymmetricSignGd => {
+                    out[0] += rows(&self.signs).matmul(&col.to_kind(Kind::Double).tr());
+                    out[1] += rows(&self.values).matmul(&col.sign().to_kind(Kind::Double).tr());
+                }
+            }
+            start += len;
+        }
+        out
+    }
+}
+
+/// Bytes a row block holds per f32 gradient value, for sizing blocks.
+pub fn bytes_per_value(formula: Formula) -> u64 {
+    Part::bytes_per_value(formula)
 }
 
 /// R train gradients ready to be multiplied with columns.

@@ -45,6 +45,7 @@ pub mod eval;
 pub mod h5;
 pub mod info;
 pub mod kernel;
+pub mod linearhead;
 pub mod logging;
 pub mod metrics;
 pub mod model;

@@ -25,6 +25,7 @@
 use crate::data::batch::{collate, shard};
 use crate::data::dataset::{FewShotType, TaskData};
 use crate::data::examples::Label;
+use crate::data::tasks::Task;
 use crate::dist::Dist;
 use crate::error::InputError;
 use crate::eval::evaluate;
@@ -86,6 +87,17 @@ pub fn head_rows(coef: &Array2<f64>, n_classes: usize) -> (Array2<f64>, Array1<f
     (coef.slice(s![.., ..h]).to_owned(), coef.column(h).to_owned())
 }
 
+/// Only classification tasks get a probe (module doc).
+pub fn check_task(task: &Task) -> Result<(), InputError> {
+    if task.regression {
+        return Err(InputError(format!(
+            "--task {}: linear probing of regression tasks is not supported (classification only)",
+            task.name
+        )));
+    }
+    Ok(())
+}
+
 /// Checks that `model` and `data` admit a linear head: a RoBERTa/BERT encoder, a classification
 /// task, distinct label words and (prompt mode) a decoder that is not the word embeddings.
 pub fn check(model: &Model, data: &TaskData) -> Result<(), InputError> {
@@ -96,12 +108,7 @@ pub fn check(model: &Model, data: &TaskData) -> Result<(), InputError> {
             model.model_type
         )));
     };
-    if data.config.task.regression {
-        return Err(InputError(format!(
-            "--task {}: linear probing of regression tasks is not supported (classification only)",
-            data.config.task.name
-        )));
-    }
+    check_task(data.config.task)?;
     if data.config.few_shot_type != FewShotType::Finetune {
         if !encoder.decoder_is_untied() {
             return Err(InputError(format!(

@@ -35,6 +35,7 @@ pub fn run(ctx: &Context, args: &LinearHeadArgs) -> Result<()> {
         return Err(input_error("--batch-size must be positive"));
     }
     let config = args.data.config()?;
+    linearhead::check_task(config.task)?;
     let options = LoadOptions {
         device: ctx.device.resolve(dist.local_rank())?,
         dtype: Dtype::F32,

@@ -321,7 +321,7 @@ pub fn fit_cv_multinomial(
     let fit_one =
         |x: ArrayView2<f64>, y: &[usize], c: f64, init: Array1<f64>| fit_softmax(x, y, n_classes, c, init);
     let score = |x: ArrayView2<f64>, y: &[usize], coef: &Array1<f64>| {
-        let predicted = softmax_decisions(x, coef, n_classes).map_axis(Axis(1), |row| argmax(row));
+        let predicted = softmax_decisions(x, coef, n_classes).map_axis(Axis(1), argmax);
         y.iter().zip(&predicted).filter(|(y, p)| y == p).count() as f64 / y.len() as f64
     };
     let (c, coef, scores) = cross_validate(dist, x, classes, n_classes * width, fit_one, score)?;
@@ -349,7 +349,7 @@ fn argmax(row: ArrayView1<f64>) -> usize {
 pub fn softmax_decisions(x: ArrayView2<f64>, coef: &Array1<f64>, n_classes: usize) -> Array2<f64> {
     let f = x.ncols();
     let p = coef.view().into_shape_with_order((n_classes, f + 1)).expect("L × (F + 1) parameters");
-    x.dot(&p.slice(ndarray::s![.., ..f]).t()) + &p.column(f)
+    x.dot(&p.slice(ndarray::s![.., ..f]).t()) + p.column(f)
 }
 
 /// Cross-validation shared by the binary and multinomial fits: `fit_one(x, classes, C, init)`
@@ -422,5 +422,56 @@ mod tests {
         let c = cs();
         assert_eq!((c[0], c[9]), (1e-4, 1e4));
         assert!((c[1] - 7.742636826811277e-4).abs() < 1e-18);
+    }
+
+    /// Rows of a small problem: two classes, or three; not separable.
+    fn problem(n_classes: usize) -> (Array2<f64>, Vec<usize>) {
+        let x = Array2::from_shape_fn((30, 3), |(i, j)| {
+            ((i * 7 + j * 3) % 11) as f64 / 5.0 - 1.0 + 0.1 * j as f64
+        });
+        let y = (0..30).map(|i| (i * 5 + i / 7) % n_classes).collect();
+        (x, y)
+    }
+
+    #[test]
+    fn softmax_gradient_is_the_cost_derivative() {
+        let (x, y) = problem(3);
+        let mut onehot = Array2::zeros((30, 3));
+        for (i, &k) in y.iter().enumerate() {
+            onehot[[i, k]] = 1.0;
+        }
+        let best = Rc::new(RefCell::new((f64::INFINITY, Vec::new())));
+        let problem = Softmax { x: x.view(), onehot, alpha: 0.7, best };
+        let p: Vec<f64> = (0..12).map(|i| (i as f64 * 0.37).sin()).collect();
+        let g = problem.gradient(&p).unwrap();
+        for i in 0..12 {
+            let (mut up, mut down) = (p.clone(), p.clone());
+            up[i] += 1e-6;
+            down[i] -= 1e-6;
+            let numeric = (problem.cost(&up).unwrap() - problem.cost(&down).unwrap()) / 2e-6;
+            assert!(
+                (numeric - g[i]).abs() < 1e-6 * (1.0 + g[i].abs()),
+                "parameter {i}: {numeric} vs {}",
+                g[i]
+            );
+        }
+    }
+
+    #[test]
+    fn two_class_multinomial_is_binary_at_twice_c_halved() {
+        // Both softmax rows optimised (as scikit-learn does) against the binary fit at 2C.
+        let (x, y) = problem(2);
+        let c = 0.3;
+        let rows = fit_softmax(x.view(), &y, 2, c, Array1::zeros(8)).unwrap();
+        let half = fit(x.view(), &y, 2.0 * c, Array1::zeros(4)).unwrap() / 2.0;
+        for j in 0..4 {
+            assert!((rows[4 + j] - half[j]).abs() < 1e-6, "{rows} vs {half}");
+            assert!((rows[j] + half[j]).abs() < 1e-6, "{rows} vs {half}");
+        }
+        let dist = Dist::single();
+        let cv = fit_cv_multinomial(&dist, &x, &y, 2).unwrap();
+        assert_eq!(cv.coef.dim(), (1, 4));
+        let cv3 = fit_cv_multinomial(&dist, &x, &problem(3).1, 3).unwrap();
+        assert_eq!(cv3.coef.dim(), (3, 4));
     }
 }

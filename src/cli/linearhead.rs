@@ -47,7 +47,6 @@ pub fn run(ctx: &Context, args: &LinearHeadArgs) -> Result<()> {
     };
     let mut model = model::load(&model_dir, &options)?;
     let mut data = TaskData::load(config)?;
-    linearhead::check(&model, &data)?;
     let report =
         linearhead::run(&mut model, &mut data, dist, &LinearHeadConfig { batch_size: args.batch_size })?;
     on_root(dist, || {

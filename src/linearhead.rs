@@ -17,6 +17,10 @@
 //!   margin; the decisions are the same). Prompt mode changes only the label words' decoder rows
 //!   and vocabulary biases; finetune mode replaces the classifier.
 //!
+//! Stopping follows [`logistic`]: each fit runs to convergence, so at the smallest C, where the
+//! decisions are of order 1e-6, fold scores can differ from scikit-learn's early-stopped ones
+//! (the chosen C and the coefficients agree; tests/linearhead.rs).
+//!
 //! Deviation: the reference takes the rows from a shuffled loader (torch's global RNG, not
 //! reproducible), which changes the CV folds; the rows here are in file order, as in the kernel
 //! solvers. Regression tasks (an OLS head in the reference) are refused: mezo's regression

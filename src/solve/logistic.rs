@@ -19,6 +19,9 @@
 //! on the scipy version; this solver goes to the optimum both approximate, and the fixture test
 //! compares it with scikit-learn run to convergence (tol 1e-8).
 //!
+//! [`fit_cv_multinomial`] is the same cross-validation for `multi_class="multinomial"` (softmax
+//! over L classes, both rows kept for two), which `mezo linearhead` uses on features.
+//!
 //! Folds are independent, so under MPI they are spread over the ranks and their scores and
 //! coefficients all-gathered; every rank then refits the same model.
 

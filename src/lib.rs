@@ -20,6 +20,8 @@
 //!          sparse), f64 products, row blocks over ranks into one HDF5 file, resumable
 //! solve    kernel solvers (lstsq, logistic with CV, SVR/SVC, asym) on a kernel HDF5 file, as
 //!          LM-Kernel-FT computes them; grid points or CV folds spread over ranks
+//! linearhead
+//!          linear probes on the output layer's input (LM-Kernel-FT), written into the head
 //! report   results over seeds (best dev per seed, test mean and std): `mezo gather`
 //! metrics  accuracy, F1, MCC, Pearson, Spearman as LM-BFF computes them
 //! dist     the communicator (one process, or MPI ranks under mpirun/srun), rank -> device and
@@ -46,6 +48,7 @@ pub mod eval;
 pub mod h5;
 pub mod info;
 pub mod kernel;
+pub mod linearhead;
 pub mod logging;
 pub mod metrics;
 pub mod model;

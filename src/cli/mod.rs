@@ -11,6 +11,7 @@ mod gather;
 mod info;
 mod kernel;
 mod kshot;
+mod linearhead;
 mod replay;
 mod solve;
 mod train;
@@ -78,6 +79,9 @@ enum Command {
     /// Compute eNTK kernels (sgd, signgd, asymmetric_signgd) into an HDF5 file, row blocks over
     /// the ranks; rerun to continue an interrupted file.
     Kernel(kernel::KernelArgs),
+    /// Fit a linear probe on the frozen features of the output layer (multinomial logistic
+    /// regression, cross-validated as scikit-learn) and save the model with it as its head.
+    Linearhead(linearhead::LinearHeadArgs),
 }
 
 /// Runs the command line of this process; returns the exit code.
@@ -111,6 +115,7 @@ pub fn main() -> i32 {
         Command::Gather(args) => gather::run(&context, args),
         Command::Demo(args) => demo::run(&context, args),
         Command::Kernel(args) => kernel::run(&context, args),
+        Command::Linearhead(args) => linearhead::run(&context, args),
     };
     match result {
         Ok(()) => 0,

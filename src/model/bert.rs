@@ -307,13 +307,34 @@ impl PromptEncoder {
         mask_pos: &Tensor,
         label_word_ids: &Tensor,
     ) -> Tensor {
+        let x = self.head_features(input_ids, attention_mask, Some(mask_pos));
+        x.linear(&rows(&self.head.decoder, label_word_ids), Some(&rows(&self.head.bias, label_word_ids)))
+    }
+
+    /// The input of the final output layer, `[B, H]`: in prompt mode (`mask_pos` given) the MLM
+    /// head's transform (dense, activation, LayerNorm) at each row's mask, i.e. what the decoder
+    /// rows of [`Self::label_scores`] multiply; in finetune mode (`None`) the first token's final
+    /// state, what [`Self::classifier_logits`]' classifier multiplies. A linear probe fitted on
+    /// these and written into that layer reproduces its own predictions (`mezo linearhead`).
+    pub fn head_features(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        mask_pos: Option<&Tensor>,
+    ) -> Tensor {
         let hidden = self.hidden_states(input_ids, attention_mask);
+        let Some(mask_pos) = mask_pos else { return hidden.select(1, 0) };
         let h = self.config.hidden_size;
         let at_mask =
             hidden.gather(1, &mask_pos.view([-1, 1, 1]).expand([-1, 1, h], false), false).squeeze_dim(1);
         let head = &self.head;
-        let x = head.norm.forward(&head.activation.forward(&head.dense.forward(&at_mask)));
-        x.linear(&rows(&head.decoder, label_word_ids), Some(&rows(&head.bias, label_word_ids)))
+        head.norm.forward(&head.activation.forward(&head.dense.forward(&at_mask)))
+    }
+
+    /// Whether the vocabulary projection is its own tensor (RoBERTa) rather than the word
+    /// embeddings (BERT): only then can its label-word rows change without changing the inputs.
+    pub fn decoder_is_untied(&self) -> bool {
+        self.flavor == Flavor::Roberta
     }
 
     /// Prefix tuning's real-activation initialisation (MeZO spec §3.5, as for the causal LMs):
@@ -342,6 +363,11 @@ impl PromptEncoder {
         self.classifier.is_some()
     }
 
+    /// Replaces the classifier (`[labels, H]` weight, `[labels]` bias), whatever its size was.
+    pub fn set_classifier(&mut self, weight: Tensor, bias: Tensor) {
+        self.classifier = Some(Linear { weight, bias: Some(bias), lora: None });
+    }
+
     /// Outputs of the classifier, if there is one.
     pub fn classifier_labels(&self) -> Option<i64> {
         self.classifier.as_ref().map(|c| c.weight.size()[0])
@@ -356,7 +382,6 @@ impl PromptEncoder {
         let classifier = self.classifier.as_ref().ok_or_else(|| {
             InputError("the model has no classifier (finetune mode needs the task's number of labels)".into())
         })?;
-        let hidden = self.hidden_states(input_ids, attention_mask);
-        Ok(classifier.forward(&hidden.select(1, 0)))
+        Ok(classifier.forward(&self.head_features(input_ids, attention_mask, None)))
     }
 }

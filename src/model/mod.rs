@@ -352,6 +352,22 @@ impl Model {
             .with_context(|| format!("renaming {} to {}", partial.display(), out.display()))
     }
 
+    /// Replaces an encoder's classifier and its two parameters (a linear probe's head, which may
+    /// have another number of outputs than the checkpoint's).
+    pub fn set_classifier(&mut self, weight: tch::Tensor, bias: tch::Tensor) -> Result<(), InputError> {
+        let Body::Encoder(encoder) = &mut self.body else {
+            return Err(InputError(format!("{}: only encoders have a classifier", self.source.display())));
+        };
+        encoder.set_classifier(weight.shallow_clone(), bias.shallow_clone());
+        for (name, tensor) in [("classifier.weight", weight), ("classifier.bias", bias)] {
+            match self.params.iter_mut().find(|p| p.name == name) {
+                Some(p) => p.tensor = tensor,
+                None => self.params.push(Param { name: name.into(), tensor }),
+            }
+        }
+        Ok(())
+    }
+
     pub fn encoder(&self) -> Option<&bert::PromptEncoder> {
         match &self.body {
             Body::Encoder(m) => Some(m),

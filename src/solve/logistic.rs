@@ -19,6 +19,9 @@
 //! on the scipy version; this solver goes to the optimum both approximate, and the fixture test
 //! compares it with scikit-learn run to convergence (tol 1e-8).
 //!
+//! [`fit_cv_multinomial`] is the same cross-validation for `multi_class="multinomial"` (softmax
+//! over L classes, both rows kept for two), which `mezo linearhead` uses on features.
+//!
 //! Folds are independent, so under MPI they are spread over the ranks and their scores and
 //! coefficients all-gathered; every rank then refits the same model.
 
@@ -140,13 +143,44 @@ impl Gradient for Objective<'_> {
 const GRADIENT_TOLERANCE: f64 = 1e-8;
 
 /// One L2 logistic fit (labels 0/1, class 1 positive) from `init` ([w; b]); returns [w; b].
-fn fit(x: ArrayView2<f64>, classes: &Array1<usize>, c: f64, init: Array1<f64>) -> Result<Array1<f64>> {
-    let y = classes.mapv(|k| if k == 1 { 1.0 } else { -1.0 });
+fn fit(x: ArrayView2<f64>, classes: &[usize], c: f64, init: Array1<f64>) -> Result<Array1<f64>> {
+    let y = Array1::from_iter(classes.iter().map(|&k| if k == 1 { 1.0 } else { -1.0 }));
     let seen = Rc::new(RefCell::new((f64::INFINITY, init.to_vec())));
     let problem = Objective { x, y, alpha: 1.0 / c, best: Rc::clone(&seen) };
+    minimize(problem, &seen, init, c, classes.len())
+}
+
+/// One multinomial L2 logistic fit from `init` (row-major [w_l; b_l] of `n_classes` rows).
+fn fit_softmax(
+    x: ArrayView2<f64>,
+    classes: &[usize],
+    n_classes: usize,
+    c: f64,
+    init: Array1<f64>,
+) -> Result<Array1<f64>> {
+    let mut onehot = Array2::zeros((classes.len(), n_classes));
+    for (i, &k) in classes.iter().enumerate() {
+        onehot[[i, k]] = 1.0;
+    }
+    let seen = Rc::new(RefCell::new((f64::INFINITY, init.to_vec())));
+    let problem = Softmax { x, onehot, alpha: 1.0 / c, best: Rc::clone(&seen) };
+    minimize(problem, &seen, init, c, classes.len())
+}
+
+/// L-BFGS from `init` to the gradient tolerance; `seen` is the problem's best point so far.
+fn minimize<P>(
+    problem: P,
+    seen: &Rc<RefCell<(f64, Vec<f64>)>>,
+    init: Array1<f64>,
+    c: f64,
+    rows: usize,
+) -> Result<Array1<f64>>
+where
+    P: CostFunction<Param = Vec<f64>, Output = f64> + Gradient<Param = Vec<f64>, Gradient = Vec<f64>>,
+{
     let best = || seen.borrow().1.clone();
     let solver = LBFGS::new(MoreThuenteLineSearch::new(), 10)
-        .with_tolerance_grad(GRADIENT_TOLERANCE * classes.len() as f64)?
+        .with_tolerance_grad(GRADIENT_TOLERANCE * rows as f64)?
         // Only the gradient decides (argmin's default also stops on a cost change below eps).
         .with_tolerance_cost(0.0)?;
     let params =
@@ -168,6 +202,68 @@ fn fit(x: ArrayView2<f64>, classes: &Array1<usize>, c: f64, init: Array1<f64>) -
     let params = Array1::from(params);
     ensure!(params.iter().all(|v| v.is_finite()), "L2 logistic regression with C = {c:e} diverged");
     Ok(params)
+}
+
+/// scikit-learn's multinomial objective Σᵢ [logsumexp(zᵢ) − zᵢ,yᵢ] + ½α‖W‖², zᵢ = W xᵢ + b, with
+/// the parameters row-major [w_l; b_l] and the intercepts unpenalised.
+struct Softmax<'a> {
+    x: ArrayView2<'a, f64>,
+    onehot: Array2<f64>,
+    alpha: f64,
+    best: Rc<RefCell<(f64, Vec<f64>)>>,
+}
+
+impl Softmax<'_> {
+    fn weights(&self, p: &[f64]) -> Array2<f64> {
+        let (f, l) = (self.x.ncols(), self.onehot.ncols());
+        Array2::from_shape_vec((l, f + 1), p.to_vec()).expect("L × (F + 1) parameters")
+    }
+
+    /// Decisions `[N, L]` and their row-wise log-sum-exp.
+    fn decisions(&self, p: &[f64]) -> (Array2<f64>, Array1<f64>) {
+        let z = softmax_decisions(self.x, &Array1::from(p.to_vec()), self.onehot.ncols());
+        let lse = z.map_axis(Axis(1), |row| {
+            let m = row.fold(f64::NEG_INFINITY, |a, &v| a.max(v));
+            m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
+        });
+        (z, lse)
+    }
+}
+
+impl CostFunction for Softmax<'_> {
+    type Param = Vec<f64>;
+    type Output = f64;
+
+    fn cost(&self, p: &Vec<f64>) -> Result<f64, argmin::core::Error> {
+        let f = self.x.ncols();
+        let (z, lse) = self.decisions(p);
+        let w = self.weights(p);
+        let penalty = w.slice(ndarray::s![.., ..f]).iter().map(|v| v * v).sum::<f64>();
+        let cost = lse.sum() - (&z * &self.onehot).sum() + 0.5 * self.alpha * penalty;
+        let mut best = self.best.borrow_mut();
+        if cost < best.0 {
+            *best = (cost, p.clone());
+        }
+        Ok(cost)
+    }
+}
+
+impl Gradient for Softmax<'_> {
+    type Param = Vec<f64>;
+    type Gradient = Vec<f64>;
+
+    fn gradient(&self, p: &Vec<f64>) -> Result<Vec<f64>, argmin::core::Error> {
+        let f = self.x.ncols();
+        let (z, lse) = self.decisions(p);
+        // d/dz of logsumexp(z) − z_y = softmax(z) − onehot(y).
+        let g = (z - &lse.insert_axis(Axis(1))).mapv(f64::exp) - &self.onehot;
+        let mut grad = self.weights(p);
+        let mut weights = grad.slice_mut(ndarray::s![.., ..f]);
+        weights *= self.alpha;
+        weights += &g.t().dot(&self.x);
+        grad.column_mut(f).assign(&g.sum_axis(Axis(0)));
+        Ok(grad.into_raw_vec_and_offset().0)
+    }
 }
 
 /// Decision values x·w + b of the rows of `x`.
@@ -195,25 +291,99 @@ pub struct LogisticCv {
 
 /// Cross-validated fit on the rows of `x` with classes 0/1; folds are spread over the ranks.
 pub fn fit_cv(dist: &Dist, x: &Array2<f64>, classes: &[usize]) -> Result<LogisticCv> {
+    let fit_one = |x: ArrayView2<f64>, y: &[usize], c: f64, init: Array1<f64>| fit(x, y, c, init);
+    let (c, coef, scores) = cross_validate(dist, x, classes, x.ncols() + 1, fit_one, accuracy)?;
+    Ok(LogisticCv { c, coef, scores })
+}
+
+/// scikit-learn's `LogisticRegressionCV(multi_class="multinomial")` with the same Cs, folds,
+/// tie rule and refit as [`fit_cv`]; classes are 0..`n_classes`.
+///
+/// With two classes scikit-learn still optimises both softmax rows [w₀; b₀], [w₁; b₁] with both
+/// weight rows penalised, and reports row 1. The optimum is symmetric (w₀ = −w₁, and b₀ = −b₁
+/// along its path from zeros), so the softmax margin is 2(w₁·x + b₁) with penalty ‖w₁‖²/C: that
+/// is binary logistic regression at C' = 2C on v = 2w₁, which is what runs here (the same
+/// optimum and decisions, one row fewer to optimise). The coefficients returned are
+/// scikit-learn's `coef_`/`intercept_`: one row [w₁; b₁] for two classes, one per class otherwise.
+pub fn fit_cv_multinomial(
+    dist: &Dist,
+    x: &Array2<f64>,
+    classes: &[usize],
+    n_classes: usize,
+) -> Result<MultinomialCv> {
+    ensure!(n_classes >= 2, "logistic regression needs at least two classes");
+    ensure!(classes.iter().all(|&k| k < n_classes), "class index out of range");
+    let width = x.ncols() + 1;
+    if n_classes == 2 {
+        let fit_one = |x: ArrayView2<f64>, y: &[usize], c: f64, init: Array1<f64>| {
+            Ok(fit(x, y, 2.0 * c, init * 2.0)? / 2.0)
+        };
+        let (c, coef, scores) = cross_validate(dist, x, classes, width, fit_one, accuracy)?;
+        return Ok(MultinomialCv { c, coef: coef.insert_axis(Axis(0)), scores });
+    }
+    let fit_one =
+        |x: ArrayView2<f64>, y: &[usize], c: f64, init: Array1<f64>| fit_softmax(x, y, n_classes, c, init);
+    let score = |x: ArrayView2<f64>, y: &[usize], coef: &Array1<f64>| {
+        let predicted = softmax_decisions(x, coef, n_classes).map_axis(Axis(1), argmax);
+        y.iter().zip(&predicted).filter(|(y, p)| y == p).count() as f64 / y.len() as f64
+    };
+    let (c, coef, scores) = cross_validate(dist, x, classes, n_classes * width, fit_one, score)?;
+    Ok(MultinomialCv { c, coef: coef.into_shape_with_order((n_classes, width))?, scores })
+}
+
+/// A multinomial fit and what its cross-validation saw.
+#[derive(Debug, Clone)]
+pub struct MultinomialCv {
+    /// The chosen inverse penalty.
+    pub c: f64,
+    /// scikit-learn's `coef_` with `intercept_` as the last column: `[1, F + 1]` for two classes
+    /// (class 1's half of the symmetric solution), `[L, F + 1]` otherwise.
+    pub coef: Array2<f64>,
+    /// Fold accuracy of every (fold, C).
+    pub scores: Array2<f64>,
+}
+
+/// First index of the largest value (numpy's argmax).
+fn argmax(row: ArrayView1<f64>) -> usize {
+    (0..row.len()).fold(0, |b, j| if row[j] > row[b] { j } else { b })
+}
+
+/// Decision values `[N, L]` of the rows of `x` under row-major [w_l; b_l] parameters.
+pub fn softmax_decisions(x: ArrayView2<f64>, coef: &Array1<f64>, n_classes: usize) -> Array2<f64> {
+    let f = x.ncols();
+    let p = coef.view().into_shape_with_order((n_classes, f + 1)).expect("L × (F + 1) parameters");
+    x.dot(&p.slice(ndarray::s![.., ..f]).t()) + p.column(f)
+}
+
+/// Cross-validation shared by the binary and multinomial fits: `fit_one(x, classes, C, init)`
+/// gives the parameters (`width` of them) and `score` a fold's accuracy. Folds are spread over
+/// the ranks, their scores and path coefficients all-gathered; every rank refits the same model.
+fn cross_validate(
+    dist: &Dist,
+    x: &Array2<f64>,
+    classes: &[usize],
+    width: usize,
+    fit_one: impl Fn(ArrayView2<f64>, &[usize], f64, Array1<f64>) -> Result<Array1<f64>>,
+    score: impl Fn(ArrayView2<f64>, &[usize], &Array1<f64>) -> f64,
+) -> Result<(f64, Array1<f64>, Array2<f64>)> {
     let cs = cs();
     let folds = stratified_folds(classes, FOLDS)?;
-    let width = x.ncols() + 1;
     // Per fold on this rank: [fold, scores (10), coefs (10 × width)].
     let mut mine = Vec::new();
     for fold in (0..FOLDS).filter(|f| f % dist.size() == dist.rank()) {
         let train: Vec<usize> = (0..classes.len()).filter(|&r| folds[r] != fold).collect();
         let test: Vec<usize> = (0..classes.len()).filter(|&r| folds[r] == fold).collect();
         let x_train = x.select(Axis(0), &train);
-        let y_train = Array1::from_iter(train.iter().map(|&r| classes[r]));
+        let y_train: Vec<usize> = train.iter().map(|&r| classes[r]).collect();
         let x_test = x.select(Axis(0), &test);
         let y_test: Vec<usize> = test.iter().map(|&r| classes[r]).collect();
         let mut w = Array1::zeros(width);
         let mut scores = Vec::with_capacity(cs.len());
         let mut coefs: Vec<f64> = Vec::with_capacity(cs.len() * width);
         for &c in &cs {
-            w = fit(x_train.view(), &y_train, c, w)
+            w = fit_one(x_train.view(), &y_train, c, w)
                 .with_context(|| format!("cross-validation fold {fold}"))?;
-            scores.push(accuracy(x_test.view(), &y_test, &w));
+            scores.push(score(x_test.view(), &y_test, &w));
             coefs.extend(w.iter());
         }
         mine.push(fold as f64);
@@ -236,9 +406,8 @@ pub fn fit_cv(dist: &Dist, x: &Array2<f64>, classes: &[usize]) -> Result<Logisti
     let best = (0..cs.len()).fold(0, |b, j| if totals[j] > totals[b] { j } else { b });
     let views: Vec<_> = coefs.iter().map(|c| c.row(best).insert_axis(Axis(0))).collect();
     let init = concatenate(Axis(0), &views)?.mean_axis(Axis(0)).expect("five folds");
-    let all = Array1::from(classes.to_vec());
-    let coef = fit(x.view(), &all, cs[best], init).context("refit on all rows")?;
-    Ok(LogisticCv { c: cs[best], coef, scores })
+    let coef = fit_one(x.view(), classes, cs[best], init).context("refit on all rows")?;
+    Ok((cs[best], coef, scores))
 }
 
 #[cfg(test)]
@@ -256,5 +425,56 @@ mod tests {
         let c = cs();
         assert_eq!((c[0], c[9]), (1e-4, 1e4));
         assert!((c[1] - 7.742636826811277e-4).abs() < 1e-18);
+    }
+
+    /// Rows of a small problem: two classes, or three; not separable.
+    fn problem(n_classes: usize) -> (Array2<f64>, Vec<usize>) {
+        let x = Array2::from_shape_fn((30, 3), |(i, j)| {
+            ((i * 7 + j * 3) % 11) as f64 / 5.0 - 1.0 + 0.1 * j as f64
+        });
+        let y = (0..30).map(|i| (i * 5 + i / 7) % n_classes).collect();
+        (x, y)
+    }
+
+    #[test]
+    fn softmax_gradient_is_the_cost_derivative() {
+        let (x, y) = problem(3);
+        let mut onehot = Array2::zeros((30, 3));
+        for (i, &k) in y.iter().enumerate() {
+            onehot[[i, k]] = 1.0;
+        }
+        let best = Rc::new(RefCell::new((f64::INFINITY, Vec::new())));
+        let problem = Softmax { x: x.view(), onehot, alpha: 0.7, best };
+        let p: Vec<f64> = (0..12).map(|i| (i as f64 * 0.37).sin()).collect();
+        let g = problem.gradient(&p).unwrap();
+        for i in 0..12 {
+            let (mut up, mut down) = (p.clone(), p.clone());
+            up[i] += 1e-6;
+            down[i] -= 1e-6;
+            let numeric = (problem.cost(&up).unwrap() - problem.cost(&down).unwrap()) / 2e-6;
+            assert!(
+                (numeric - g[i]).abs() < 1e-6 * (1.0 + g[i].abs()),
+                "parameter {i}: {numeric} vs {}",
+                g[i]
+            );
+        }
+    }
+
+    #[test]
+    fn two_class_multinomial_is_binary_at_twice_c_halved() {
+        // Both softmax rows optimised (as scikit-learn does) against the binary fit at 2C.
+        let (x, y) = problem(2);
+        let c = 0.3;
+        let rows = fit_softmax(x.view(), &y, 2, c, Array1::zeros(8)).unwrap();
+        let half = fit(x.view(), &y, 2.0 * c, Array1::zeros(4)).unwrap() / 2.0;
+        for j in 0..4 {
+            assert!((rows[4 + j] - half[j]).abs() < 1e-6, "{rows} vs {half}");
+            assert!((rows[j] + half[j]).abs() < 1e-6, "{rows} vs {half}");
+        }
+        let dist = Dist::single();
+        let cv = fit_cv_multinomial(&dist, &x, &y, 2).unwrap();
+        assert_eq!(cv.coef.dim(), (1, 4));
+        let cv3 = fit_cv_multinomial(&dist, &x, &problem(3).1, 3).unwrap();
+        assert_eq!(cv3.coef.dim(), (3, 4));
     }
 }

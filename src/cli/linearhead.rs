@@ -1,0 +1,82 @@
+use super::data::DataArgs;
+use super::{on_root, Context};
+use crate::data::dataset::TaskData;
+use crate::error::input_error;
+use crate::linearhead::{self, LinearHeadConfig};
+use crate::model::{self, Dtype, LoadOptions};
+use anyhow::{Context as _, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+
+/// Name of the report inside the written model directory.
+const REPORT: &str = "linearhead.json";
+
+#[derive(Args, Debug)]
+pub struct LinearHeadArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Examples per forward pass on each rank.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    batch_size: usize,
+    /// Where to write the model with its fitted head (a Hugging Face directory, replaced when
+    /// complete); it also holds the fit's report as linearhead.json.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Also write the report (chosen C, CV accuracy, coefficients, dev/test metrics) here.
+    #[arg(long, value_name = "FILE")]
+    results: Option<PathBuf>,
+}
+
+/// Fits the probe on every rank, evaluates the model with it, and writes it from rank 0.
+pub fn run(ctx: &Context, args: &LinearHeadArgs) -> Result<()> {
+    let dist = ctx.dist;
+    let model_dir = args.data.model_dir().ok_or_else(|| input_error("mezo linearhead needs --model DIR"))?;
+    if args.batch_size == 0 {
+        return Err(input_error("--batch-size must be positive"));
+    }
+    let config = args.data.config()?;
+    linearhead::check_task(config.task)?;
+    let options = LoadOptions {
+        device: ctx.device.resolve(dist.local_rank())?,
+        dtype: Dtype::F32,
+        num_labels: Some(config.task.labels.len() as i64),
+        init_seed: config.seed as i64,
+        lora: None,
+        num_prefix: None,
+        adapter: None,
+    };
+    let mut model = model::load(&model_dir, &options)?;
+    let mut data = TaskData::load(config)?;
+    let report =
+        linearhead::run(&mut model, &mut data, dist, &LinearHeadConfig { batch_size: args.batch_size })?;
+    on_root(dist, || {
+        model
+            .save(&args.out, model::MAX_SHARD_BYTES)
+            .with_context(|| format!("saving {}", args.out.display()))?;
+        let json = serde_json::to_string_pretty(&report)?;
+        write_atomically(&args.out.join(REPORT), &json)?;
+        if let Some(path) = &args.results {
+            write_atomically(path, &json)?;
+        }
+        println!(
+            "{}: C = {:e}, train accuracy {:.4}; wrote {}",
+            report.task,
+            report.probe.c,
+            report.train_accuracy,
+            args.out.display()
+        );
+        println!("{:<24} {:>10} {:>10}", format!("{} ({} ranks)", report.task, dist.size()), "dev", "test");
+        for (key, value) in &report.dev {
+            println!("{key:<24} {value:>10.4} {:>10.4}", report.test.get(key).copied().unwrap_or(f64::NAN));
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let partial = crate::h5::partial_path(path);
+    std::fs::write(&partial, text)
+        .and_then(|()| std::fs::rename(&partial, path))
+        .with_context(|| format!("writing {}", path.display()))
+}

@@ -9,7 +9,8 @@
 //! perturbed, so there is no restore step and no restore error: after any number of forward
 //! passes the weights are bit for bit what they were, in every dtype. The update
 //! θ ← θ − η (Σ_j (g_j / n) z_j + λ θ) regenerates each z_j in cache-sized blocks and writes θ
-//! once, in parallel over chunks (rayon; results do not depend on the thread count).
+//! once, in parallel over chunks on libtorch's own threads ([`super::team`]; results do not
+//! depend on the thread count).
 //!
 //! Memory traffic per step, P trainable values of b bytes each, E of them in embedding matrices
 //! of which the batch touches E_b: each forward pass reads θ once more and writes and reads the
@@ -25,11 +26,11 @@
 //! of `fast_cuda`.
 
 use super::philox;
+use super::team::for_chunks;
 use super::zo::{Trainable, WeightDecay};
 use crate::model::nn::WeightView;
 use anyhow::{bail, Result};
 use half::{bf16, f16};
-use rayon::prelude::*;
 use std::collections::HashMap;
 use std::rc::Rc;
 use tch::{Device, Kind, Tensor};
@@ -128,17 +129,6 @@ unsafe fn slice_mut<T>(t: &Tensor) -> &mut [T] {
         return &mut [];
     }
     std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, n)
-}
-
-/// Runs `f(i, chunk)` over the `size`-element chunks of `data`: on rayon's pool when there are
-/// several, on the calling thread when there is one (a pool round trip costs more than a small
-/// tensor's work, and wakes threads that compete with libtorch's for the cores).
-fn for_chunks<T: Send>(data: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
-    if data.len() <= size {
-        f(0, data);
-    } else {
-        data.par_chunks_mut(size).enumerate().for_each(|(i, chunk)| f(i, chunk));
-    }
 }
 
 /// A tensor's identity while the run lasts: its storage address.

@@ -6,4 +6,5 @@
 pub mod fast;
 pub mod fast_cuda;
 pub mod philox;
+pub mod team;
 pub mod zo;

@@ -1,0 +1,131 @@
+//! Our parallel loops on libtorch's own CPU threads.
+//!
+//! libtorch runs its CPU kernels on an OpenMP team; after each parallel region those threads
+//! spin for a while before they sleep. A second pool of our own (rayon) working between two
+//! libtorch operations would compete with the spinning team for the same cores, which is what
+//! the fast perturbation stream does once per weight matrix in every forward pass. So the loops
+//! run on the OpenMP team itself, through the `GOMP_parallel` entry point of the libgomp that
+//! libtorch loaded, with libtorch's intra-op thread count. Where there is no libgomp (a libtorch
+//! built with another thread pool), rayon takes over.
+//!
+//! The work split is static (index i on thread i mod T), and every index's result is
+//! independent of which thread computes it, so results do not depend on the thread count.
+
+use std::ffi::{c_uint, c_void};
+use std::sync::OnceLock;
+
+type Parallel = unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, c_uint, c_uint);
+type Query = unsafe extern "C" fn() -> i32;
+
+struct Gomp {
+    parallel: Parallel,
+    thread_num: Query,
+    num_threads: Query,
+}
+
+fn gomp() -> Option<&'static Gomp> {
+    static GOMP: OnceLock<Option<Gomp>> = OnceLock::new();
+    GOMP.get_or_init(|| {
+        // SAFETY: dlsym on the process's global scope; the symbols, when found, have these
+        // signatures (libgomp's public ABI).
+        unsafe {
+            let find = |name: &std::ffi::CStr| libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr());
+            let (p, t, n) =
+                (find(c"GOMP_parallel"), find(c"omp_get_thread_num"), find(c"omp_get_num_threads"));
+            if p.is_null() || t.is_null() || n.is_null() {
+                return None;
+            }
+            Some(Gomp {
+                parallel: std::mem::transmute::<*mut c_void, Parallel>(p),
+                thread_num: std::mem::transmute::<*mut c_void, Query>(t),
+                num_threads: std::mem::transmute::<*mut c_void, Query>(n),
+            })
+        }
+    })
+    .as_ref()
+}
+
+struct Job<'a> {
+    work: &'a (dyn Fn(usize) + Sync),
+    count: usize,
+    gomp: &'static Gomp,
+}
+
+extern "C" fn run_job(data: *mut c_void) {
+    // SAFETY: `data` is the `Job` that `for_each_index` keeps alive until GOMP_parallel returns.
+    let job = unsafe { &*(data as *const Job) };
+    // SAFETY: called inside the parallel region GOMP_parallel opened.
+    let (thread, threads) = unsafe { ((job.gomp.thread_num)() as usize, (job.gomp.num_threads)() as usize) };
+    let mut i = thread;
+    while i < job.count {
+        (job.work)(i);
+        i += threads.max(1);
+    }
+}
+
+/// Runs `work(i)` for every i in 0..count on libtorch's intra-op threads. `work` must not
+/// panic (a panic cannot unwind out of an OpenMP thread: the process aborts).
+pub fn for_each_index(count: usize, work: &(dyn Fn(usize) + Sync)) {
+    let threads = (tch::get_num_threads().max(1) as usize).min(count);
+    if threads <= 1 {
+        (0..count).for_each(work);
+        return;
+    }
+    match gomp() {
+        Some(gomp) => {
+            let job = Job { work, count, gomp };
+            // SAFETY: `run_job` only reads `job`, which outlives the call; GOMP_parallel returns
+            // after every thread of the team has finished.
+            unsafe { (gomp.parallel)(run_job, &job as *const Job as *mut c_void, threads as c_uint, 0) }
+        }
+        None => {
+            use rayon::prelude::*;
+            (0..count).into_par_iter().for_each(work);
+        }
+    }
+}
+
+/// A pointer that may cross threads: for handing disjoint chunks of one slice to the team.
+pub(crate) struct SharedMut<T>(*mut T);
+
+// SAFETY: users only form disjoint sub-slices from it (see `for_chunks`).
+unsafe impl<T: Send> Sync for SharedMut<T> {}
+unsafe impl<T: Send> Send for SharedMut<T> {}
+
+/// Runs `f(i, chunk)` over the `size`-element chunks of `data` on libtorch's threads; on the
+/// calling thread when there is one chunk.
+pub fn for_chunks<T: Send>(data: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let len = data.len();
+    let count = len.div_ceil(size.max(1));
+    if count <= 1 {
+        f(0, data);
+        return;
+    }
+    let base = SharedMut(data.as_mut_ptr());
+    let base = &base;
+    for_each_index(count, &|i| {
+        let start = i * size;
+        let end = (start + size).min(len);
+        // SAFETY: chunk i covers start..end, disjoint from every other index's chunk, inside `data`,
+        // which stays mutably borrowed for the whole call.
+        let chunk = unsafe { std::slice::from_raw_parts_mut(base.0.add(start), end - start) };
+        f(i, chunk);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_chunk_once_on_any_thread_count() {
+        for threads in [1, 2, 3] {
+            tch::set_num_threads(threads);
+            let mut data: Vec<u64> = vec![0; 10_007];
+            super::for_chunks(&mut data, 1000, |i, chunk| {
+                for (j, v) in chunk.iter_mut().enumerate() {
+                    *v += (i * 1000 + j) as u64;
+                }
+            });
+            assert!(data.iter().enumerate().all(|(k, &v)| v == k as u64), "{threads} threads");
+        }
+    }
+}

@@ -31,6 +31,11 @@ impl Formula {
         }
     }
 
+    /// The formula named `name` in a kernel file.
+    pub fn parse(name: &str) -> Option<Formula> {
+        [Formula::Sgd, Formula::SignGd, Formula::AsymmetricSignGd].into_iter().find(|f| f.name() == name)
+    }
+
     /// Kernels per entry: 2 for the asymmetric formula.
     pub fn kernels(self) -> usize {
         if self == Formula::AsymmetricSignGd {

@@ -307,26 +307,6 @@ impl Updater {
     }
 }
 
-/// One MeZO step on the loss `loss` (evaluated twice, on the same batch); returns (ℓ+, g).
-pub fn step(
-    params: &[Trainable],
-    seed: u64,
-    eps: f64,
-    lr: f64,
-    weight_decay: f64,
-    decay: WeightDecay,
-    mut loss: impl FnMut() -> anyhow::Result<f64>,
-) -> anyhow::Result<(f64, f64)> {
-    perturb(params, seed, 1.0, eps);
-    let plus = loss()?;
-    perturb(params, seed, -2.0, eps);
-    let minus = loss()?;
-    perturb(params, seed, 1.0, eps);
-    let projected_grad = (plus - minus) / (2.0 * eps);
-    update(params, seed, projected_grad, lr, weight_decay, decay);
-    Ok((plus, projected_grad))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

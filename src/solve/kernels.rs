@@ -26,27 +26,7 @@ use hdf5::types::{TypeDescriptor, VarLenAscii, VarLenUnicode};
 use ndarray::Array2;
 use std::path::{Path, PathBuf};
 
-/// The three kernel formulas of spec §2.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Formula {
-    Sgd,
-    SignGd,
-    AsymmetricSignGd,
-}
-
-impl Formula {
-    pub fn name(self) -> &'static str {
-        match self {
-            Formula::Sgd => "sgd",
-            Formula::SignGd => "signgd",
-            Formula::AsymmetricSignGd => "asymmetric_signgd",
-        }
-    }
-
-    fn parse(name: &str) -> Option<Formula> {
-        [Formula::Sgd, Formula::SignGd, Formula::AsymmetricSignGd].into_iter().find(|f| f.name() == name)
-    }
-}
+pub use crate::kernel::Formula;
 
 /// One split X ∈ {train, dev, test} of a kernel file, flattened as spec §5.1.
 #[derive(Debug, Clone)]

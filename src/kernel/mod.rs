@@ -11,7 +11,8 @@
 //! * for each block, every column example (train, dev, test) is differentiated once (one forward
 //!   and C backward passes) and multiplied with the block in batches;
 //! * backward passes: C · (N_tr + Σ_blocks (N_tr − R_b + N_dev + N_test)), that is
-//!   C · (N_tr + N_dev + N_test) when the train gradients fit in one block per rank, against the
+//!   C · (N_tr + N_dev + N_test) when the train gradients fit in one block per rank (plus one
+//!   example's C passes per rank to size the blocks when no row block is given), against the
 //!   reference's C · N_tr · (N_tr + N_dev + N_test) JVPs (twice for dev and test with
 //!   `asymmetric_signgd`);
 //! * bytes moved by the products: per block, its R·C·P gradient values once per column batch,

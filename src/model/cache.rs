@@ -98,13 +98,15 @@ pub fn init_prefix_from_activations(model: &dyn CausalLm, vocab_size: i64, seed:
 /// Positions whose target is this id do not count in [`lm_loss`] (PyTorch's `ignore_index`).
 pub const IGNORE: i64 = -100;
 
-/// Rows of hidden states sent through the LM head at once by [`lm_loss`].
-const LOSS_CHUNK_ROWS: i64 = 128;
+/// Logit values [`lm_loss`] materialises at once (256 MB of f32): each chunk of positions makes
+/// the GEMM pack the whole LM head again, so chunks are as large as this bound allows (one chunk
+/// for a batch of 8 × 64 with OPT's 50k vocabulary), never under 128 rows.
+const LOSS_CHUNK_LOGITS: i64 = 1 << 26;
 
 /// Mean token cross-entropy of `targets` `[B, T]` (entries [`IGNORE`] skipped) under the model's
 /// next-token distributions at each position of `input_ids`. The LM head and the loss run on
-/// chunks of positions, so the `[B, T, V]` logits never exist at once: less memory (the largest
-/// activation of a small-vocabulary-heavy model) and less memory traffic than logits-then-loss.
+/// chunks of positions, so long batches never hold all `[B, T, V]` logits at once (the largest
+/// activation of a vocabulary-heavy model).
 /// Differentiable.
 pub fn lm_loss(
     model: &dyn CausalLm,
@@ -118,10 +120,11 @@ pub fn lm_loss(
     let targets = targets.reshape([-1]);
     let rows = hidden.size()[0];
     let head = model.head_weight();
+    let chunk_rows = (LOSS_CHUNK_LOGITS / head.size()[0].max(1)).max(128);
     let mut total = Tensor::zeros([], (Kind::Float, hidden.device()));
     let mut start = 0;
     while start < rows {
-        let n = LOSS_CHUNK_ROWS.min(rows - start);
+        let n = chunk_rows.min(rows - start);
         let logits = hidden.narrow(0, start, n).linear::<Tensor>(&head, None).to_kind(Kind::Float);
         total = &total
             + logits.cross_entropy_loss::<Tensor>(

@@ -24,8 +24,6 @@ use tch::{Kind, Tensor};
 pub struct ExampleGradient {
     pub dense: Tensor,
     pub sparse: Vec<SparseRows>,
-    /// The outputs f_c(x) at θ (the reference's f0).
-    pub outputs: Vec<f64>,
 }
 
 /// The nonzero rows of one vocabulary-sized tensor's gradient: sorted row `ids` `[n]` and their
@@ -182,7 +180,6 @@ impl<'a> Gradients<'a> {
         } else {
             (0..scores.size()[1]).map(|c| scores.get(0).get(c)).collect()
         };
-        let values: Vec<f64> = outputs.iter().map(|o| o.double_value(&[])).collect();
         let captured = capture.captured.take();
         let mut inputs: Vec<&Tensor> = self.params.iter().collect();
         inputs.extend(captured.iter().map(|(_, _, leaf)| leaf));
@@ -274,6 +271,6 @@ impl<'a> Gradients<'a> {
                 .index_add(1, &inverse, &values);
             sparse.push(SparseRows { ids, rows });
         }
-        Ok(ExampleGradient { dense: Tensor::stack(&dense_rows, 0), sparse, outputs: values })
+        Ok(ExampleGradient { dense: Tensor::stack(&dense_rows, 0), sparse })
     }
 }

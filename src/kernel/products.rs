@@ -191,7 +191,6 @@ mod tests {
                 ids: Tensor::from_slice(ids),
                 rows: Tensor::from_slice(rows).view([1, ids.len() as i64, 2]),
             }],
-            outputs: vec![0.0],
         }
     }
 

@@ -106,7 +106,8 @@ const LOSS_CHUNK_LOGITS: i64 = 1 << 26;
 /// Mean token cross-entropy of `targets` `[B, T]` (entries [`IGNORE`] skipped) under the model's
 /// next-token distributions at each position of `input_ids`. The LM head and the loss run on
 /// chunks of positions, so long batches never hold all `[B, T, V]` logits at once (the largest
-/// activation of a vocabulary-heavy model).
+/// activation of a vocabulary-heavy model). Positions without a target (each sequence's last,
+/// padding) never reach the LM head: `transformers` computes and discards their logits.
 /// Differentiable.
 pub fn lm_loss(
     model: &dyn CausalLm,
@@ -116,8 +117,9 @@ pub fn lm_loss(
 ) -> Tensor {
     let hidden = model.hidden_states(input_ids, attention_mask, None);
     let h = hidden.size().last().copied().expect("hidden states have a feature axis");
-    let hidden = hidden.reshape([-1, h]);
-    let targets = targets.reshape([-1]);
+    let (hidden, targets) = (hidden.reshape([-1, h]), targets.reshape([-1]));
+    let scored = targets.ne(IGNORE).nonzero().squeeze_dim(1);
+    let (hidden, targets) = (hidden.index_select(0, &scored), targets.index_select(0, &scored));
     let rows = hidden.size()[0];
     let head = model.head_weight();
     let chunk_rows = (LOSS_CHUNK_LOGITS / head.size()[0].max(1)).max(128);
@@ -136,8 +138,7 @@ pub fn lm_loss(
             );
         start += n;
     }
-    let counted = targets.ne(IGNORE).sum(Kind::Float);
-    total / counted
+    total / targets.size()[0] as f64
 }
 
 /// Next-token targets of `input_ids` `[B, T]` with padding `attention_mask`: each position

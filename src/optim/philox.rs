@@ -128,8 +128,18 @@ fn for_each_normal(key: [u32; 2], first: u64, len: usize, mut f: impl FnMut(usiz
         j += 1;
     }
     let mut block = [0f32; 4 * LANES];
+    #[cfg(target_arch = "x86_64")]
+    let wide = avx512::available();
     while len - j >= 4 * LANES {
         let k0 = (first + j as u64) / 4;
+        #[cfg(target_arch = "x86_64")]
+        if wide {
+            // SAFETY: the CPU has AVX-512F (checked above).
+            unsafe { avx512::fill_block(key, k0, &mut block) };
+        } else {
+            fill_block(key, k0, &mut block);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
         fill_block(key, k0, &mut block);
         for (i, &z) in block.iter().enumerate() {
             f(j + i, z);
@@ -174,6 +184,162 @@ fn fill_block(key: [u32; 2], k0: u64, out: &mut [f32; 4 * LANES]) {
     for lane in 0..LANES {
         for w in 0..4 {
             out[4 * lane + w] = z[w][lane];
+        }
+    }
+}
+
+/// [`fill_block`] written out in AVX-512 intrinsics: the compiler does not find the 32×32→64
+/// multiplies of Philox (`vpmuludq` on even and odd lanes) on its own, and this path runs over
+/// every weight several times per step. Every operation is the scalar one, in the same order and
+/// without fused multiply-add, so the numbers are bit-identical (tested).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{LANES, M0, M1, W0, W1};
+    use std::arch::x86_64::*;
+
+    pub fn available() -> bool {
+        std::is_x86_feature_detected!("avx512f")
+    }
+
+    /// (hi, lo) halves of the products a · m, lane by lane.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn mulhilo(a: __m512i, m: __m512i) -> (__m512i, __m512i) {
+        let even = _mm512_mul_epu32(a, m);
+        let odd = _mm512_mul_epu32(_mm512_srli_epi64::<32>(a), m);
+        let hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64::<32>(even), odd);
+        let lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64::<32>(odd));
+        (hi, lo)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn ln(x: __m512) -> __m512 {
+        let c = _mm512_set1_ps;
+        let (add, sub, mul) = (_mm512_add_ps, _mm512_sub_ps, _mm512_mul_ps);
+        let bits = _mm512_castps_si512(x);
+        let e = _mm512_sub_epi32(
+            _mm512_and_si512(_mm512_srli_epi32::<23>(bits), _mm512_set1_epi32(0xff)),
+            _mm512_set1_epi32(126),
+        );
+        let m = _mm512_castsi512_ps(_mm512_or_si512(
+            _mm512_and_si512(bits, _mm512_set1_epi32(0x007f_ffff)),
+            _mm512_set1_epi32(0x3f00_0000),
+        ));
+        let small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(m, c(std::f32::consts::FRAC_1_SQRT_2));
+        let e = _mm512_mask_sub_epi32(e, small, e, _mm512_set1_epi32(1));
+        let t = _mm512_mask_blend_ps(small, sub(m, c(1.0)), sub(add(m, m), c(1.0)));
+        let e = _mm512_cvtepi32_ps(e);
+        let z = mul(t, t);
+        let mut y = c(7.037_683_6e-2);
+        y = sub(mul(y, t), c(1.151_461e-1));
+        y = add(mul(y, t), c(1.167_699_9e-1));
+        y = sub(mul(y, t), c(1.242_014_1e-1));
+        y = add(mul(y, t), c(1.424_932_3e-1));
+        y = sub(mul(y, t), c(1.666_805_8e-1));
+        y = add(mul(y, t), c(2.000_071_4e-1));
+        y = sub(mul(y, t), c(2.499_999_4e-1));
+        y = add(mul(y, t), c(3.333_333e-1));
+        y = mul(mul(y, t), z);
+        y = add(y, mul(c(-2.121_944_4e-4), e));
+        y = add(y, mul(c(-0.5), z));
+        add(add(t, y), mul(c(0.693_359_4), e))
+    }
+
+    /// (sin, cos) of 2π·m/2^24, as `super::sincos_turns`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn sincos_turns(m: __m512i) -> (__m512, __m512) {
+        let c = _mm512_set1_ps;
+        let (add, sub, mul) = (_mm512_add_ps, _mm512_sub_ps, _mm512_mul_ps);
+        let quadrant = _mm512_srli_epi32::<22>(_mm512_add_epi32(m, _mm512_set1_epi32(1 << 21)));
+        let rest = _mm512_cvtepi32_ps(_mm512_sub_epi32(m, _mm512_slli_epi32::<22>(quadrant)));
+        let a = mul(mul(rest, c(1.0 / 16_777_216.0)), c(std::f32::consts::TAU));
+        let a2 = mul(a, a);
+        let s = add(
+            a,
+            mul(
+                mul(a, a2),
+                add(c(-1.666_665_5e-1), mul(a2, add(c(8.332_161e-3), mul(a2, c(-1.951_529_6e-4))))),
+            ),
+        );
+        let co = add(
+            sub(c(1.0), mul(c(0.5), a2)),
+            mul(
+                mul(a2, a2),
+                add(c(4.166_664_6e-2), mul(a2, add(c(-1.388_731_6e-3), mul(a2, c(2.443_315_7e-5))))),
+            ),
+        );
+        let one = _mm512_set1_epi32(1);
+        let two = _mm512_set1_epi32(2);
+        let swap = _mm512_test_epi32_mask(quadrant, one);
+        let (sin, cos) = (_mm512_mask_blend_ps(swap, s, co), _mm512_mask_blend_ps(swap, co, s));
+        let sign = _mm512_set1_epi32(i32::MIN);
+        let neg_sin = _mm512_test_epi32_mask(quadrant, two);
+        let neg_cos = _mm512_test_epi32_mask(_mm512_add_epi32(quadrant, one), two);
+        let flip = |v: __m512, k: __mmask16| {
+            _mm512_castsi512_ps(_mm512_mask_xor_epi32(
+                _mm512_castps_si512(v),
+                k,
+                _mm512_castps_si512(v),
+                sign,
+            ))
+        };
+        (flip(sin, neg_sin), flip(cos, neg_cos))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn box_muller(a: __m512i, b: __m512i) -> (__m512, __m512) {
+        let c = _mm512_set1_ps;
+        let u = _mm512_mul_ps(
+            _mm512_add_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32::<8>(a)), c(0.5)),
+            c(1.0 / 16_777_216.0),
+        );
+        let r = _mm512_sqrt_ps(_mm512_mul_ps(c(-2.0), ln(u)));
+        let (sin, cos) = sincos_turns(_mm512_srli_epi32::<8>(b));
+        (_mm512_mul_ps(r, cos), _mm512_mul_ps(r, sin))
+    }
+
+    /// `4 · LANES` normals of counters k0 .. k0 + LANES, in element order.
+    #[target_feature(enable = "avx512f")]
+    pub fn fill_block(key: [u32; 2], k0: u64, out: &mut [f32; 4 * LANES]) {
+        const _: () = assert!(LANES == 16);
+        let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        // Counter words 0 and 1 are the low and high halves of k0 + lane.
+        let mut c0 = _mm512_add_epi32(_mm512_set1_epi32(k0 as u32 as i32), lanes);
+        let carry = _mm512_cmp_epu32_mask::<_MM_CMPINT_LT>(c0, lanes);
+        let high = _mm512_set1_epi32((k0 >> 32) as u32 as i32);
+        let mut c1 = _mm512_mask_add_epi32(high, carry, high, _mm512_set1_epi32(1));
+        let (mut c2, mut c3) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        let (mut k0v, mut k1v) = (_mm512_set1_epi32(key[0] as i32), _mm512_set1_epi32(key[1] as i32));
+        let (m0, m1) = (_mm512_set1_epi64(i64::from(M0)), _mm512_set1_epi64(i64::from(M1)));
+        for round in 0..10 {
+            if round > 0 {
+                k0v = _mm512_add_epi32(k0v, _mm512_set1_epi32(W0 as i32));
+                k1v = _mm512_add_epi32(k1v, _mm512_set1_epi32(W1 as i32));
+            }
+            let (hi0, lo0) = mulhilo(c0, m0);
+            let (hi1, lo1) = mulhilo(c2, m1);
+            (c0, c1, c2, c3) = (
+                _mm512_xor_si512(_mm512_xor_si512(hi1, c1), k0v),
+                lo1,
+                _mm512_xor_si512(_mm512_xor_si512(hi0, c3), k1v),
+                lo0,
+            );
+        }
+        let (z0, z1) = box_muller(c0, c1);
+        let (z2, z3) = box_muller(c2, c3);
+        // Lane-major to element order: out[4 · lane + w] = z_w[lane].
+        let mut z = [[0f32; LANES]; 4];
+        for (zw, v) in z.iter_mut().zip([z0, z1, z2, z3]) {
+            // SAFETY: `zw` holds 16 f32.
+            unsafe { _mm512_storeu_ps(zw.as_mut_ptr(), v) };
+        }
+        for lane in 0..LANES {
+            for w in 0..4 {
+                out[4 * lane + w] = z[w][lane];
+            }
         }
     }
 }

@@ -31,7 +31,8 @@ fn main() {
     let seq: i64 = arg(&args, "--seq", "64").parse().unwrap();
     let threads: i32 = arg(&args, "--threads", "1").parse().unwrap();
     let iters: usize = arg(&args, "--iters", "10").parse().unwrap();
-    tch::set_num_threads(threads);
+    // As every mezo command does: threads, and the allocator thresholds.
+    mezo::dist::device::set_threads(threads as usize);
     let _guard = tch::no_grad_guard();
     let options = LoadOptions::new(Device::Cpu, Dtype::F32);
     let m = model::load(std::path::Path::new(&dir), &options).unwrap_or_else(|e| panic!("{e}"));

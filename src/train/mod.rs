@@ -90,7 +90,7 @@ impl TrainConfig {
     }
 
     fn evaluates_at(&self, step: usize) -> bool {
-        (self.eval_every > 0 && step % self.eval_every == 0) || step == self.steps
+        (self.eval_every > 0 && step.is_multiple_of(self.eval_every)) || step == self.steps
     }
 }
 

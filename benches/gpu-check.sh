@@ -14,8 +14,10 @@
 # What runs: nvidia-smi, `mezo info --all-ranks`, `mezo check --device cuda`, which covers
 # collectives, a collective HDF5 write, a tch matmul and randn on cuda, an NVRTC kernel through
 # cudarc, the fast perturbation stream's NVRTC kernels against the CPU stream (bit for bit, four
-# dtypes) and a one-rank NCCL all-reduce, and `mezo demo` on cuda. Output goes to stdout and to $OUT/gpu-check.log (OUT:
-# the device tool's output folder, else a temporary directory). Exit status: number of failed steps.
+# dtypes) and a one-rank NCCL all-reduce, `mezo demo` on cuda, and the MeZO step benchmark of
+# a random OPT-1.3B in f16 and bf16 (step / forward time, step / inference device memory).
+# Output goes to stdout and to $OUT/gpu-check.log (OUT: the device tool's output folder, else a
+# temporary directory). Exit status: number of failed steps.
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,9 +29,15 @@ make_bundle() {
   [[ -x "$bin" ]] || { echo "build first: make build" >&2; exit 1; }
   rm -rf "$bundle" && mkdir -p "$bundle/lib"
   cp "$bin" "$bundle/mezo"
+  # The MeZO step benchmark, for the OPT-1.3B runs.
+  local bench
+  bench="$(cd "$repo" && cargo bench --no-run --bench mezo_step --message-format json 2>/dev/null \
+    | grep -o '"executable":"[^"]*mezo_step[^"]*"' | tail -1 | cut -d'"' -f4)"
+  [[ -x "$bench" ]] || { echo "could not build the mezo_step benchmark" >&2; exit 1; }
+  cp "$bench" "$bundle/mezo_step"
   # The build machine's venv paths mean nothing on the node; DT_RPATH would also beat
   # LD_LIBRARY_PATH there.
-  patchelf --remove-rpath "$bundle/mezo"
+  patchelf --remove-rpath "$bundle/mezo" "$bundle/mezo_step"
   # Everything ldd resolves outside torch and the C/C++ runtime, which the node must match itself.
   ldd "$bin" | awk '$3 ~ /^\// {print $3}' | grep -v -E '/(torch|nvidia)/' \
     | grep -v -E '/(libc|libm|libdl|librt|libpthread|libutil|libresolv|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so' \
@@ -89,6 +97,34 @@ run_checks() {
   # The end-to-end run on the GPU: splits, zero-shot, MeZO (fast stream, NVRTC kernels) and Adam
   # fine-tuning of the built-in tiny RoBERTa.
   step "$bundle/mezo" --device cuda demo --demo-dir "$repo/data/demo" --out "$out/demo"
+  # Issue 5's GPU benchmark: a MeZO step (fast stream, NVRTC kernels) of a random OPT-1.3B on
+  # batch 8 x 64 against its forward pass, f16 and bf16: time and device memory, step over
+  # inference. The random model is written once (f16) and converted at load.
+  local opt="$out/opt-1.3b" dtype mode
+  rm -rf "$opt"
+  for dtype in f16 bf16; do
+    for mode in forward-only step; do
+      step "$bundle/mezo_step" --random-opt 1.3b --model "$opt" --device cuda --dtype "$dtype" \
+        --threads "$(nproc)" --steps 10 $([[ $mode == forward-only ]] && echo --forward-only) \
+        > >(tee "$out/opt-$dtype-$mode.txt")
+    done
+    sleep 1
+    python3 - "$dtype" "$out/opt-$dtype-forward-only.txt" "$out/opt-$dtype-step.txt" <<'PY'
+import re, sys
+def numbers(path):
+    return dict(re.findall(r"(\w+)=([0-9.]+)", open(path).read()))
+dtype, inference, step = sys.argv[1], numbers(sys.argv[2]), numbers(sys.argv[3])
+try:
+    print(f"OPT-1.3B {dtype}: step {float(step['step_ms']):.1f} ms / forward {float(step['forward_ms']):.1f} ms = "
+          f"{float(step['step_ms']) / float(step['forward_ms']):.2f}; device memory step {step['device_mem_mb']} MB / "
+          f"inference {inference['device_mem_mb']} MB = "
+          f"{float(step['device_mem_mb']) / float(inference['device_mem_mb']):.2f}")
+except KeyError as e:
+    print(f"OPT-1.3B {dtype}: no numbers ({e} missing)")
+PY
+  done
+  rm -rf "$opt"
+
   echo; echo "gpu-check: $failed step(s) failed; log in $out/gpu-check.log"
   exit "$failed"
 }

@@ -1,16 +1,25 @@
-//! One MeZO step on a prompt model, the mezo half of benches/mezo_step_vs_pytorch.py.
+//! One MeZO step, the mezo half of benches/mezo_step_vs_pytorch.py and of the GPU check.
 //!
-//!   cargo bench --bench mezo_step -- --model DIR [--batch 8] [--seq 64] [--threads N]
+//!   cargo bench --bench mezo_step -- [--model DIR] [--random-opt 125m|1.3b|tiny]
+//!       [--device cpu|cuda] [--dtype f32|bf16|f16] [--batch 8] [--seq 64] [--threads N]
 //!       [--steps 3] [--rng fast|reference] [--forward-only]
 //!
-//! Prints `mezo step_ms=<median> forward_ms=<median> peak_rss_mb=<VmHWM>`. With
-//! --forward-only it runs forward passes alone, so its peak RSS is that of inference. Under mpirun
-//! the global batch is split over the ranks (data parallel, one all-reduce per evaluation), and
-//! rank 0 prints.
+//! A prompt model (RoBERTa/BERT) is scored by the label words at one mask position per row, a
+//! causal LM by its next-token loss (`lm_loss`). `--random-opt` writes a random OPT of that size
+//! (f16 weights) into `--model DIR` unless DIR already holds a model, or into a temporary
+//! directory without `--model`, and benchmarks it: the GPU check's OPT-1.3B.
+//!
+//! Prints `mezo step_ms=<median> forward_ms=<median> peak_rss_mb=<VmHWM>`, and on a GPU
+//! `device_mem_mb=<in use at the end>`: libtorch's caching allocator keeps what it reserved, so
+//! that is its peak plus the context. With --forward-only it runs forward passes alone, so its
+//! peaks are those of inference. Under mpirun the global batch is split over the ranks (data
+//! parallel, one all-reduce per evaluation), and rank 0 prints.
 
 use mezo::dist::{Dist, Reduce};
+use mezo::model::cache::{lm_loss, next_token_targets};
 use mezo::model::{self, Dtype, FreezeRules, LoadOptions};
 use mezo::optim::zo::{Perturbations, Rng, Trainable, Updater, WeightDecay, ZoOptimizer};
+use std::path::Path;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -37,13 +46,61 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Writes a random `OPTForCausalLM` of the named size into `dir` (N(0, 0.02) matrices, unit
+/// LayerNorms, zero biases, f16, the LM head tied to the embeddings as in the released models).
+fn write_random_opt(dir: &Path, size: &str) {
+    let (layers, hidden, ffn, heads) = match size {
+        "1.3b" => (24, 2048, 8192, 32),
+        "125m" => (12, 768, 3072, 12),
+        "tiny" => (2, 64, 256, 4),
+        other => panic!("--random-opt 125m|1.3b|tiny, not {other}"),
+    };
+    let (vocab, positions) = (50272i64, 2048i64);
+    let config = serde_json::json!({
+        "model_type": "opt", "architectures": ["OPTForCausalLM"], "vocab_size": vocab,
+        "hidden_size": hidden, "ffn_dim": ffn, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "max_position_embeddings": positions,
+        "word_embed_proj_dim": hidden, "do_layer_norm_before": true, "activation_function": "relu",
+        "pad_token_id": 1, "bos_token_id": 2, "eos_token_id": 2, "torch_dtype": "float16",
+    });
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    tch::manual_seed(0);
+    let normal =
+        |shape: &[i64]| (Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.02).to_kind(Kind::Half);
+    let filled = |shape: &[i64], v: f64| Tensor::full(shape, v, (Kind::Half, Device::Cpu));
+    let d = "model.decoder";
+    let mut tensors = vec![
+        (format!("{d}.embed_tokens.weight"), normal(&[vocab, hidden])),
+        (format!("{d}.embed_positions.weight"), normal(&[positions + 2, hidden])),
+        (format!("{d}.final_layer_norm.weight"), filled(&[hidden], 1.0)),
+        (format!("{d}.final_layer_norm.bias"), filled(&[hidden], 0.0)),
+    ];
+    for i in 0..layers {
+        let p = format!("{d}.layers.{i}");
+        let mut linear = |name: &str, output: i64, input: i64| {
+            tensors.push((format!("{p}.{name}.weight"), normal(&[output, input])));
+            tensors.push((format!("{p}.{name}.bias"), filled(&[output], 0.0)));
+        };
+        for proj in ["k_proj", "v_proj", "q_proj", "out_proj"] {
+            linear(&format!("self_attn.{proj}"), hidden, hidden);
+        }
+        linear("fc1", ffn, hidden);
+        linear("fc2", hidden, ffn);
+        for norm in ["self_attn_layer_norm", "final_layer_norm"] {
+            tensors.push((format!("{p}.{norm}.weight"), filled(&[hidden], 1.0)));
+            tensors.push((format!("{p}.{norm}.bias"), filled(&[hidden], 0.0)));
+        }
+    }
+    mezo::model::weights::save(dir, &tensors, 5 << 30).unwrap();
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dist = Dist::init().expect("MPI");
     if args.iter().any(|a| a == "--stream-only") {
         return stream_only();
     }
-    let dir = arg(&args, "--model", "");
     let batch: i64 = arg(&args, "--batch", "8").parse().unwrap();
     let seq: i64 = arg(&args, "--seq", "64").parse().unwrap();
     let threads: i32 = arg(&args, "--threads", "1").parse().unwrap();
@@ -54,10 +111,26 @@ fn main() {
         "fast" => Rng::Fast,
         other => panic!("--rng fast|reference, not {other}"),
     };
+    let device = match arg(&args, "--device", "cpu").as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        other => panic!("--device cpu|cuda, not {other}"),
+    };
+    let dtype: Dtype = arg(&args, "--dtype", "f32").parse().unwrap();
     mezo::dist::device::set_threads(threads as usize);
-    let options = LoadOptions { num_labels: Some(2), ..LoadOptions::new(Device::Cpu, Dtype::F32) };
-    let m = model::load(std::path::Path::new(&dir), &options).unwrap_or_else(|e| panic!("{e}"));
-    let e = m.encoder().expect("a prompt model");
+    let random = arg(&args, "--random-opt", "");
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = match arg(&args, "--model", "") {
+        dir if !dir.is_empty() => std::path::PathBuf::from(dir),
+        _ => scratch.path().to_path_buf(),
+    };
+    // With --model too, the random model is written there once and reused by later runs.
+    if !random.is_empty() && !dir.join("config.json").exists() {
+        assert_eq!(dist.size(), 1, "write the random model in a one-rank run first");
+        write_random_opt(&dir, &random);
+    }
+    let options = LoadOptions { num_labels: Some(2), ..LoadOptions::new(device, dtype) };
+    let m = model::load(&dir, &options).unwrap_or_else(|e| panic!("{e}"));
     let vocab = m.config["vocab_size"].as_i64().unwrap();
     tch::manual_seed(0);
     let ids = Tensor::randint_low(4, vocab - 2, [batch, seq], (Kind::Int64, Device::Cpu));
@@ -65,21 +138,36 @@ fn main() {
     let labels = Tensor::randint(2, [batch], (Kind::Int64, Device::Cpu));
     let share = mezo::data::batch::shard(batch as usize, dist.rank(), dist.size());
     let (ids, labels) = (
-        ids.narrow(0, share.start as i64, share.len() as i64),
-        labels.narrow(0, share.start as i64, share.len() as i64),
+        ids.narrow(0, share.start as i64, share.len() as i64).to_device(device),
+        labels.narrow(0, share.start as i64, share.len() as i64).to_device(device),
     );
     let mask = ids.ones_like();
-    let pos = Tensor::full([share.len() as i64, 1], 10, (Kind::Int64, Device::Cpu));
-    let words = Tensor::from_slice(&[5i64, 6]);
-    let loss = || -> anyhow::Result<f64> {
+    let pos = Tensor::full([share.len() as i64, 1], 10, (Kind::Int64, device));
+    let words = Tensor::from_slice(&[5i64, 6]).to_device(device);
+    let targets = next_token_targets(&ids, &mask);
+    // The summed loss of this rank's rows, and how many rows.
+    let local_loss = || -> f64 {
         let _guard = tch::no_grad_guard();
-        let sum = e
-            .label_scores(&ids, &mask, &pos, &words)
-            .cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::Sum, -100, 0.0)
-            .double_value(&[]);
-        let mut sums = [sum, share.len() as f64];
+        match (m.encoder(), m.causal_lm()) {
+            (Some(e), _) => e
+                .label_scores(&ids, &mask, &pos, &words)
+                .to_kind(Kind::Float)
+                .cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::Sum, -100, 0.0)
+                .double_value(&[]),
+            (None, Some(lm)) => lm_loss(lm, &ids, &mask, &targets).double_value(&[]) * share.len() as f64,
+            _ => panic!("{}: neither a prompt model nor a causal LM", dir.display()),
+        }
+    };
+    let loss = || -> anyhow::Result<f64> {
+        let mut sums = [local_loss(), share.len() as f64];
         dist.all_reduce(&mut sums, Reduce::Sum);
         Ok(sums[0] / sums[1])
+    };
+    // GPU work is asynchronous: a step's time includes its update's kernels.
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
     };
     let forward_ms = median(
         (0..steps.max(3))
@@ -107,6 +195,7 @@ fn main() {
             let perturbed = start.elapsed().as_secs_f64() * 1e3;
             let start = Instant::now();
             updater.apply(&trainable, &[(7, 0.0)], 0.0, 0.0, WeightDecay::AllTensors);
+            sync();
             let update = start.elapsed().as_secs_f64() * 1e3;
             if dist.is_root() {
                 println!("fast stream: perturbed forward {perturbed:.0} ms, update {update:.0} ms");
@@ -119,14 +208,22 @@ fn main() {
                     let seed = 1000 + i as u64;
                     let (_, g) = perturbations.direction(&trainable, seed, 1e-3, true, loss).unwrap();
                     updater.apply(&trainable, &[(seed, g)], 1e-6, 0.0, WeightDecay::AllTensors);
+                    sync();
                     start.elapsed().as_secs_f64() * 1e3
                 })
                 .collect(),
         )
     };
+    let device_mem = match device {
+        Device::Cuda(i) => {
+            let (free, total) = mezo::cuda::context(i).unwrap().mem_get_info().unwrap();
+            format!(" device_mem_mb={:.0}", (total - free) as f64 / (1 << 20) as f64)
+        }
+        _ => String::new(),
+    };
     if dist.is_root() {
         println!(
-            "mezo rng={rng:?} step_ms={step_ms:.1} forward_ms={forward_ms:.1} peak_rss_mb={:.0} ranks={}",
+            "mezo rng={rng:?} step_ms={step_ms:.1} forward_ms={forward_ms:.1} peak_rss_mb={:.0}{device_mem} ranks={}",
             peak_rss_mb(),
             dist.size()
         );

@@ -116,9 +116,15 @@ pub fn normal(key: [u32; 2], e: u64) -> f32 {
 /// Counters per block: enough independent lanes for the compiler to fill any SIMD width.
 const LANES: usize = 16;
 
-/// `out[j] = z(first + j)`, whole blocks of `4 · LANES` normals written in place.
+/// `out[j] = z(first + j)`, whole blocks of `block_len` normals written in place by `block`.
 #[inline(always)]
-fn fill_with(key: [u32; 2], first: u64, out: &mut [f32], block: impl Fn([u32; 2], u64, &mut [f32])) {
+fn fill_with(
+    key: [u32; 2],
+    first: u64,
+    out: &mut [f32],
+    block_len: usize,
+    block: impl Fn([u32; 2], u64, &mut [f32]),
+) {
     let len = out.len();
     let mut j = 0usize;
     // Head: up to the next multiple of 4.
@@ -126,9 +132,9 @@ fn fill_with(key: [u32; 2], first: u64, out: &mut [f32], block: impl Fn([u32; 2]
         out[j] = normal(key, first + j as u64);
         j += 1;
     }
-    while len - j >= 4 * LANES {
-        block(key, (first + j as u64) / 4, &mut out[j..j + 4 * LANES]);
-        j += 4 * LANES;
+    while len - j >= block_len {
+        block(key, (first + j as u64) / 4, &mut out[j..j + block_len]);
+        j += block_len;
     }
     while len - j >= 4 {
         out[j..j + 4].copy_from_slice(&normals4(key, (first + j as u64) / 4));
@@ -193,71 +199,87 @@ mod avx512 {
         (hi, lo)
     }
 
+    /// `[f(0), .., f(N − 1)]`: one operation on N independent vectors, written next to each
+    /// other so that the core overlaps their latencies (a single block is one long chain).
+    macro_rules! each {
+        (|$i:ident| $e:expr) => {
+            std::array::from_fn(|$i| $e)
+        };
+    }
+
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn ln(x: __m512) -> __m512 {
+    fn ln<const N: usize>(x: [__m512; N]) -> [__m512; N] {
         let c = _mm512_set1_ps;
         let (add, sub, mul) = (_mm512_add_ps, _mm512_sub_ps, _mm512_mul_ps);
-        let bits = _mm512_castps_si512(x);
-        let e = _mm512_sub_epi32(
-            _mm512_and_si512(_mm512_srli_epi32::<23>(bits), _mm512_set1_epi32(0xff)),
+        let bits: [__m512i; N] = each!(|i| _mm512_castps_si512(x[i]));
+        let e: [__m512i; N] = each!(|i| _mm512_sub_epi32(
+            _mm512_and_si512(_mm512_srli_epi32::<23>(bits[i]), _mm512_set1_epi32(0xff)),
             _mm512_set1_epi32(126),
-        );
-        let m = _mm512_castsi512_ps(_mm512_or_si512(
-            _mm512_and_si512(bits, _mm512_set1_epi32(0x007f_ffff)),
-            _mm512_set1_epi32(0x3f00_0000),
         ));
-        let small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(m, c(std::f32::consts::FRAC_1_SQRT_2));
-        let e = _mm512_mask_sub_epi32(e, small, e, _mm512_set1_epi32(1));
-        let t = _mm512_mask_blend_ps(small, sub(m, c(1.0)), sub(add(m, m), c(1.0)));
-        let e = _mm512_cvtepi32_ps(e);
-        let z = mul(t, t);
-        let mut y = c(7.037_683_6e-2);
-        y = sub(mul(y, t), c(1.151_461e-1));
-        y = add(mul(y, t), c(1.167_699_9e-1));
-        y = sub(mul(y, t), c(1.242_014_1e-1));
-        y = add(mul(y, t), c(1.424_932_3e-1));
-        y = sub(mul(y, t), c(1.666_805_8e-1));
-        y = add(mul(y, t), c(2.000_071_4e-1));
-        y = sub(mul(y, t), c(2.499_999_4e-1));
-        y = add(mul(y, t), c(3.333_333e-1));
-        y = mul(mul(y, t), z);
-        y = add(y, mul(c(-2.121_944_4e-4), e));
-        y = add(y, mul(c(-0.5), z));
-        add(add(t, y), mul(c(0.693_359_4), e))
+        let m: [__m512; N] = each!(|i| _mm512_castsi512_ps(_mm512_or_si512(
+            _mm512_and_si512(bits[i], _mm512_set1_epi32(0x007f_ffff)),
+            _mm512_set1_epi32(0x3f00_0000),
+        )));
+        let small: [__mmask16; N] =
+            each!(|i| _mm512_cmp_ps_mask::<_CMP_LT_OQ>(m[i], c(std::f32::consts::FRAC_1_SQRT_2)));
+        let e: [__m512i; N] = each!(|i| _mm512_mask_sub_epi32(e[i], small[i], e[i], _mm512_set1_epi32(1)));
+        let t: [__m512; N] =
+            each!(|i| _mm512_mask_blend_ps(small[i], sub(m[i], c(1.0)), sub(add(m[i], m[i]), c(1.0))));
+        let e: [__m512; N] = each!(|i| _mm512_cvtepi32_ps(e[i]));
+        let z: [__m512; N] = each!(|i| mul(t[i], t[i]));
+        let mut y: [__m512; N] = [c(7.037_683_6e-2); N];
+        for (coefficient, subtract) in [
+            (1.151_461e-1, true),
+            (1.167_699_9e-1, false),
+            (1.242_014_1e-1, true),
+            (1.424_932_3e-1, false),
+            (1.666_805_8e-1, true),
+            (2.000_071_4e-1, false),
+            (2.499_999_4e-1, true),
+            (3.333_333e-1, false),
+        ] {
+            y = each!(|i| if subtract {
+                sub(mul(y[i], t[i]), c(coefficient))
+            } else {
+                add(mul(y[i], t[i]), c(coefficient))
+            });
+        }
+        let y: [__m512; N] = each!(|i| mul(mul(y[i], t[i]), z[i]));
+        let y: [__m512; N] = each!(|i| add(y[i], mul(c(-2.121_944_4e-4), e[i])));
+        let y: [__m512; N] = each!(|i| add(y[i], mul(c(-0.5), z[i])));
+        each!(|i| add(add(t[i], y[i]), mul(c(0.693_359_4), e[i])))
     }
 
     /// (sin, cos) of 2π·m/2^24, as `super::sincos_turns`.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn sincos_turns(m: __m512i) -> (__m512, __m512) {
+    fn sincos_turns<const N: usize>(m: [__m512i; N]) -> ([__m512; N], [__m512; N]) {
         let c = _mm512_set1_ps;
         let (add, sub, mul) = (_mm512_add_ps, _mm512_sub_ps, _mm512_mul_ps);
-        let quadrant = _mm512_srli_epi32::<22>(_mm512_add_epi32(m, _mm512_set1_epi32(1 << 21)));
-        let rest = _mm512_cvtepi32_ps(_mm512_sub_epi32(m, _mm512_slli_epi32::<22>(quadrant)));
-        let a = mul(mul(rest, c(1.0 / 16_777_216.0)), c(std::f32::consts::TAU));
-        let a2 = mul(a, a);
-        let s = add(
-            a,
+        let quadrant: [__m512i; N] =
+            each!(|i| _mm512_srli_epi32::<22>(_mm512_add_epi32(m[i], _mm512_set1_epi32(1 << 21))));
+        let rest: [__m512; N] =
+            each!(|i| _mm512_cvtepi32_ps(_mm512_sub_epi32(m[i], _mm512_slli_epi32::<22>(quadrant[i]))));
+        let a: [__m512; N] = each!(|i| mul(mul(rest[i], c(1.0 / 16_777_216.0)), c(std::f32::consts::TAU)));
+        let a2: [__m512; N] = each!(|i| mul(a[i], a[i]));
+        let s: [__m512; N] = each!(|i| add(
+            a[i],
             mul(
-                mul(a, a2),
-                add(c(-1.666_665_5e-1), mul(a2, add(c(8.332_161e-3), mul(a2, c(-1.951_529_6e-4))))),
+                mul(a[i], a2[i]),
+                add(c(-1.666_665_5e-1), mul(a2[i], add(c(8.332_161e-3), mul(a2[i], c(-1.951_529_6e-4))))),
             ),
-        );
-        let co = add(
-            sub(c(1.0), mul(c(0.5), a2)),
+        ));
+        let co: [__m512; N] = each!(|i| add(
+            sub(c(1.0), mul(c(0.5), a2[i])),
             mul(
-                mul(a2, a2),
-                add(c(4.166_664_6e-2), mul(a2, add(c(-1.388_731_6e-3), mul(a2, c(2.443_315_7e-5))))),
+                mul(a2[i], a2[i]),
+                add(c(4.166_664_6e-2), mul(a2[i], add(c(-1.388_731_6e-3), mul(a2[i], c(2.443_315_7e-5))))),
             ),
-        );
+        ));
         let one = _mm512_set1_epi32(1);
         let two = _mm512_set1_epi32(2);
-        let swap = _mm512_test_epi32_mask(quadrant, one);
-        let (sin, cos) = (_mm512_mask_blend_ps(swap, s, co), _mm512_mask_blend_ps(swap, co, s));
         let sign = _mm512_set1_epi32(i32::MIN);
-        let neg_sin = _mm512_test_epi32_mask(quadrant, two);
-        let neg_cos = _mm512_test_epi32_mask(_mm512_add_epi32(quadrant, one), two);
         let flip = |v: __m512, k: __mmask16| {
             _mm512_castsi512_ps(_mm512_mask_xor_epi32(
                 _mm512_castps_si512(v),
@@ -266,41 +288,61 @@ mod avx512 {
                 sign,
             ))
         };
-        (flip(sin, neg_sin), flip(cos, neg_cos))
+        let swap: [__mmask16; N] = each!(|i| _mm512_test_epi32_mask(quadrant[i], one));
+        let sin = each!(|i| flip(
+            _mm512_mask_blend_ps(swap[i], s[i], co[i]),
+            _mm512_test_epi32_mask(quadrant[i], two)
+        ));
+        let cos = each!(|i| flip(
+            _mm512_mask_blend_ps(swap[i], co[i], s[i]),
+            _mm512_test_epi32_mask(_mm512_add_epi32(quadrant[i], one), two)
+        ));
+        (sin, cos)
     }
 
+    /// Normals (r cos θ, r sin θ) from the words pairs (a_i, b_i).
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn box_muller(a: __m512i, b: __m512i) -> (__m512, __m512) {
+    fn box_muller<const N: usize>(a: [__m512i; N], b: [__m512i; N]) -> ([__m512; N], [__m512; N]) {
         let c = _mm512_set1_ps;
-        let u = _mm512_mul_ps(
-            _mm512_add_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32::<8>(a)), c(0.5)),
+        let u: [__m512; N] = each!(|i| _mm512_mul_ps(
+            _mm512_add_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32::<8>(a[i])), c(0.5)),
             c(1.0 / 16_777_216.0),
-        );
-        let r = _mm512_sqrt_ps(_mm512_mul_ps(c(-2.0), ln(u)));
-        let (sin, cos) = sincos_turns(_mm512_srli_epi32::<8>(b));
-        (_mm512_mul_ps(r, cos), _mm512_mul_ps(r, sin))
+        ));
+        let ln_u = ln(u);
+        let r: [__m512; N] = each!(|i| _mm512_sqrt_ps(_mm512_mul_ps(c(-2.0), ln_u[i])));
+        let (sin, cos) = sincos_turns::<N>(each!(|i| _mm512_srli_epi32::<8>(b[i])));
+        (each!(|i| _mm512_mul_ps(r[i], cos[i])), each!(|i| _mm512_mul_ps(r[i], sin[i])))
     }
 
     /// `out[j] = z(first + j)`.
     #[target_feature(enable = "avx512f")]
     pub fn fill(key: [u32; 2], first: u64, out: &mut [f32]) {
         // The closure inherits this function's target features.
-        super::fill_with(key, first, out, |key, k0, out| fill_block(key, k0, out));
+        super::fill_with(key, first, out, GROUPS * 4 * LANES, |key, k0, out| fill_block(key, k0, out));
     }
 
-    /// `4 · LANES` normals of counters k0 .. k0 + LANES, in element order.
+    /// Groups of 16 counters generated in lockstep by [`fill_block`].
+    pub const GROUPS: usize = 2;
+
+    /// `GROUPS · 4 · LANES` normals of counters k0 .. k0 + GROUPS · LANES, in element order.
     #[target_feature(enable = "avx512f")]
     pub fn fill_block(key: [u32; 2], k0: u64, out: &mut [f32]) {
-        assert_eq!(out.len(), 4 * LANES);
         const _: () = assert!(LANES == 16);
+        assert_eq!(out.len(), GROUPS * 4 * LANES);
         let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        // Counter words 0 and 1 are the low and high halves of k0 + lane.
-        let mut c0 = _mm512_add_epi32(_mm512_set1_epi32(k0 as u32 as i32), lanes);
-        let carry = _mm512_cmp_epu32_mask::<_MM_CMPINT_LT>(c0, lanes);
-        let high = _mm512_set1_epi32((k0 >> 32) as u32 as i32);
-        let mut c1 = _mm512_mask_add_epi32(high, carry, high, _mm512_set1_epi32(1));
-        let (mut c2, mut c3) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        // Counter words 0 and 1 are the low and high halves of k0 + 16 g + lane.
+        let counters = |g: usize| {
+            let k = k0 + (16 * g) as u64;
+            let low = _mm512_add_epi32(_mm512_set1_epi32(k as u32 as i32), lanes);
+            let carry = _mm512_cmp_epu32_mask::<_MM_CMPINT_LT>(low, lanes);
+            let high = _mm512_set1_epi32((k >> 32) as u32 as i32);
+            (low, _mm512_mask_add_epi32(high, carry, high, _mm512_set1_epi32(1)))
+        };
+        let mut c0: [__m512i; GROUPS] = each!(|g| counters(g).0);
+        let mut c1: [__m512i; GROUPS] = each!(|g| counters(g).1);
+        let mut c2 = [_mm512_setzero_si512(); GROUPS];
+        let mut c3 = [_mm512_setzero_si512(); GROUPS];
         let (mut k0v, mut k1v) = (_mm512_set1_epi32(key[0] as i32), _mm512_set1_epi32(key[1] as i32));
         let (m0, m1) = (_mm512_set1_epi64(i64::from(M0)), _mm512_set1_epi64(i64::from(M1)));
         for round in 0..10 {
@@ -308,19 +350,30 @@ mod avx512 {
                 k0v = _mm512_add_epi32(k0v, _mm512_set1_epi32(W0 as i32));
                 k1v = _mm512_add_epi32(k1v, _mm512_set1_epi32(W1 as i32));
             }
-            let (hi0, lo0) = mulhilo(c0, m0);
-            let (hi1, lo1) = mulhilo(c2, m1);
-            (c0, c1, c2, c3) = (
-                _mm512_xor_si512(_mm512_xor_si512(hi1, c1), k0v),
-                lo1,
-                _mm512_xor_si512(_mm512_xor_si512(hi0, c3), k1v),
-                lo0,
-            );
+            let p0: [(__m512i, __m512i); GROUPS] = each!(|g| mulhilo(c0[g], m0));
+            let p1: [(__m512i, __m512i); GROUPS] = each!(|g| mulhilo(c2[g], m1));
+            c0 = each!(|g| _mm512_xor_si512(_mm512_xor_si512(p1[g].0, c1[g]), k0v));
+            c1 = each!(|g| p1[g].1);
+            c2 = each!(|g| _mm512_xor_si512(_mm512_xor_si512(p0[g].0, c3[g]), k1v));
+            c3 = each!(|g| p0[g].1);
         }
-        let (z0, z1) = box_muller(c0, c1);
-        let (z2, z3) = box_muller(c2, c3);
-        // Lane-major to element order, out[4 · lane + w] = z_w[lane], in registers: pairs, then
-        // quadruples within 128-bit lanes, then a 4 × 4 transpose of the 128-bit lanes.
+        // Both Box-Muller pairs of every group at once.
+        let (a, b): ([__m512i; 2 * GROUPS], [__m512i; 2 * GROUPS]) = (
+            each!(|i| if i % 2 == 0 { c0[i / 2] } else { c2[i / 2] }),
+            each!(|i| if i % 2 == 0 { c1[i / 2] } else { c3[i / 2] }),
+        );
+        let (cos, sin) = box_muller(a, b);
+        for (g, out) in out.chunks_exact_mut(4 * LANES).enumerate() {
+            let z = [cos[2 * g], sin[2 * g], cos[2 * g + 1], sin[2 * g + 1]];
+            store_element_order(z, out);
+        }
+    }
+
+    /// Lane-major to element order, out[4 · lane + w] = z_w[lane], in registers: pairs, then
+    /// quadruples within 128-bit lanes, then a 4 × 4 transpose of the 128-bit lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn store_element_order([z0, z1, z2, z3]: [__m512; 4], out: &mut [f32]) {
         let (t0, t1) = (_mm512_unpacklo_ps(z0, z1), _mm512_unpackhi_ps(z0, z1));
         let (t2, t3) = (_mm512_unpacklo_ps(z2, z3), _mm512_unpackhi_ps(z2, z3));
         let (pd, ps) = (_mm512_castps_pd, _mm512_castpd_ps);
@@ -375,7 +428,7 @@ macro_rules! multiversion {
 
 multiversion! {
     fn fill_portable(key: [u32; 2], first: u64, out: &mut [f32]) {
-        fill_with(key, first, out, fill_block);
+        fill_with(key, first, out, 4 * LANES, fill_block);
     }
 }
 

@@ -9,18 +9,13 @@
 //! loss on chunks of positions). Prints one line:
 //! `mezo <mode> median_ms=<ms>`.
 
+mod common;
+
+use common::{arg, median};
 use mezo::model::cache::{lm_loss, next_token_targets};
 use mezo::model::{self, Dtype, LoadOptions};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
-
-fn arg(args: &[String], name: &str, default: &str) -> String {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_string())
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -69,13 +64,12 @@ fn main() {
     for _ in 0..2 {
         step();
     }
-    let mut times: Vec<f64> = (0..iters)
+    let times: Vec<f64> = (0..iters)
         .map(|_| {
             let start = Instant::now();
             std::hint::black_box(step());
             start.elapsed().as_secs_f64() * 1e3
         })
         .collect();
-    times.sort_by(f64::total_cmp);
-    println!("mezo {mode} median_ms={:.2}", times[times.len() / 2]);
+    println!("mezo {mode} median_ms={:.2}", median(times));
 }

@@ -15,6 +15,9 @@
 //! peaks are those of inference. Under mpirun the global batch is split over the ranks (data
 //! parallel, one all-reduce per evaluation), and rank 0 prints.
 
+mod common;
+
+use common::{arg, median};
 use mezo::dist::{Dist, Reduce};
 use mezo::model::cache::{lm_loss, next_token_targets};
 use mezo::model::{self, Dtype, FreezeRules, LoadOptions};
@@ -22,14 +25,6 @@ use mezo::optim::zo::{Perturbations, Rng, Trainable, Updater, WeightDecay, ZoOpt
 use std::path::Path;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
-
-fn arg(args: &[String], name: &str, default: &str) -> String {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_string())
-}
 
 fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -39,11 +34,6 @@ fn peak_rss_mb() -> f64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(f64::NAN);
     kb / 1024.0
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Writes a random `OPTForCausalLM` of the named size into `dir` (N(0, 0.02) matrices, unit

@@ -45,7 +45,28 @@ pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
     [c0, c1, c2, c3]
 }
 
-/// `ln(x)` for x in (0, 1], within about 2 ulp (Cephes `logf`'s polynomial), branch-free.
+/// Cephes `logf`'s polynomial on t = m − 1, m in [√½, √2): y = (..((P₀ t + P₁) t + P₂)..) t + P₈,
+/// highest power first; every path (scalar, AVX2, AVX-512, CUDA) evaluates it in this order.
+const LN_POLY: [f32; 9] = [
+    7.037_683_6e-2,
+    -1.151_461e-1,
+    1.167_699_9e-1,
+    -1.242_014_1e-1,
+    1.424_932_3e-1,
+    -1.666_805_8e-1,
+    2.000_071_4e-1,
+    -2.499_999_4e-1,
+    3.333_333e-1,
+];
+/// ln 2 split into a short high part and a correction: e ln 2 added without rounding error.
+const LN2_HIGH: f32 = 0.693_359_4;
+const LN2_LOW: f32 = -2.121_944_4e-4;
+/// Cephes' minimax sin(a) = a + a³ p(a²) and cos(a) = 1 − a²/2 + a⁴ q(a²) on [−π/4, π/4], the
+/// coefficients of p and q highest power first (Horner).
+const SIN_POLY: [f32; 3] = [-1.951_529_6e-4, 8.332_161e-3, -1.666_665_5e-1];
+const COS_POLY: [f32; 3] = [2.443_315_7e-5, -1.388_731_6e-3, 4.166_664_6e-2];
+
+/// `ln(x)` for x in (0, 1], within about 2 ulp, branch-free.
 #[inline(always)]
 fn ln(x: f32) -> f32 {
     const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
@@ -58,31 +79,27 @@ fn ln(x: f32) -> f32 {
     let t = if small { m + m - 1.0 } else { m - 1.0 };
     let e = e as f32;
     let z = t * t;
-    let mut y = 7.037_683_6e-2;
-    y = y * t - 1.151_461e-1;
-    y = y * t + 1.167_699_9e-1;
-    y = y * t - 1.242_014_1e-1;
-    y = y * t + 1.424_932_3e-1;
-    y = y * t - 1.666_805_8e-1;
-    y = y * t + 2.000_071_4e-1;
-    y = y * t - 2.499_999_4e-1;
-    y = y * t + 3.333_333e-1;
+    let mut y = LN_POLY[0];
+    for p in &LN_POLY[1..] {
+        y = y * t + p;
+    }
     y = y * t * z;
-    y += -2.121_944_4e-4 * e;
+    y += LN2_LOW * e;
     y += -0.5 * z;
-    t + y + 0.693_359_4 * e
+    t + y + LN2_HIGH * e
 }
 
 /// (sin, cos) of 2π·m/2^24 for an integer 0 ≤ m < 2^24: an exact reduction to the nearest
-/// quarter turn, then Cephes' minimax polynomials on [−π/4, π/4].
+/// quarter turn, then the polynomials [`SIN_POLY`] and [`COS_POLY`].
 #[inline(always)]
 fn sincos_turns(m: u32) -> (f32, f32) {
     let quadrant = (m + (1 << 21)) >> 22;
     let rest = (m as i32 - (quadrant << 22) as i32) as f32 * (1.0 / 16_777_216.0);
     let a = rest * std::f32::consts::TAU;
     let a2 = a * a;
-    let s = a + a * a2 * (-1.666_665_5e-1 + a2 * (8.332_161e-3 + a2 * -1.951_529_6e-4));
-    let c = 1.0 - 0.5 * a2 + a2 * a2 * (4.166_664_6e-2 + a2 * (-1.388_731_6e-3 + a2 * 2.443_315_7e-5));
+    let horner = |poly: &[f32; 3]| poly[1..].iter().fold(poly[0], |p, c| p * a2 + c);
+    let s = a + a * a2 * horner(&SIN_POLY);
+    let c = 1.0 - 0.5 * a2 + a2 * a2 * horner(&COS_POLY);
     let (sin, cos) = if quadrant & 1 == 1 { (c, s) } else { (s, c) };
     let sin = if quadrant & 2 == 2 { -sin } else { sin };
     let cos = if (quadrant + 1) & 2 == 2 { -cos } else { cos };
@@ -195,7 +212,7 @@ macro_rules! each {
 /// same order and without fused multiply-add, so the numbers are bit-identical (tested).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{LANES, M0, M1, W0, W1};
+    use super::{COS_POLY, LANES, LN2_HIGH, LN2_LOW, LN_POLY, M0, M1, SIN_POLY, W0, W1};
     use std::arch::x86_64::*;
 
     pub fn available() -> bool {
@@ -234,27 +251,14 @@ mod avx512 {
             each!(|i| _mm512_mask_blend_ps(small[i], sub(m[i], c(1.0)), sub(add(m[i], m[i]), c(1.0))));
         let e: [__m512; N] = each!(|i| _mm512_cvtepi32_ps(e[i]));
         let z: [__m512; N] = each!(|i| mul(t[i], t[i]));
-        let mut y: [__m512; N] = [c(7.037_683_6e-2); N];
-        for (coefficient, subtract) in [
-            (1.151_461e-1, true),
-            (1.167_699_9e-1, false),
-            (1.242_014_1e-1, true),
-            (1.424_932_3e-1, false),
-            (1.666_805_8e-1, true),
-            (2.000_071_4e-1, false),
-            (2.499_999_4e-1, true),
-            (3.333_333e-1, false),
-        ] {
-            y = each!(|i| if subtract {
-                sub(mul(y[i], t[i]), c(coefficient))
-            } else {
-                add(mul(y[i], t[i]), c(coefficient))
-            });
+        let mut y: [__m512; N] = [c(LN_POLY[0]); N];
+        for &p in &LN_POLY[1..] {
+            y = each!(|i| add(mul(y[i], t[i]), c(p)));
         }
         let y: [__m512; N] = each!(|i| mul(mul(y[i], t[i]), z[i]));
-        let y: [__m512; N] = each!(|i| add(y[i], mul(c(-2.121_944_4e-4), e[i])));
+        let y: [__m512; N] = each!(|i| add(y[i], mul(c(LN2_LOW), e[i])));
         let y: [__m512; N] = each!(|i| add(y[i], mul(c(-0.5), z[i])));
-        each!(|i| add(add(t[i], y[i]), mul(c(0.693_359_4), e[i])))
+        each!(|i| add(add(t[i], y[i]), mul(c(LN2_HIGH), e[i])))
     }
 
     /// (sin, cos) of 2π·m/2^24, as `super::sincos_turns`.
@@ -269,20 +273,11 @@ mod avx512 {
             each!(|i| _mm512_cvtepi32_ps(_mm512_sub_epi32(m[i], _mm512_slli_epi32::<22>(quadrant[i]))));
         let a: [__m512; N] = each!(|i| mul(mul(rest[i], c(1.0 / 16_777_216.0)), c(std::f32::consts::TAU)));
         let a2: [__m512; N] = each!(|i| mul(a[i], a[i]));
-        let s: [__m512; N] = each!(|i| add(
-            a[i],
-            mul(
-                mul(a[i], a2[i]),
-                add(c(-1.666_665_5e-1), mul(a2[i], add(c(8.332_161e-3), mul(a2[i], c(-1.951_529_6e-4))))),
-            ),
-        ));
-        let co: [__m512; N] = each!(|i| add(
-            sub(c(1.0), mul(c(0.5), a2[i])),
-            mul(
-                mul(a2[i], a2[i]),
-                add(c(4.166_664_6e-2), mul(a2[i], add(c(-1.388_731_6e-3), mul(a2[i], c(2.443_315_7e-5))))),
-            ),
-        ));
+        let horner =
+            |poly: &[f32; 3], x: __m512| poly[1..].iter().fold(c(poly[0]), |p, &k| add(mul(p, x), c(k)));
+        let s: [__m512; N] = each!(|i| add(a[i], mul(mul(a[i], a2[i]), horner(&SIN_POLY, a2[i]))));
+        let co: [__m512; N] =
+            each!(|i| add(sub(c(1.0), mul(c(0.5), a2[i])), mul(mul(a2[i], a2[i]), horner(&COS_POLY, a2[i]))));
         let one = _mm512_set1_epi32(1);
         let two = _mm512_set1_epi32(2);
         let sign = _mm512_set1_epi32(i32::MIN);
@@ -410,7 +405,7 @@ mod avx512 {
 /// operations, same order, no FMA: the same bits (tested).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{M0, M1, W0, W1};
+    use super::{COS_POLY, LN2_HIGH, LN2_LOW, LN_POLY, M0, M1, SIN_POLY, W0, W1};
     use std::arch::x86_64::*;
 
     pub fn available() -> bool {
@@ -458,27 +453,14 @@ mod avx2 {
             each!(|i| _mm256_blendv_ps(sub(m[i], c(1.0)), sub(add(m[i], m[i]), c(1.0)), small[i]));
         let e: [__m256; N] = each!(|i| _mm256_cvtepi32_ps(e[i]));
         let z: [__m256; N] = each!(|i| mul(t[i], t[i]));
-        let mut y: [__m256; N] = [c(7.037_683_6e-2); N];
-        for (coefficient, subtract) in [
-            (1.151_461e-1, true),
-            (1.167_699_9e-1, false),
-            (1.242_014_1e-1, true),
-            (1.424_932_3e-1, false),
-            (1.666_805_8e-1, true),
-            (2.000_071_4e-1, false),
-            (2.499_999_4e-1, true),
-            (3.333_333e-1, false),
-        ] {
-            y = each!(|i| if subtract {
-                sub(mul(y[i], t[i]), c(coefficient))
-            } else {
-                add(mul(y[i], t[i]), c(coefficient))
-            });
+        let mut y: [__m256; N] = [c(LN_POLY[0]); N];
+        for &p in &LN_POLY[1..] {
+            y = each!(|i| add(mul(y[i], t[i]), c(p)));
         }
         let y: [__m256; N] = each!(|i| mul(mul(y[i], t[i]), z[i]));
-        let y: [__m256; N] = each!(|i| add(y[i], mul(c(-2.121_944_4e-4), e[i])));
+        let y: [__m256; N] = each!(|i| add(y[i], mul(c(LN2_LOW), e[i])));
         let y: [__m256; N] = each!(|i| add(y[i], mul(c(-0.5), z[i])));
-        each!(|i| add(add(t[i], y[i]), mul(c(0.693_359_4), e[i])))
+        each!(|i| add(add(t[i], y[i]), mul(c(LN2_HIGH), e[i])))
     }
 
     /// (sin, cos) of 2π·m/2^24, as `super::sincos_turns`.
@@ -493,20 +475,11 @@ mod avx2 {
             each!(|i| _mm256_cvtepi32_ps(_mm256_sub_epi32(m[i], _mm256_slli_epi32::<22>(quadrant[i]))));
         let a: [__m256; N] = each!(|i| mul(mul(rest[i], c(1.0 / 16_777_216.0)), c(std::f32::consts::TAU)));
         let a2: [__m256; N] = each!(|i| mul(a[i], a[i]));
-        let s: [__m256; N] = each!(|i| add(
-            a[i],
-            mul(
-                mul(a[i], a2[i]),
-                add(c(-1.666_665_5e-1), mul(a2[i], add(c(8.332_161e-3), mul(a2[i], c(-1.951_529_6e-4))))),
-            ),
-        ));
-        let co: [__m256; N] = each!(|i| add(
-            sub(c(1.0), mul(c(0.5), a2[i])),
-            mul(
-                mul(a2[i], a2[i]),
-                add(c(4.166_664_6e-2), mul(a2[i], add(c(-1.388_731_6e-3), mul(a2[i], c(2.443_315_7e-5))))),
-            ),
-        ));
+        let horner =
+            |poly: &[f32; 3], x: __m256| poly[1..].iter().fold(c(poly[0]), |p, &k| add(mul(p, x), c(k)));
+        let s: [__m256; N] = each!(|i| add(a[i], mul(mul(a[i], a2[i]), horner(&SIN_POLY, a2[i]))));
+        let co: [__m256; N] =
+            each!(|i| add(sub(c(1.0), mul(c(0.5), a2[i])), mul(mul(a2[i], a2[i]), horner(&COS_POLY, a2[i]))));
         let sign = c(-0.0);
         let flip = |v: __m256, mask: __m256| _mm256_xor_ps(v, _mm256_and_ps(mask, sign));
         let swap: [__m256; N] = each!(|i| has(quadrant[i], 1));
@@ -671,6 +644,27 @@ mod tests {
             philox4x32_10([0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344], [0xa4093822, 0x299f31d0]),
             [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]
         );
+    }
+
+    /// The stream's numbers are part of every fast-stream trajectory: runs replay and resume from
+    /// them, on CPU and GPU. These pin them.
+    #[test]
+    fn the_stream_keeps_its_numbers() {
+        let key = key(42, 3);
+        for (e, bits) in [
+            (0u64, 0xbf0d18d6u32),
+            (1, 0xbf84beb0),
+            (2, 0x3f1ad3c2),
+            (3, 0x3f3e1698),
+            (1001, 0xc02eb186),
+            (123_457, 0x3e547a59),
+            (1 << 33, 0x3de3d2c6),
+        ] {
+            assert_eq!(normal(key, e).to_bits(), bits, "element {e}");
+            let mut block = vec![0f32; 300];
+            fill(key, e, &mut block);
+            assert_eq!(block[0].to_bits(), bits, "element {e} from fill");
+        }
     }
 
     #[test]

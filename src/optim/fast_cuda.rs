@@ -36,19 +36,19 @@ __device__ __forceinline__ float ln01(float x) {
     float t = small ? (m + m - 1.0f) : (m - 1.0f);
     float ef = (float)e;
     float z = t * t;
-    float y = 7.0376836e-2f;
-    y = y * t - 1.151461e-1f;
-    y = y * t + 1.1676999e-1f;
-    y = y * t - 1.2420141e-1f;
-    y = y * t + 1.4249323e-1f;
-    y = y * t - 1.6668058e-1f;
-    y = y * t + 2.0000714e-1f;
-    y = y * t - 2.4999994e-1f;
-    y = y * t + 3.333333e-1f;
+    float y = LN_P0;
+    y = y * t + LN_P1;
+    y = y * t + LN_P2;
+    y = y * t + LN_P3;
+    y = y * t + LN_P4;
+    y = y * t + LN_P5;
+    y = y * t + LN_P6;
+    y = y * t + LN_P7;
+    y = y * t + LN_P8;
     y = y * t * z;
-    y += -2.1219444e-4f * ef;
+    y += LN2_LOW * ef;
     y += -0.5f * z;
-    return t + y + 0.6933594f * ef;
+    return t + y + LN2_HIGH * ef;
 }
 
 __device__ __forceinline__ void sincos_turns(u32 m, float* sin_out, float* cos_out) {
@@ -56,8 +56,8 @@ __device__ __forceinline__ void sincos_turns(u32 m, float* sin_out, float* cos_o
     float rest = (float)((int)m - (int)(quadrant << 22)) * (1.0f / 16777216.0f);
     float a = rest * 6.28318530717958647692f;
     float a2 = a * a;
-    float s = a + a * a2 * (-1.6666655e-1f + a2 * (8.332161e-3f + a2 * -1.9515296e-4f));
-    float c = 1.0f - 0.5f * a2 + a2 * a2 * (4.1666646e-2f + a2 * (-1.3887316e-3f + a2 * 2.4433157e-5f));
+    float s = a + a * a2 * ((SIN_P0 * a2 + SIN_P1) * a2 + SIN_P2);
+    float c = 1.0f - 0.5f * a2 + a2 * a2 * ((COS_P0 * a2 + COS_P1) * a2 + COS_P2);
     float sn = (quadrant & 1u) ? c : s;
     float cs = (quadrant & 1u) ? s : c;
     if (quadrant & 2u) sn = -sn;
@@ -198,8 +198,23 @@ pub fn compile() -> Result<cudarc::nvrtc::Ptx> {
         ftz: Some(false),
         ..Default::default()
     };
-    cudarc::nvrtc::compile_ptx_with_opts(SOURCE, options)
+    cudarc::nvrtc::compile_ptx_with_opts(source(), options)
         .context("compiling the fast-stream kernels with NVRTC")
+}
+
+/// [`SOURCE`] after `#define`s of the polynomial coefficients, written from the constants the
+/// CPU paths use (Rust prints the shortest decimal that reads back as the same f32).
+fn source() -> String {
+    use super::philox::{COS_POLY, LN2_HIGH, LN2_LOW, LN_POLY, SIN_POLY};
+    let mut defines = String::new();
+    let named = [("LN_P", &LN_POLY[..]), ("SIN_P", &SIN_POLY[..]), ("COS_P", &COS_POLY[..])];
+    for (prefix, poly) in named {
+        for (i, c) in poly.iter().enumerate() {
+            defines += &format!("#define {prefix}{i} {c:?}f\n");
+        }
+    }
+    defines += &format!("#define LN2_HIGH {LN2_HIGH:?}f\n#define LN2_LOW {LN2_LOW:?}f\n");
+    defines + SOURCE
 }
 
 /// The loaded kernels of one device.
@@ -333,6 +348,14 @@ mod tests {
         let src = ptx.to_src();
         for name in ["perturb_f32", "rows_bf16", "update_f16", "update_f64"] {
             assert!(src.contains(&format!(".entry {name}")), "{name} missing from the PTX");
+        }
+        // The CPU paths' coefficients reach the kernels exactly (PTX writes f32 immediates as
+        // 0f + their bits; `x + (−c)` may become `x − c`, which rounds the same).
+        use crate::optim::philox::{COS_POLY, LN2_HIGH, LN2_LOW, LN_POLY, SIN_POLY};
+        let constants = LN_POLY.iter().chain(&SIN_POLY).chain(&COS_POLY).chain(&[LN2_HIGH, LN2_LOW]);
+        for c in constants {
+            let found = [*c, -c].iter().any(|v| src.contains(&format!("0f{:08X}", v.to_bits())));
+            assert!(found, "coefficient {c:?} missing from the PTX");
         }
         // No contraction: the CPU stream's roundings are the GPU's.
         assert!(!src.contains("fma.rn.f32"), "the kernels must not contract into FMA");

@@ -47,7 +47,7 @@ pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
 
 /// Cephes `logf`'s polynomial on t = m − 1, m in [√½, √2): y = (..((P₀ t + P₁) t + P₂)..) t + P₈,
 /// highest power first; every path (scalar, AVX2, AVX-512, CUDA) evaluates it in this order.
-const LN_POLY: [f32; 9] = [
+pub(crate) const LN_POLY: [f32; 9] = [
     7.037_683_6e-2,
     -1.151_461e-1,
     1.167_699_9e-1,
@@ -59,12 +59,12 @@ const LN_POLY: [f32; 9] = [
     3.333_333e-1,
 ];
 /// ln 2 split into a short high part and a correction: e ln 2 added without rounding error.
-const LN2_HIGH: f32 = 0.693_359_4;
-const LN2_LOW: f32 = -2.121_944_4e-4;
+pub(crate) const LN2_HIGH: f32 = 0.693_359_4;
+pub(crate) const LN2_LOW: f32 = -2.121_944_4e-4;
 /// Cephes' minimax sin(a) = a + a³ p(a²) and cos(a) = 1 − a²/2 + a⁴ q(a²) on [−π/4, π/4], the
 /// coefficients of p and q highest power first (Horner).
-const SIN_POLY: [f32; 3] = [-1.951_529_6e-4, 8.332_161e-3, -1.666_665_5e-1];
-const COS_POLY: [f32; 3] = [2.443_315_7e-5, -1.388_731_6e-3, 4.166_664_6e-2];
+pub(crate) const SIN_POLY: [f32; 3] = [-1.951_529_6e-4, 8.332_161e-3, -1.666_665_5e-1];
+pub(crate) const COS_POLY: [f32; 3] = [2.443_315_7e-5, -1.388_731_6e-3, 4.166_664_6e-2];
 
 /// `ln(x)` for x in (0, 1], within about 2 ulp, branch-free.
 #[inline(always)]

@@ -9,7 +9,8 @@
 //! (f16 weights) into `--model DIR` unless DIR already holds a model, or into a temporary
 //! directory without `--model`, and benchmarks it: the GPU check's OPT-1.3B.
 //!
-//! Prints `mezo step_ms=<median> forward_ms=<median> peak_rss_mb=<VmHWM>`, and on a GPU
+//! Prints `mezo step_ms=<median> forward_ms=<median> peak_rss_mb=<VmHWM>` (steps alternate with
+//! plain forward passes, whose median is forward_ms), and on a GPU
 //! `device_mem_mb=<in use at the end>`: libtorch's caching allocator keeps what it reserved, so
 //! that is its peak plus the context. With --forward-only it runs forward passes alone, so its
 //! peaks are those of inference. Under mpirun the global batch is split over the ranks (data
@@ -159,17 +160,14 @@ fn main() {
             tch::Cuda::synchronize(i as i64);
         }
     };
-    let forward_ms = median(
-        (0..steps.max(3))
-            .map(|_| {
-                let start = Instant::now();
-                loss().unwrap();
-                start.elapsed().as_secs_f64() * 1e3
-            })
-            .collect(),
-    );
-    let step_ms = if forward_only {
-        f64::NAN
+    let time_forward = || {
+        let start = Instant::now();
+        loss().unwrap();
+        start.elapsed().as_secs_f64() * 1e3
+    };
+    let forwards: Vec<f64> = (0..steps.max(3)).map(|_| time_forward()).collect();
+    let (forward_ms, step_ms) = if forward_only {
+        (median(forwards), f64::NAN)
     } else {
         let trainable: Vec<Trainable> = m
             .trainable(&FreezeRules::default())
@@ -204,18 +202,19 @@ fn main() {
                 );
             }
         }
-        median(
-            (0..steps)
-                .map(|i| {
-                    let start = Instant::now();
-                    let seed = 1000 + i as u64;
-                    let (_, g) = perturbations.direction(&trainable, seed, 1e-3, true, loss).unwrap();
-                    updater.apply(&trainable, &[(seed, g)], 1e-6, 0.0, WeightDecay::AllTensors);
-                    sync();
-                    start.elapsed().as_secs_f64() * 1e3
-                })
-                .collect(),
-        )
+        // Steps alternate with plain forward passes, so that both medians see the same phases
+        // of a shared machine.
+        let (mut forwards, mut steps_ms) = (vec![], vec![]);
+        for i in 0..steps {
+            forwards.push(time_forward());
+            let start = Instant::now();
+            let seed = 1000 + i as u64;
+            let (_, g) = perturbations.direction(&trainable, seed, 1e-3, true, loss).unwrap();
+            updater.apply(&trainable, &[(seed, g)], 1e-6, 0.0, WeightDecay::AllTensors);
+            sync();
+            steps_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        (median(forwards), median(steps_ms))
     };
     let device_mem = match device {
         Device::Cuda(i) => {

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use tch::{Kind, Tensor};
 
 mod common;
-use common::{demo_split, mpirun, repo, MEZO};
+use common::{demo_split, mpirun, ok, repo, MEZO};
 
 fn kernel(ranks: usize, split: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut cmd = if ranks == 1 { Command::new(MEZO) } else { mpirun(ranks) };
@@ -22,11 +22,6 @@ fn kernel(ranks: usize, split: &Path, out: &Path, extra: &[&str]) -> Output {
         .args(extra)
         .output()
         .unwrap()
-}
-
-fn ok(output: Output) -> String {
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap()
 }
 
 fn read(path: &Path, name: &str) -> Tensor {

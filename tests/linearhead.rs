@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use tch::{Device, Kind, Tensor};
 
 mod common;
-use common::{demo_split, mpirun, repo, MEZO};
+use common::{demo_split, mpirun, ok, repo, MEZO};
 
 const MODEL: &str = "tests/fixtures/models/roberta";
 
@@ -67,12 +67,6 @@ fn linearhead(ranks: usize, case: &Value, split: &Path, out: &Path, extra: &[&st
         .args(extra)
         .output()
         .unwrap()
-}
-
-fn ok(output: Output) -> String {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "mezo failed: {stderr}");
-    String::from_utf8(output.stdout).unwrap()
 }
 
 fn read_json(path: &Path) -> Value {

@@ -1,10 +1,10 @@
 //! Helpers the integration tests share: the built binary, repository paths, the demo task's
-//! k-shot split, and `mpirun` as root.
+//! k-shot split, `mpirun` as root, and a run's stdout once it succeeded.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 pub const MEZO: &str = env!("CARGO_BIN_EXE_mezo");
 
@@ -36,4 +36,10 @@ pub fn mpirun(ranks: usize) -> Command {
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env_remove("RUST_LOG");
     cmd
+}
+
+/// The stdout of a run that must have succeeded; its stderr in the failure message otherwise.
+pub fn ok(output: Output) -> String {
+    assert!(output.status.success(), "mezo failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
 }

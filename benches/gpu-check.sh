@@ -106,9 +106,9 @@ run_checks() {
     for mode in forward-only step; do
       step "$bundle/mezo_step" --random-opt 1.3b --model "$opt" --device cuda --dtype "$dtype" \
         --threads "$(nproc)" --steps 10 $([[ $mode == forward-only ]] && echo --forward-only) \
-        > >(tee "$out/opt-$dtype-$mode.txt")
+        > "$out/opt-$dtype-$mode.txt"
+      cat "$out/opt-$dtype-$mode.txt"
     done
-    sleep 1
     python3 - "$dtype" "$out/opt-$dtype-forward-only.txt" "$out/opt-$dtype-step.txt" <<'PY'
 import re, sys
 def numbers(path):

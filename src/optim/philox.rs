@@ -324,11 +324,11 @@ mod avx512 {
     }
 
     /// Groups of 16 counters generated in lockstep by [`fill_block`].
-    pub const GROUPS: usize = 2;
+    const GROUPS: usize = 2;
 
     /// `GROUPS · 4 · LANES` normals of counters k0 .. k0 + GROUPS · LANES, in element order.
     #[target_feature(enable = "avx512f")]
-    pub fn fill_block(key: [u32; 2], k0: u64, out: &mut [f32]) {
+    fn fill_block(key: [u32; 2], k0: u64, out: &mut [f32]) {
         const _: () = assert!(LANES == 16);
         assert_eq!(out.len(), GROUPS * 4 * LANES);
         let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -400,7 +400,7 @@ mod avx512 {
 }
 
 /// The AVX2 twin of [`avx512`] for CPUs without AVX-512 (AMD Zen 1–3, many Intel parts): 2.1–2.3
-/// ns a normal where the compiler's own vectorisation of [`fill_block`] takes 3.8 (measured on
+/// ns a normal where the compiler's AVX2 vectorisation of [`fill_block`] took 3.8 (measured on
 /// the AVX-512 CI machine restricted to AVX2). Four vectors of 8 counters in lockstep; same
 /// operations, same order, no FMA: the same bits (tested).
 #[cfg(target_arch = "x86_64")]
@@ -518,7 +518,7 @@ mod avx2 {
 
     /// `32 · VECTORS` normals of counters k0 .. k0 + 8 · VECTORS, in element order.
     #[target_feature(enable = "avx2")]
-    pub fn fill_block(key: [u32; 2], k0: u64, out: &mut [f32]) {
+    fn fill_block(key: [u32; 2], k0: u64, out: &mut [f32]) {
         assert_eq!(out.len(), 32 * VECTORS);
         let counters = |v: usize| -> [u64; 8] { std::array::from_fn(|lane| k0 + (8 * v + lane) as u64) };
         let words = |v: usize, high: bool| {
@@ -579,38 +579,10 @@ mod avx2 {
     }
 }
 
-/// Width-specific copies of a hot loop: the body is compiled once per target feature set and the
-/// widest the CPU has is picked at run time. Results do not depend on the choice (no FMA).
-macro_rules! multiversion {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
-        $(#[$meta])* $vis fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2")]
-                unsafe fn avx2($($arg: $ty),*) $body
-                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
-                unsafe fn avx512($($arg: $ty),*) $body
-                if std::is_x86_feature_detected!("avx512f")
-                    && std::is_x86_feature_detected!("avx512bw")
-                    && std::is_x86_feature_detected!("avx512vl")
-                {
-                    // SAFETY: the CPU has the features the function was compiled for.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::is_x86_feature_detected!("avx2") {
-                    // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            $body
-        }
-    };
-}
-
-multiversion! {
-    fn fill_portable(key: [u32; 2], first: u64, out: &mut [f32]) {
-        fill_with(key, first, out, 4 * LANES, fill_block);
-    }
+/// The path of CPUs without AVX2, and of other architectures: [`fill_block`] as the compiler
+/// vectorises it.
+fn fill_portable(key: [u32; 2], first: u64, out: &mut [f32]) {
+    fill_with(key, first, out, 4 * LANES, fill_block);
 }
 
 /// `out[j] = z(first + j)`.

@@ -103,24 +103,28 @@ run_checks() {
   local opt="$out/opt-1.3b" dtype mode
   rm -rf "$opt"
   for dtype in f16 bf16; do
-    for mode in forward-only step; do
+    # step: ℓ+ and ℓ− in one paired pass (the default); separate-passes: two passes.
+    for mode in forward-only step separate-passes; do
       step "$bundle/mezo_step" --random-opt 1.3b --model "$opt" --device cuda --dtype "$dtype" \
-        --threads "$(nproc)" --steps 10 $([[ $mode == forward-only ]] && echo --forward-only) \
+        --threads "$(nproc)" --steps 10 $([[ $mode != step ]] && echo "--$mode") \
         > "$out/opt-$dtype-$mode.txt"
       cat "$out/opt-$dtype-$mode.txt"
     done
-    python3 - "$dtype" "$out/opt-$dtype-forward-only.txt" "$out/opt-$dtype-step.txt" <<'PY'
+    python3 - "$dtype" "$out/opt-$dtype-forward-only.txt" "$out/opt-$dtype-step.txt" \
+      "$out/opt-$dtype-separate-passes.txt" <<'PY'
 import re, sys
 def numbers(path):
     return dict(re.findall(r"(\w+)=([0-9.]+)", open(path).read()))
-dtype, inference, step = sys.argv[1], numbers(sys.argv[2]), numbers(sys.argv[3])
-try:
-    print(f"OPT-1.3B {dtype}: step {float(step['step_ms']):.1f} ms / forward {float(step['forward_ms']):.1f} ms = "
-          f"{float(step['step_ms']) / float(step['forward_ms']):.2f}; device memory step {step['device_mem_mb']} MB / "
-          f"inference {inference['device_mem_mb']} MB = "
-          f"{float(step['device_mem_mb']) / float(inference['device_mem_mb']):.2f}")
-except KeyError as e:
-    print(f"OPT-1.3B {dtype}: no numbers ({e} missing)")
+dtype, inference = sys.argv[1], numbers(sys.argv[2])
+for label, path in (("paired pass", sys.argv[3]), ("separate passes", sys.argv[4])):
+    step = numbers(path)
+    try:
+        print(f"OPT-1.3B {dtype}, {label}: step {float(step['step_ms']):.1f} ms / forward "
+              f"{float(step['forward_ms']):.1f} ms = {float(step['step_ms']) / float(step['forward_ms']):.2f}; "
+              f"device memory step {step['device_mem_mb']} MB / inference {inference['device_mem_mb']} MB = "
+              f"{float(step['device_mem_mb']) / float(inference['device_mem_mb']):.2f}")
+    except KeyError as e:
+        print(f"OPT-1.3B {dtype}, {label}: no numbers ({e} missing)")
 PY
   done
   rm -rf "$opt"

@@ -2,7 +2,7 @@
 //!
 //!   cargo bench --bench mezo_step -- [--model DIR] [--random-opt 125m|1.3b|tiny]
 //!       [--device cpu|cuda] [--dtype f32|bf16|f16] [--batch 8] [--seq 64] [--threads N]
-//!       [--steps 3] [--rng fast|reference] [--forward-only]
+//!       [--steps 3] [--rng fast|reference] [--separate-passes] [--forward-only]
 //!
 //! A prompt model (RoBERTa/BERT) is scored by the label words at one mask position per row, a
 //! causal LM by its next-token loss (`lm_loss`). `--random-opt` writes a random OPT of that size
@@ -14,13 +14,15 @@
 //! `device_mem_mb=<in use at the end>`: libtorch's caching allocator keeps what it reserved, so
 //! that is its peak plus the context. With --forward-only it runs forward passes alone, so its
 //! peaks are those of inference. Under mpirun the global batch is split over the ranks (data
-//! parallel, one all-reduce per evaluation), and rank 0 prints.
+//! parallel, one all-reduce per evaluation), and rank 0 prints. The fast stream scores both sides
+//! of a direction in one forward pass over the doubled batch, as `mezo train` does;
+//! `--separate-passes` runs two (`mezo train --no-paired-pass`).
 
 mod common;
 
 use common::{arg, median};
 use mezo::dist::{Dist, Reduce};
-use mezo::model::cache::{lm_loss, next_token_targets};
+use mezo::model::cache::{lm_loss_by_side, next_token_targets};
 use mezo::model::{self, Dtype, FreezeRules, LoadOptions};
 use mezo::optim::zo::{Perturbations, Rng, Trainable, Updater, WeightDecay, ZoOptimizer};
 use std::path::Path;
@@ -97,6 +99,8 @@ fn main() {
     let threads: i32 = arg(&args, "--threads", "1").parse().unwrap();
     let steps: usize = arg(&args, "--steps", "3").parse().unwrap();
     let forward_only = args.iter().any(|a| a == "--forward-only");
+    // The fast stream's default; --separate-passes scores ℓ− in a pass of its own.
+    let paired_pass = !args.iter().any(|a| a == "--separate-passes");
     let rng = match arg(&args, "--rng", "fast").as_str() {
         "reference" => Rng::Reference,
         "fast" => Rng::Fast,
@@ -136,23 +140,42 @@ fn main() {
     let pos = Tensor::full([share.len() as i64, 1], 10, (Kind::Int64, device));
     let words = Tensor::from_slice(&[5i64, 6]).to_device(device);
     let targets = next_token_targets(&ids, &mask);
-    // The summed loss of this rank's rows, and how many rows.
-    let local_loss = || -> f64 {
+    // The summed loss of this rank's rows on each side of the forward pass (the batch `sides`
+    // times over, see mezo::model::nn::WeightView).
+    let local_losses = |sides: i64| -> Vec<f64> {
         let _guard = tch::no_grad_guard();
+        let copies = |t: &Tensor| if sides == 1 { t.shallow_clone() } else { t.repeat([sides, 1]) };
         match (m.encoder(), m.causal_lm()) {
-            (Some(e), _) => e
-                .label_scores(&ids, &mask, &pos, &words)
-                .to_kind(Kind::Float)
-                .cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::Sum, -100, 0.0)
-                .double_value(&[]),
-            (None, Some(lm)) => lm_loss(lm, &ids, &mask, &targets).double_value(&[]) * share.len() as f64,
+            (Some(e), _) => {
+                let scores = e.label_scores(&copies(&ids), &copies(&mask), &copies(&pos), &words);
+                let part = scores.size()[0] / sides;
+                (0..sides)
+                    .map(|s| {
+                        scores
+                            .narrow(0, s * part, part)
+                            .to_kind(Kind::Float)
+                            .cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::Sum, -100, 0.0)
+                            .double_value(&[])
+                    })
+                    .collect()
+            }
+            (None, Some(lm)) => {
+                let losses = lm_loss_by_side(lm, &copies(&ids), &copies(&mask), &copies(&targets));
+                Vec::<f64>::try_from(losses.to_kind(Kind::Double).to_device(Device::Cpu))
+                    .unwrap()
+                    .into_iter()
+                    .map(|l| l * share.len() as f64)
+                    .collect()
+            }
             _ => panic!("{}: neither a prompt model nor a causal LM", dir.display()),
         }
     };
-    let loss = || -> anyhow::Result<f64> {
-        let mut sums = [local_loss(), share.len() as f64];
+    let loss = |sides: i64| -> anyhow::Result<Vec<f64>> {
+        let mut sums = local_losses(sides);
+        sums.push(share.len() as f64);
         dist.all_reduce(&mut sums, Reduce::Sum);
-        Ok(sums[0] / sums[1])
+        let count = sums.pop().unwrap();
+        Ok(sums.into_iter().map(|s| s / count).collect())
     };
     // GPU work is asynchronous: a step's time includes its update's kernels.
     let sync = || {
@@ -162,7 +185,7 @@ fn main() {
     };
     let time_forward = || {
         let start = Instant::now();
-        loss().unwrap();
+        loss(1).unwrap();
         start.elapsed().as_secs_f64() * 1e3
     };
     let forwards: Vec<f64> = (0..steps.max(3)).map(|_| time_forward()).collect();
@@ -174,28 +197,38 @@ fn main() {
             .into_iter()
             .map(|p| Trainable { name: p.name.clone(), tensor: p.tensor.shallow_clone() })
             .collect();
-        let perturbations = Perturbations::new(rng, &trainable).unwrap();
+        let perturbations = Perturbations::new(rng, &trainable, paired_pass).unwrap();
         let mut updater = Updater::new(ZoOptimizer::Sgd, rng, &trainable);
         // Every rank: the loss all-reduces.
-        if let Perturbations::Fast(stream) = &perturbations {
-            // Plain and perturbed forward passes alternated, then updates: where a step's time
-            // goes beyond its two forward passes.
-            let (mut plain, mut perturbed, mut update) = (vec![], vec![], vec![]);
+        if let Perturbations::Fast { stream, .. } = &perturbations {
+            // Plain, perturbed and paired (both sides at once) forward passes alternated, then
+            // updates: where a step's time goes beyond its two forward passes.
+            let (mut plain, mut perturbed, mut paired, mut update) = (vec![], vec![], vec![], vec![]);
             for _ in 0..steps.max(3) {
                 let start = Instant::now();
-                loss().unwrap();
+                loss(1).unwrap();
                 plain.push(start.elapsed().as_secs_f64() * 1e3);
                 let start = Instant::now();
-                mezo::model::nn::with_view(stream.view(7, 1e-3), loss).unwrap();
+                mezo::model::nn::with_view(stream.view(7, 1e-3), || loss(1)).unwrap();
                 perturbed.push(start.elapsed().as_secs_f64() * 1e3);
+                // Not with --separate-passes, whose peak memory must not include a paired pass.
+                if paired_pass {
+                    let start = Instant::now();
+                    mezo::model::nn::with_view(stream.paired_view(7, 1e-3), || loss(2)).unwrap();
+                    paired.push(start.elapsed().as_secs_f64() * 1e3);
+                }
                 let start = Instant::now();
                 updater.apply(&trainable, &[(7, 0.0)], 0.0, 0.0, WeightDecay::AllTensors);
                 sync();
                 update.push(start.elapsed().as_secs_f64() * 1e3);
             }
             if dist.is_root() {
+                let paired = match paired.is_empty() {
+                    true => String::new(),
+                    false => format!(", paired forward (both sides) {:.0} ms", median(paired)),
+                };
                 println!(
-                    "fast stream: forward {:.0} ms, perturbed forward {:.0} ms, update {:.0} ms",
+                    "fast stream: forward {:.0} ms, perturbed forward {:.0} ms{paired}, update {:.0} ms",
                     median(plain),
                     median(perturbed),
                     median(update)

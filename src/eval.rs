@@ -8,7 +8,7 @@ use crate::data::examples::Label;
 use crate::dist::Dist;
 use crate::error::InputError;
 use crate::metrics;
-use crate::model::{Body, Model};
+use crate::model::{nn, Body, Model};
 use anyhow::Result;
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
@@ -32,12 +32,14 @@ pub fn class_scores(
             return Err(InputError("finetune mode needs an encoder model (RoBERTa/BERT)".into()).into())
         }
         (_, _) => {
+            // The LM head on the scored position and the label words' rows only: the
+            // vocabulary logits the reference computes and then indexes.
             let lm = model.causal_lm().expect("a decoder body is a causal LM");
-            let logits = lm.forward(ids, mask, None);
-            let v = logits.size()[2];
-            let last =
-                logits.gather(1, &pos()?.view([-1, 1, 1]).expand([-1, 1, v], false), false).squeeze_dim(1);
-            last.index_select(1, label_word_ids)
+            let hidden = lm.hidden_states(ids, mask, None);
+            let h = hidden.size()[2];
+            let at =
+                hidden.gather(1, &pos()?.view([-1, 1, 1]).expand([-1, 1, h], false), false).squeeze_dim(1);
+            nn::affine(&at, &nn::weight_rows(lm.head(), label_word_ids), None)
         }
     })
 }

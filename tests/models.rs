@@ -483,3 +483,91 @@ fn chunked_lm_loss_equals_the_full_loss() {
     loss.backward();
     assert!(p.grad().abs().sum(Kind::Double).double_value(&[]) > 0.0);
 }
+
+/// MeZO's fast stream scores ℓ+ and ℓ− in one forward pass over the doubled batch: every
+/// family, adapter and scoring path must give each side what a forward pass of its own gives.
+#[test]
+fn a_paired_pass_scores_each_side_as_a_pass_of_its_own() {
+    use mezo::data::dataset::FewShotType;
+    use mezo::model::cache::{lm_loss_by_side, next_token_targets};
+    use mezo::model::{nn, FreezeRules, LoraConfig, Scope};
+    use mezo::optim::{fast::FastStream, zo::Trainable};
+    let _guard = tch::no_grad_guard();
+    let lora = LoraConfig { rank: 4, alpha: 16.0, targets: vec!["q_proj".into(), "v_proj".into()], seed: 5 };
+    let encoder_lora = LoraConfig { targets: vec!["query".into(), "value".into()], ..lora.clone() };
+    let plain = LoadOptions { num_labels: Some(3), ..LoadOptions::new(Device::Cpu, Dtype::F32) };
+    let cases = [
+        ("roberta", plain.clone(), Scope::Full),
+        ("roberta-tied", plain.clone(), Scope::Full),
+        ("bert", plain.clone(), Scope::Full),
+        ("roberta", LoadOptions { lora: Some(encoder_lora), ..plain.clone() }, Scope::LoraAndHeads),
+        ("roberta", LoadOptions { num_prefix: Some(3), ..plain.clone() }, Scope::Prefix),
+        ("opt", plain.clone(), Scope::Full),
+        ("opt-untied", plain.clone(), Scope::Full),
+        ("llama", plain.clone(), Scope::Full),
+        ("qwen2", plain.clone(), Scope::Full),
+        ("opt", LoadOptions { lora: Some(lora), ..plain.clone() }, Scope::Lora),
+        ("llama", LoadOptions { num_prefix: Some(3), ..plain.clone() }, Scope::Prefix),
+        ("roberta", LoadOptions { dtype: Dtype::Bf16, ..plain.clone() }, Scope::Full),
+        ("opt", LoadOptions { dtype: Dtype::Bf16, ..plain }, Scope::Full),
+    ];
+    for (name, options, scope) in cases {
+        let what = format!("{name} ({scope:?}, {:?})", options.dtype);
+        let m = model::load(&fixture(name), &options).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let r = reference(name.trim_end_matches("-tied").trim_end_matches("-untied"));
+        let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
+        let causal = m.causal_lm().is_some();
+        let (words, pos) = if causal {
+            (
+                Tensor::from_slice(&[5i64, 17, 3]),
+                (mask.sum_dim_intlist([1i64].as_slice(), true, Kind::Int64) - 1),
+            )
+        } else {
+            (r["label_word_ids"].shallow_clone(), r["mask_pos"].shallow_clone())
+        };
+        let trainable: Vec<Trainable> = m
+            .trainable(&FreezeRules { scope, ..Default::default() })
+            .into_iter()
+            .map(|p| Trainable { name: p.name.clone(), tensor: p.tensor.shallow_clone() })
+            .collect();
+        let stream = FastStream::new(&trainable).unwrap();
+        let (seed, eps) = (77, 1e-2);
+        let modes: &[FewShotType] =
+            if causal { &[FewShotType::Prompt] } else { &[FewShotType::Prompt, FewShotType::Finetune] };
+        let twice = |t: &Tensor| t.repeat([2, 1]);
+        for &mode in modes {
+            let scores = |ids: &Tensor, mask: &Tensor, pos: &Tensor| {
+                mezo::eval::class_scores(&m, mode, &words, ids, mask, Some(pos)).unwrap()
+            };
+            let plus = nn::with_view(stream.view(seed, eps), || scores(ids, mask, &pos));
+            let minus = nn::with_view(stream.view(seed, -eps), || scores(ids, mask, &pos));
+            let both = nn::with_view(stream.paired_view(seed, eps), || {
+                scores(&twice(ids), &twice(mask), &twice(&pos))
+            });
+            assert!(max_diff(&plus, &minus) > 0.0, "{what} {mode:?}: the sides differ");
+            let b = ids.size()[0];
+            for (side, alone) in [(0, &plus), (1, &minus)] {
+                let d = max_diff(&both.narrow(0, side * b, b), alone);
+                assert!(
+                    d <= 1e-6 * alone.abs().max().double_value(&[]).max(1.0),
+                    "{what} {mode:?} side {side}: {d}"
+                );
+            }
+        }
+        if let Some(lm) = m.causal_lm() {
+            let targets = next_token_targets(ids, mask);
+            let loss =
+                |ids: &Tensor, mask: &Tensor, targets: &Tensor| lm_loss_by_side(lm, ids, mask, targets);
+            let plus = nn::with_view(stream.view(seed, eps), || loss(ids, mask, &targets));
+            let minus = nn::with_view(stream.view(seed, -eps), || loss(ids, mask, &targets));
+            let both = nn::with_view(stream.paired_view(seed, eps), || {
+                loss(&twice(ids), &twice(mask), &twice(&targets))
+            });
+            assert_eq!(both.size(), [2]);
+            for (side, alone) in [(0, &plus), (1, &minus)] {
+                let d = max_diff(&both.narrow(0, side, 1), alone);
+                assert!(d <= 1e-6, "{what} lm_loss side {side}: {d}");
+            }
+        }
+    }
+}

@@ -85,6 +85,7 @@ pub fn run(ctx: &Context, args: &DemoArgs) -> Result<()> {
         zo_optimizer: ZoOptimizer::Sgd,
         rng: Rng::Fast,
         micro_batch_size: 0,
+        paired_pass: true,
         stash: Stash::Memory,
     };
     let zero_shot = {

@@ -48,7 +48,7 @@ pub fn run(ctx: &Context, args: &ReplayArgs) -> Result<()> {
             )));
         }
         let progress = crate::logging::progress_bar(ctx.dist, steps.len() as u64, "steps");
-        let perturbations = Perturbations::new(train.rng, &tensors)?;
+        let perturbations = Perturbations::new(train.rng, &tensors, train.paired_pass)?;
         let mut updater = Updater::new(train.zo_optimizer, train.rng, &tensors);
         for step in &steps {
             replay_step(

@@ -151,9 +151,15 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.9)]
     momentum: f64,
     /// Evaluate at most N examples of a rank's share at once (gradient accumulation over micro-
-    /// batches; peak memory of one micro-batch); 0: the whole share.
+    /// batches; peak memory of one micro-batch, taken twice by MeZO's paired pass); 0: the whole
+    /// share.
     #[arg(long, default_value_t = 0, value_name = "N")]
     micro_batch_size: usize,
+    /// MeZO --rng fast: score ℓ− in a forward pass of its own instead of with ℓ+ in one pass
+    /// over the doubled batch; half the activation memory and one perturbed copy of a weight at
+    /// a time, at the price of drawing z twice.
+    #[arg(long)]
+    no_paired_pass: bool,
     /// Where the best-dev weights are kept until test is evaluated with them.
     #[arg(long, value_enum, default_value = "auto")]
     best_weights: StashArg,
@@ -265,6 +271,7 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
             ZoOptimizerArg::Adam => ZoOptimizer::Adam,
         },
         micro_batch_size: args.micro_batch_size,
+        paired_pass: !args.no_paired_pass,
         rng: match args.rng {
             RngArg::Fast => Rng::Fast,
             RngArg::Reference => Rng::Reference,

@@ -8,7 +8,10 @@
 //! `ModelForPromptFinetuning` defines no output embeddings); a checkpoint without
 //! `lm_head.decoder.weight` gets a copy of the word embeddings. BERT's decoder is tied.
 
-use super::nn::{merge_heads, rows, split_heads, weight, Activation, LayerNorm, Linear, Loader, Prefix};
+use super::nn::{
+    affine, broadcast, merge_heads, rows, split_heads, weight_rows, Activation, LayerNorm, Linear, Loader,
+    Prefix,
+};
 use crate::error::InputError;
 use serde::Deserialize;
 use std::cell::Cell;
@@ -248,7 +251,10 @@ impl PromptEncoder {
             Flavor::Bert => Tensor::arange(t, (Kind::Int64, device)).unsqueeze(0).expand([b, t], false),
         };
         let e = &self.embeddings;
-        let x = rows(&e.word, input_ids) + rows(&e.position, &positions) + weight(&e.token_type).get(0);
+        // Segment 0 for every token.
+        let segment = weight_rows(&e.token_type, &Tensor::zeros([1], (Kind::Int64, device)));
+        let x =
+            broadcast(&(rows(&e.word, input_ids) + rows(&e.position, &positions)), &segment, |x, t| x + t);
         let mut x = e.norm.forward(&x);
         // [B, 1, 1, T]: every query sees the non-padding keys; no mask at all without padding,
         // which lets libtorch pick its fastest kernel.
@@ -308,7 +314,8 @@ impl PromptEncoder {
         label_word_ids: &Tensor,
     ) -> Tensor {
         let x = self.head_features(input_ids, attention_mask, Some(mask_pos));
-        x.linear(&rows(&self.head.decoder, label_word_ids), Some(&rows(&self.head.bias, label_word_ids)))
+        let decoder = weight_rows(&self.head.decoder, label_word_ids);
+        affine(&x, &decoder, Some(&weight_rows(&self.head.bias, label_word_ids)))
     }
 
     /// The input of the final output layer, `[B, H]`: in prompt mode (`mask_pos` given) the MLM

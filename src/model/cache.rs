@@ -1,5 +1,6 @@
 //! The key/value cache of causal LMs, and greedy generation on top of it.
 
+use super::nn;
 use tch::{Kind, Tensor};
 
 /// Keys and values of the positions seen so far, per layer, `[B, kv_heads, S, D]`.
@@ -46,13 +47,12 @@ pub trait CausalLm {
         cache: Option<&mut KvCache>,
     ) -> Tensor;
 
-    /// The LM head's weight `[V, H]`, as the forward pass sees it (perturbed just in time under
-    /// MeZO's fast stream: fetch it once per forward pass).
-    fn head_weight(&self) -> Tensor;
+    /// The LM head's stored weight `[V, H]` (the word embeddings when tied).
+    fn head(&self) -> &Tensor;
 
     /// The LM head: vocabulary logits of hidden states `[..., H]`.
     fn logits(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<Tensor>(&self.head_weight(), None)
+        nn::affine(hidden, &nn::seen(self.head()), None)
     }
 
     /// Logits `[B, T, V]`: the head on [`CausalLm::hidden_states`].
@@ -115,30 +115,51 @@ pub fn lm_loss(
     attention_mask: &Tensor,
     targets: &Tensor,
 ) -> Tensor {
+    assert_eq!(nn::sides(), 1, "lm_loss scores one model; use lm_loss_by_side");
+    lm_loss_by_side(model, input_ids, attention_mask, targets).squeeze_dim(0)
+}
+
+/// [`lm_loss`] of each model a forward pass holds (see [`nn::WeightView`]): `[sides]`, side s
+/// scoring the s-th part of the batch.
+pub fn lm_loss_by_side(
+    model: &dyn CausalLm,
+    input_ids: &Tensor,
+    attention_mask: &Tensor,
+    targets: &Tensor,
+) -> Tensor {
     let hidden = model.hidden_states(input_ids, attention_mask, None);
-    let h = hidden.size().last().copied().expect("hidden states have a feature axis");
-    let (hidden, targets) = (hidden.reshape([-1, h]), targets.reshape([-1]));
-    let scored = targets.ne(IGNORE).nonzero().squeeze_dim(1);
-    let (hidden, targets) = (hidden.index_select(0, &scored), targets.index_select(0, &scored));
-    let rows = hidden.size()[0];
-    let head = model.head_weight();
-    let chunk_rows = (LOSS_CHUNK_LOGITS / head.size()[0].max(1)).max(128);
-    let mut total = Tensor::zeros([], (Kind::Float, hidden.device()));
-    let mut start = 0;
-    while start < rows {
-        let n = chunk_rows.min(rows - start);
-        let logits = hidden.narrow(0, start, n).linear::<Tensor>(&head, None).to_kind(Kind::Float);
-        total = &total
-            + logits.cross_entropy_loss::<Tensor>(
-                &targets.narrow(0, start, n),
-                None,
-                tch::Reduction::Sum,
-                IGNORE,
-                0.0,
-            );
-        start += n;
-    }
-    total / targets.size()[0] as f64
+    let sides = nn::sides();
+    let part = hidden.size()[0] / sides;
+    let head = nn::seen(model.head());
+    let losses: Vec<Tensor> = (0..sides)
+        .map(|s| {
+            let head = head.side(s);
+            let (hidden, targets) = (hidden.narrow(0, s * part, part), targets.narrow(0, s * part, part));
+            let h = hidden.size().last().copied().expect("hidden states have a feature axis");
+            let (hidden, targets) = (hidden.reshape([-1, h]), targets.reshape([-1]));
+            let scored = targets.ne(IGNORE).nonzero().squeeze_dim(1);
+            let (hidden, targets) = (hidden.index_select(0, &scored), targets.index_select(0, &scored));
+            let rows = hidden.size()[0];
+            let chunk_rows = (LOSS_CHUNK_LOGITS / head.size()[0].max(1)).max(128);
+            let mut total = Tensor::zeros([], (Kind::Float, hidden.device()));
+            let mut start = 0;
+            while start < rows {
+                let n = chunk_rows.min(rows - start);
+                let logits = hidden.narrow(0, start, n).linear::<Tensor>(&head, None).to_kind(Kind::Float);
+                total = &total
+                    + logits.cross_entropy_loss::<Tensor>(
+                        &targets.narrow(0, start, n),
+                        None,
+                        tch::Reduction::Sum,
+                        IGNORE,
+                        0.0,
+                    );
+                start += n;
+            }
+            total / targets.size()[0] as f64
+        })
+        .collect();
+    Tensor::stack(&losses, 0)
 }
 
 /// Next-token targets of `input_ids` `[B, T]` with padding `attention_mask`: each position

@@ -3,7 +3,7 @@
 //! and q/k/v biases where the config (Qwen2, `attention_bias`) asks for them.
 
 use super::cache::{attention_for, CausalLm, KvCache};
-use super::nn::{merge_heads, rows, weight, Activation, Linear, Loader, Prefix, RmsNorm};
+use super::nn::{merge_heads, rows, Activation, Linear, Loader, Prefix, RmsNorm};
 use crate::error::InputError;
 use serde::Deserialize;
 use std::cell::Cell;
@@ -227,8 +227,8 @@ impl CausalLm for Llama {
         self.norm.forward(&x)
     }
 
-    fn head_weight(&self) -> Tensor {
-        weight(&self.lm_head)
+    fn head(&self) -> &Tensor {
+        &self.lm_head
     }
 
     fn num_layers(&self) -> usize {

@@ -11,11 +11,23 @@ use tch::{Device, Kind, Tensor};
 /// How the forward pass sees the stored weights: MeZO's fast stream perturbs them just in time
 /// (θ + ε z formed per use and dropped after it) instead of writing them, so the stored weights
 /// change only in the update and come back exactly after any number of perturbations.
+///
+/// A view may have two *sides*: the batch then holds two copies of the examples, the first half
+/// scored by the model θ + ε z and the second by θ − ε z, so that one forward pass evaluates
+/// both sides of a direction and z is drawn once for both. Model code never sees the sides: it
+/// uses parameters through [`Linear`], [`LayerNorm`], [`RmsNorm`], [`Prefix`], [`rows`],
+/// [`weight_rows`], [`affine`] and [`broadcast`], which apply each side's tensors to its half.
 pub trait WeightView {
-    /// The tensor to use for stored parameter `t`, or `None` for `t` itself.
+    /// How many models the batch holds (its first dimension splits into this many equal parts).
+    fn sides(&self) -> i64 {
+        1
+    }
+    /// The tensor to use for stored parameter `t` (`[sides, ..t]` with two sides), or `None`
+    /// for `t` itself on every side.
     fn full(&self, t: &Tensor) -> Option<Tensor>;
-    /// Rows `ids` (int64, any shape) of the stored matrix `t`, `[..ids, H]` (elements of a vector
-    /// `t`, `[..ids]`), or `None` when `t` is used as stored.
+    /// Rows `ids` (int64, `[N, ..]`) of the stored matrix `t`, `[..ids, H]` (elements of a vector
+    /// `t`, `[..ids]`), the s-th of `sides` equal parts of `ids` reading side s's rows; `None`
+    /// when `t` is used as stored.
     fn rows(&self, t: &Tensor, ids: &Tensor) -> Option<Tensor>;
 }
 
@@ -39,13 +51,51 @@ fn current_view() -> Option<Rc<dyn WeightView>> {
     VIEW.with(|v| v.borrow().clone())
 }
 
-/// Stored parameter `t` as the forward pass should use it.
-pub fn weight(t: &Tensor) -> Tensor {
-    current_view().and_then(|v| v.full(t)).unwrap_or_else(|| t.shallow_clone())
+/// How many models the current forward pass's batch holds (see [`WeightView`]).
+pub fn sides() -> i64 {
+    current_view().map_or(1, |v| v.sides())
 }
 
-/// Rows `ids` of stored matrix (or elements of vector) `t`, as the forward pass should use them:
-/// an embedding lookup that perturbs only the rows a batch uses.
+/// A stored parameter as the current forward pass sees it.
+pub enum Seen {
+    /// One tensor for the whole batch.
+    Shared(Tensor),
+    /// `[sides, ..]`: side s's tensor, for the s-th part of the batch.
+    PerSide(Tensor),
+}
+
+impl Seen {
+    /// The tensor side `s` uses.
+    pub fn side(&self, s: i64) -> Tensor {
+        match self {
+            Seen::Shared(p) => p.shallow_clone(),
+            Seen::PerSide(p) => p.get(s),
+        }
+    }
+}
+
+/// Stored parameter `t` as the forward pass should use it.
+pub fn seen(t: &Tensor) -> Seen {
+    let Some(view) = current_view() else { return Seen::Shared(t.shallow_clone()) };
+    match view.full(t) {
+        Some(p) if view.sides() > 1 => Seen::PerSide(p),
+        Some(p) => Seen::Shared(p),
+        None => Seen::Shared(t.shallow_clone()),
+    }
+}
+
+/// Stored parameter `t` as a one-sided forward pass should use it (panics under two sides:
+/// use [`seen`]).
+pub fn weight(t: &Tensor) -> Tensor {
+    match seen(t) {
+        Seen::Shared(p) => p,
+        Seen::PerSide(_) => panic!("nn::weight under a two-sided view; use nn::seen"),
+    }
+}
+
+/// Rows `ids` of stored matrix (or elements of vector) `t` looked up by the batch (`ids`
+/// `[N, ..]`, N the batch), as the forward pass should use them: an embedding lookup that
+/// perturbs only the rows a batch uses.
 pub fn rows(t: &Tensor, ids: &Tensor) -> Tensor {
     if let Some(r) = current_view().and_then(|v| v.rows(t, ids)) {
         return r;
@@ -54,6 +104,71 @@ pub fn rows(t: &Tensor, ids: &Tensor) -> Tensor {
         1 => t.index_select(0, &ids.flatten(0, -1)).view_as(ids),
         _ => Tensor::embedding(t, ids, -1, false, false),
     }
+}
+
+/// Rows `ids` (`[L]`) of stored matrix (or elements of vector) `t` used as a weight by every
+/// example, e.g. the label words' rows of a vocabulary projection: `[L, ..]`, or per side.
+pub fn weight_rows(t: &Tensor, ids: &Tensor) -> Seen {
+    let s = sides();
+    if s == 1 {
+        return Seen::Shared(rows(t, ids));
+    }
+    match current_view().and_then(|v| v.rows(t, &ids.repeat([s]))) {
+        Some(r) => {
+            let mut shape = vec![s, ids.size()[0]];
+            shape.extend(r.size()[1..].iter());
+            Seen::PerSide(r.view(shape.as_slice()))
+        }
+        None => Seen::Shared(rows(t, ids)),
+    }
+}
+
+/// `x` `[N, ..]` as `[sides, N / sides, ..]`, and `p` `[sides, ..]` with ones inserted after the
+/// sides so that it broadcasts against it.
+fn side_by_side(x: &Tensor, p: &Tensor) -> (Tensor, Tensor) {
+    let sides = p.size()[0];
+    let x = x.unflatten(0, [sides, -1]);
+    let mut shape = vec![sides];
+    shape.extend(std::iter::repeat_n(1, x.dim() - p.dim()));
+    shape.extend(p.size()[1..].iter());
+    (x, p.view(shape.as_slice()))
+}
+
+/// `op(x, p)` with parameter `p` broadcast over `x` `[N, ..]`, each side's tensor applied to its
+/// part of the batch.
+pub fn broadcast(x: &Tensor, p: &Seen, op: impl Fn(&Tensor, &Tensor) -> Tensor) -> Tensor {
+    match p {
+        Seen::Shared(p) => op(x, p),
+        Seen::PerSide(p) => {
+            let (xs, ps) = side_by_side(x, p);
+            op(&xs, &ps).flatten(0, 1)
+        }
+    }
+}
+
+/// `x wᵀ + b` for `x` `[N, .., in]`, `w` `[out, in]`, `b` `[out]`: one GEMM for the whole batch,
+/// or, when `w` differs between sides, one per side written into its rows of the output (the
+/// GEMMs, and so the numbers, of separate forward passes).
+pub fn affine(x: &Tensor, w: &Seen, b: Option<&Seen>) -> Tensor {
+    let w = match (w, b) {
+        (Seen::Shared(w), None) => return x.linear::<Tensor>(w, None),
+        (Seen::Shared(w), Some(Seen::Shared(b))) => return x.linear(w, Some(b)),
+        (Seen::Shared(w), Some(b)) => return broadcast(&x.linear::<Tensor>(w, None), b, |y, b| y + b),
+        (Seen::PerSide(w), _) => w,
+    };
+    let (sides, input, output) = (w.size()[0], w.size()[2], w.size()[1]);
+    let mut shape = x.size();
+    *shape.last_mut().expect("x has a feature axis") = output;
+    let xs = x.reshape([sides, -1, input]);
+    let y = Tensor::empty([sides, xs.size()[1], output], (x.kind(), x.device()));
+    for s in 0..sides {
+        let (x, w, y) = (xs.get(s), w.get(s).tr(), y.get(s));
+        let _ = match b {
+            None => x.mm_out(&y, &w),
+            Some(b) => b.side(s).addmm_out(&y, &x, &w),
+        };
+    }
+    y.view(shape.as_slice())
 }
 
 /// A named parameter of a model; `tensor` shares storage with the model's own handle, so in-place
@@ -301,11 +416,21 @@ impl Prefix {
     pub fn prepend(&self, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
         let (b, heads, _, d) = k.size4().expect("[B, heads, T, D]");
         let m = self.len();
-        let slots =
-            |p: &Tensor| p.view([m, heads, d]).transpose(0, 1).unsqueeze(0).expand([b, heads, m, d], false);
+        let slots = |p: &Tensor| match seen(p) {
+            Seen::Shared(p) => {
+                p.view([m, heads, d]).transpose(0, 1).unsqueeze(0).expand([b, heads, m, d], false)
+            }
+            Seen::PerSide(p) => {
+                let sides = p.size()[0];
+                p.view([sides, 1, m, heads, d])
+                    .transpose(2, 3)
+                    .expand([sides, b / sides, heads, m, d], false)
+                    .reshape([b, heads, m, d])
+            }
+        };
         (
-            Tensor::cat(&[slots(&weight(&self.keys)), k.shallow_clone()], 2),
-            Tensor::cat(&[slots(&weight(&self.values)), v.shallow_clone()], 2),
+            Tensor::cat(&[slots(&self.keys), k.shallow_clone()], 2),
+            Tensor::cat(&[slots(&self.values), v.shallow_clone()], 2),
         )
     }
 }
@@ -332,12 +457,9 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let y = x.linear(&weight(&self.weight), self.bias.as_ref().map(weight).as_ref());
+        let y = affine(x, &seen(&self.weight), self.bias.as_ref().map(seen).as_ref());
         match &self.lora {
-            Some(lora) => {
-                y + x.linear::<Tensor>(&weight(&lora.a), None).linear::<Tensor>(&weight(&lora.b), None)
-                    * lora.scale
-            }
+            Some(lora) => y + affine(&affine(x, &seen(&lora.a), None), &seen(&lora.b), None) * lora.scale,
             None => y,
         }
     }
@@ -357,14 +479,22 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let size = *self.weight.size().last().expect("1-D");
-        x.layer_norm(
-            [size].as_slice(),
-            Some(&weight(&self.weight)),
-            Some(&weight(&self.bias)),
-            self.eps,
-            true,
-        )
+        let size = [*self.weight.size().last().expect("1-D")];
+        match (seen(&self.weight), seen(&self.bias)) {
+            (Seen::Shared(w), Seen::Shared(b)) => {
+                x.layer_norm(size.as_slice(), Some(&w), Some(&b), self.eps, true)
+            }
+            (w, b) => {
+                // One fused LayerNorm per side, as separate passes compute it.
+                let normed: Vec<Tensor> = (x.chunk(sides(), 0).iter().enumerate())
+                    .map(|(s, x)| {
+                        let s = s as i64;
+                        x.layer_norm(size.as_slice(), Some(&w.side(s)), Some(&b.side(s)), self.eps, true)
+                    })
+                    .collect();
+                Tensor::cat(&normed, 0)
+            }
+        }
     }
 }
 
@@ -384,7 +514,7 @@ impl RmsNorm {
         let x = x.to_kind(Kind::Float);
         let variance = x.pow_tensor_scalar(2).mean_dim([-1i64].as_slice(), true, None);
         let normed = x * (variance + self.eps).rsqrt();
-        weight(&self.weight) * normed.to_kind(kind)
+        broadcast(&normed.to_kind(kind), &seen(&self.weight), |x, w| w * x)
     }
 }
 

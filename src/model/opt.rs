@@ -5,7 +5,7 @@
 //! LM head tied to `embed_tokens` unless the config unties it.
 
 use super::cache::{attention_for, CausalLm, KvCache};
-use super::nn::{merge_heads, rows, split_heads, weight, Activation, LayerNorm, Linear, Loader, Prefix};
+use super::nn::{merge_heads, rows, split_heads, Activation, LayerNorm, Linear, Loader, Prefix};
 use crate::error::InputError;
 use serde::Deserialize;
 use std::cell::Cell;
@@ -187,8 +187,8 @@ impl CausalLm for Opt {
         x
     }
 
-    fn head_weight(&self) -> Tensor {
-        weight(&self.lm_head)
+    fn head(&self) -> &Tensor {
+        &self.lm_head
     }
 
     fn num_layers(&self) -> usize {

@@ -105,15 +105,20 @@ struct F32 { typedef float T; static __device__ float get(T v) { return v; } sta
 struct BF16 { typedef u16 T; static __device__ float get(T v) { return bf16_to_f32(v); } static __device__ T put(float v) { return f32_to_bf16(v); } };
 struct F16 { typedef u16 T; static __device__ float get(T v) { return f16_to_f32(v); } static __device__ T put(float v) { return f32_to_f16(v); } };
 
+// out[e] = theta[e] + c z[e]; with two sides also out[n + e] = theta[e] + d z[e].
 template <typename V>
-__device__ void perturb(typename V::T* out, const typename V::T* theta, u64 n, u32 k0, u32 k1, float c) {
+__device__ void perturb(typename V::T* out, const typename V::T* theta, u64 n, u32 k0, u32 k1, float c, float d, int sides) {
     u64 k = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (4 * k >= n) return;
     float z[4];
     normals4(k0, k1, k, z);
     for (int j = 0; j < 4; ++j) {
         u64 e = 4 * k + j;
-        if (e < n) out[e] = V::put(V::get(theta[e]) + c * z[j]);
+        if (e < n) {
+            float t = V::get(theta[e]);
+            out[e] = V::put(t + c * z[j]);
+            if (sides == 2) out[n + e] = V::put(t + d * z[j]);
+        }
     }
 }
 
@@ -146,15 +151,18 @@ __device__ void update(typename V::T* theta, u64 n, const u32* keys, int directi
     }
 }
 
-extern "C" __global__ void perturb_f32(float* o, const float* t, u64 n, u32 k0, u32 k1, float c) { perturb<F32>(o, t, n, k0, k1, c); }
-extern "C" __global__ void perturb_bf16(u16* o, const u16* t, u64 n, u32 k0, u32 k1, float c) { perturb<BF16>(o, t, n, k0, k1, c); }
-extern "C" __global__ void perturb_f16(u16* o, const u16* t, u64 n, u32 k0, u32 k1, float c) { perturb<F16>(o, t, n, k0, k1, c); }
-extern "C" __global__ void perturb_f64(double* o, const double* t, u64 n, u32 k0, u32 k1, double c) {
+extern "C" __global__ void perturb_f32(float* o, const float* t, u64 n, u32 k0, u32 k1, float c, float d, int sides) { perturb<F32>(o, t, n, k0, k1, c, d, sides); }
+extern "C" __global__ void perturb_bf16(u16* o, const u16* t, u64 n, u32 k0, u32 k1, float c, float d, int sides) { perturb<BF16>(o, t, n, k0, k1, c, d, sides); }
+extern "C" __global__ void perturb_f16(u16* o, const u16* t, u64 n, u32 k0, u32 k1, float c, float d, int sides) { perturb<F16>(o, t, n, k0, k1, c, d, sides); }
+extern "C" __global__ void perturb_f64(double* o, const double* t, u64 n, u32 k0, u32 k1, double c, double d, int sides) {
     u64 k = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (4 * k >= n) return;
     float z[4];
     normals4(k0, k1, k, z);
-    for (int j = 0; j < 4; ++j) { u64 e = 4 * k + j; if (e < n) o[e] = t[e] + c * (double)z[j]; }
+    for (int j = 0; j < 4; ++j) {
+        u64 e = 4 * k + j;
+        if (e < n) { o[e] = t[e] + c * (double)z[j]; if (sides == 2) o[n + e] = t[e] + d * (double)z[j]; }
+    }
 }
 
 extern "C" __global__ void rows_f32(float* r, const long long* ids, u64 count, u64 w, u32 k0, u32 k1, float c) { perturb_rows<F32>(r, ids, count, w, k0, k1, c); }
@@ -285,26 +293,39 @@ fn fire(mut args: cudarc::driver::LaunchArgs<'_>, name: &str, threads: u64) {
     unsafe { args.launch(grid(threads)) }.unwrap_or_else(|e| panic!("launching {name}: {e}"));
 }
 
-/// θ + c z(key) as a new tensor on θ's device.
-pub fn perturbed(t: &Tensor, key: [u32; 2], c: f64) -> Tensor {
+/// θ + c z(key) as a new tensor on θ's device for `coeffs` = [c]; for [a, b], both stacked,
+/// `[2, ..θ]`, from one read of θ and one z.
+pub fn perturbed(t: &Tensor, key: [u32; 2], coeffs: &[f64]) -> Tensor {
     let k = loaded(t);
-    let out = t.empty_like();
+    let (c, d, sides) = match *coeffs {
+        [c] => (c, 0.0, 1i32),
+        [c, d] => (c, d, 2),
+        _ => panic!("one or two sides, not {}", coeffs.len()),
+    };
+    let out = if sides == 1 {
+        t.empty_like()
+    } else {
+        let mut shape = vec![2];
+        shape.extend(t.size());
+        Tensor::empty(shape.as_slice(), (t.kind(), t.device()))
+    };
     let (out_ptr, in_ptr, n) = (out.data_ptr() as u64, t.data_ptr() as u64, t.numel() as u64);
-    let (cf, name) = (c as f32, format!("perturb_{}", suffix(t.kind())));
+    let (cf, df, name) = (c as f32, d as f32, format!("perturb_{}", suffix(t.kind())));
     let mut b = k.stream.launch_builder(k.function(&name));
     b.arg(&out_ptr).arg(&in_ptr).arg(&n).arg(&key[0]).arg(&key[1]);
     if t.kind() == Kind::Double {
-        b.arg(&c);
+        b.arg(&c).arg(&d);
     } else {
-        b.arg(&cf);
+        b.arg(&cf).arg(&df);
     }
+    b.arg(&sides);
     fire(b, &name, n.div_ceil(4));
     out
 }
 
 /// Adds c z(key) to the gathered rows `rows` (`[..ids, width]`) of a stored matrix.
-pub fn perturb_rows_in_place(rows: Tensor, ids: &Tensor, width: usize, key: [u32; 2], c: f64) -> Tensor {
-    let k = loaded(&rows);
+pub fn perturb_rows_in_place(rows: &Tensor, ids: &Tensor, width: usize, key: [u32; 2], c: f64) {
+    let k = loaded(rows);
     let ids = ids.to_kind(Kind::Int64).contiguous();
     let (rows_ptr, ids_ptr) = (rows.data_ptr() as u64, ids.data_ptr() as u64);
     let (count, width) = (ids.numel() as u64, width as u64);
@@ -317,7 +338,6 @@ pub fn perturb_rows_in_place(rows: Tensor, ids: &Tensor, width: usize, key: [u32
         b.arg(&cf);
     }
     fire(b, &name, count * width);
-    rows
 }
 
 /// θ ← θ − η (Σ_j g_j z_j + λ θ) for `keyed` = [(key_j, g_j)].

@@ -113,6 +113,25 @@ pub fn for_chunks<T: Send>(data: &mut [T], size: usize, f: impl Fn(usize, &mut [
     });
 }
 
+/// [`for_chunks`] over two slices of equal length at once: `f(i, a_chunk, b_chunk)` with the same
+/// bounds in both.
+pub fn for_chunk_pairs<T: Send>(
+    a: &mut [T],
+    b: &mut [T],
+    size: usize,
+    f: impl Fn(usize, &mut [T], &mut [T]) + Sync,
+) {
+    assert_eq!(a.len(), b.len(), "paired slices have one length");
+    let second = SharedMut(b.as_mut_ptr());
+    let second = &second;
+    for_chunks(a, size, |i, chunk| {
+        // SAFETY: the same bounds as `chunk` in `b`, which has a's length and stays mutably
+        // borrowed for the whole call: disjoint between indices.
+        let other = unsafe { std::slice::from_raw_parts_mut(second.0.add(i * size), chunk.len()) };
+        f(i, chunk, other);
+    });
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -34,43 +34,58 @@ pub enum Rng {
 /// A stream ready for a run's trainable tensors.
 pub enum Perturbations {
     Reference,
-    Fast(FastStream),
+    /// With `paired`, ℓ+ and ℓ− come from one forward pass over the doubled batch
+    /// ([`FastStream::paired_view`]).
+    Fast {
+        stream: FastStream,
+        paired: bool,
+    },
 }
 
 impl Perturbations {
-    pub fn new(rng: Rng, params: &[Trainable]) -> anyhow::Result<Perturbations> {
+    /// `paired`: the fast stream scores both sides of a direction in one forward pass (ignored
+    /// by the reference stream, whose perturbations are in place).
+    pub fn new(rng: Rng, params: &[Trainable], paired: bool) -> anyhow::Result<Perturbations> {
         Ok(match rng {
             Rng::Reference => Perturbations::Reference,
-            Rng::Fast => Perturbations::Fast(FastStream::new(params)?),
+            Rng::Fast => Perturbations::Fast { stream: FastStream::new(params)?, paired },
         })
     }
 
     pub fn rng(&self) -> Rng {
         match self {
             Perturbations::Reference => Rng::Reference,
-            Perturbations::Fast(_) => Rng::Fast,
+            Perturbations::Fast { .. } => Rng::Fast,
         }
     }
 
     /// One SPSA direction without the update: ℓ+ at θ + ε z, ℓ− at θ − ε z, θ restored; returns
-    /// (ℓ+, g = (ℓ+ − ℓ−) / 2ε). With `evaluate` false nothing is evaluated (another rank
-    /// evaluates this direction) and the weights go through what evaluating would do to them.
+    /// (ℓ+, g = (ℓ+ − ℓ−) / 2ε). `loss(sides)` scores the step's batch under the weights the
+    /// forward pass sees: with `sides` 1 it returns [ℓ]; with 2 it scores the batch twice over
+    /// in one forward pass (the first copy seeing θ + ε z, the second θ − ε z, see
+    /// [`crate::model::nn::WeightView`]) and returns [ℓ+, ℓ−]. With `evaluate` false nothing is
+    /// evaluated (another rank evaluates this direction) and the weights go through what
+    /// evaluating would do to them.
     pub fn direction(
         &self,
         params: &[Trainable],
         seed: u64,
         eps: f64,
         evaluate: bool,
-        mut loss: impl FnMut() -> anyhow::Result<f64>,
+        mut loss: impl FnMut(i64) -> anyhow::Result<Vec<f64>>,
     ) -> anyhow::Result<(f64, f64)> {
+        use crate::model::nn::with_view;
         match self {
-            Perturbations::Reference => direction(params, seed, eps, evaluate, loss),
-            Perturbations::Fast(stream) => {
-                if !evaluate {
-                    return Ok((0.0, 0.0));
-                }
-                let plus = crate::model::nn::with_view(stream.view(seed, eps), &mut loss)?;
-                let minus = crate::model::nn::with_view(stream.view(seed, -eps), &mut loss)?;
+            Perturbations::Reference => direction(params, seed, eps, evaluate, || Ok(loss(1)?[0])),
+            Perturbations::Fast { .. } if !evaluate => Ok((0.0, 0.0)),
+            Perturbations::Fast { stream, paired } => {
+                let (plus, minus) = if *paired {
+                    let both = with_view(stream.paired_view(seed, eps), || loss(2))?;
+                    (both[0], both[1])
+                } else {
+                    let plus = with_view(stream.view(seed, eps), || loss(1))?[0];
+                    (plus, with_view(stream.view(seed, -eps), || loss(1))?[0])
+                };
                 Ok((plus, (plus - minus) / (2.0 * eps)))
             }
         }

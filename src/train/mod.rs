@@ -72,6 +72,12 @@ pub struct TrainConfig {
     /// Forward (and backward) passes take at most this many examples of a rank's share at once,
     /// so peak memory is that of one micro-batch; 0: the whole share.
     pub micro_batch_size: usize,
+    /// Fast stream: score ℓ+ and ℓ− of a direction in one forward pass over the doubled batch
+    /// (z drawn once per weight for both sides); false: two passes, half the activation memory
+    /// and one perturbed copy of a weight at a time. Not part of the trajectory: a run may be
+    /// resumed either way (the losses then differ in rounding only).
+    #[serde(default)]
+    pub paired_pass: bool,
     /// Where the best-dev weights are kept.
     pub stash: Stash,
 }
@@ -233,6 +239,32 @@ struct StepBatch {
     labels: Tensor,
 }
 
+impl StepBatch {
+    fn shallow_clone(&self) -> StepBatch {
+        StepBatch {
+            input_ids: self.input_ids.shallow_clone(),
+            attention_mask: self.attention_mask.shallow_clone(),
+            mask_pos: self.mask_pos.as_ref().map(Tensor::shallow_clone),
+            labels: self.labels.shallow_clone(),
+        }
+    }
+
+    /// The batch `copies` times over, one copy after the other.
+    fn repeated(&self, copies: i64) -> StepBatch {
+        let rows = |t: &Tensor| {
+            let mut times = vec![1; t.dim()];
+            times[0] = copies;
+            t.repeat(times.as_slice())
+        };
+        StepBatch {
+            input_ids: rows(&self.input_ids),
+            attention_mask: rows(&self.attention_mask),
+            mask_pos: self.mask_pos.as_ref().map(rows),
+            labels: rows(&self.labels),
+        }
+    }
+}
+
 fn step_batch(model: &Model, data: &mut TaskData, rows: &[usize], micro: usize) -> Result<Vec<StepBatch>> {
     let features = rows.iter().map(|&i| data.train_feature(i)).collect::<Result<Vec<_>, _>>()?;
     let device = model.device;
@@ -254,32 +286,59 @@ fn step_batch(model: &Model, data: &mut TaskData, rows: &[usize], micro: usize) 
 
 /// The sums an objective needs from this rank's share, summed over its micro-batches: (Σ
 /// cross-entropy, count), (correct, count) or (true positives, false positives, false negatives);
-/// summed over ranks as they are.
+/// summed over ranks as they are. With `sides` 2 every micro-batch is scored twice over in one
+/// forward pass (see [`crate::model::nn::WeightView`]): the sums of each side, one after the
+/// other.
 fn objective_sums(
     model: &Model,
     data: &TaskData,
     batches: &[StepBatch],
     objective: Objective,
+    sides: i64,
 ) -> Result<Vec<f64>> {
     let width = if objective == Objective::F1 { 3 } else { 2 };
-    let mut total = vec![0.0; width];
+    let mut total = vec![0.0; width * sides as usize];
     for b in batches {
-        for (t, v) in total.iter_mut().zip(micro_batch_sums(model, data, b, objective)?) {
+        let b = if sides == 1 { b.shallow_clone() } else { b.repeated(sides) };
+        for (t, v) in total.iter_mut().zip(micro_batch_sums(model, data, &b, objective, sides)?) {
             *t += v;
         }
     }
     Ok(total)
 }
 
-fn micro_batch_sums(model: &Model, data: &TaskData, b: &StepBatch, objective: Objective) -> Result<Vec<f64>> {
-    if objective == Objective::Loss {
-        let _guard = tch::no_grad_guard();
-        return Ok(vec![loss_sum(model, data, b)?.double_value(&[]), b.labels.size()[0] as f64]);
-    }
+fn micro_batch_sums(
+    model: &Model,
+    data: &TaskData,
+    b: &StepBatch,
+    objective: Objective,
+    sides: i64,
+) -> Result<Vec<f64>> {
     let _guard = tch::no_grad_guard();
-    let predicted: Vec<i64> =
-        Vec::try_from(scores(model, data, b)?.argmax(-1, false).to_device(tch::Device::Cpu))?;
-    let gold: Vec<i64> = Vec::try_from(b.labels.to_device(tch::Device::Cpu))?;
+    let scores = scores(model, data, b)?;
+    let part = scores.size()[0] / sides;
+    let mut sums = Vec::new();
+    for s in 0..sides {
+        let (scores, labels) = (scores.narrow(0, s * part, part), b.labels.narrow(0, s * part, part));
+        sums.extend(side_sums(&scores, &labels, objective)?);
+    }
+    Ok(sums)
+}
+
+/// An objective's sums over class `scores` `[B, C]` with gold `labels` `[B]`.
+fn side_sums(scores: &Tensor, labels: &Tensor, objective: Objective) -> Result<Vec<f64>> {
+    if objective == Objective::Loss {
+        let loss = scores.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
+            labels,
+            None,
+            tch::Reduction::Sum,
+            -100,
+            0.0,
+        );
+        return Ok(vec![loss.double_value(&[]), labels.size()[0] as f64]);
+    }
+    let predicted: Vec<i64> = Vec::try_from(scores.argmax(-1, false).to_device(tch::Device::Cpu))?;
+    let gold: Vec<i64> = Vec::try_from(labels.to_device(tch::Device::Cpu))?;
     let pairs = predicted.iter().zip(&gold);
     Ok(match objective {
         Objective::Accuracy => vec![pairs.filter(|(p, g)| p == g).count() as f64, gold.len() as f64],
@@ -558,7 +617,7 @@ pub fn train_mezo(
     }
 
     let mut seeds = StepSeeds::new(config.seed);
-    let perturbations = Perturbations::new(config.rng, &trainable)?;
+    let perturbations = Perturbations::new(config.rng, &trainable, config.paired_pass)?;
     let mut updater = Updater::new(config.zo_optimizer, config.rng, &trainable);
     let mut sampler = BatchSampler::new(data.train.len(), config.batch_size, config.seed);
     let selection = format!("eval_{}", data.config.task.selection_metric());
@@ -627,12 +686,15 @@ pub fn train_mezo(
         let mut results = vec![(0.0, 0.0); n];
         for (j, &seed) in step_seeds.iter().enumerate() {
             let mine = !by_directions || j == dist.rank();
-            results[j] = perturbations.direction(&trainable, seed, config.eps, mine, || {
-                let mut sums = objective_sums(model, data, &step_data, config.objective)?;
+            results[j] = perturbations.direction(&trainable, seed, config.eps, mine, |sides| {
+                let mut sums = objective_sums(model, data, &step_data, config.objective, sides)?;
                 if !by_directions {
                     dist.all_reduce(&mut sums, Reduce::Sum);
                 }
-                Ok(objective_value(config.objective, &sums))
+                Ok(sums
+                    .chunks(sums.len() / sides as usize)
+                    .map(|s| objective_value(config.objective, s))
+                    .collect())
             })?;
         }
         if by_directions {

@@ -16,10 +16,12 @@
 //! numbers on a GPU.
 //!
 //! Speed (one thread, the 2-core AMD EPYC CI machine, `cargo bench --bench mezo_step --
-//! --stream-only`): 0.94–1.0 ns a normal with AVX-512, 2.1–2.3 ns with AVX2. Both paths are
+//! --stream-only`): 0.87–0.99 ns a normal with AVX-512, 2.1–2.3 ns with AVX2. Both paths are
 //! hand-written intrinsics that run several independent counter groups in lockstep: one group
 //! is a chain of dependent multiplies (Philox's ten rounds, then the `ln` polynomial) whose
-//! latency, not throughput, bounded the compiler-vectorised loop (1.53 ns with AVX-512).
+//! latency, not throughput, bounded the compiler-vectorised loop (1.53 ns with AVX-512). About
+//! half of the time is Philox, half the transform (whose `ln` polynomial is a 9-step Horner
+//! chain: evaluated in another order it would round differently).
 
 const M0: u32 = 0xD251_1F53;
 const M1: u32 = 0xCD9E_8D57;
@@ -219,17 +221,6 @@ mod avx512 {
         std::is_x86_feature_detected!("avx512f")
     }
 
-    /// (hi, lo) halves of the products a · m, lane by lane.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn mulhilo(a: __m512i, m: __m512i) -> (__m512i, __m512i) {
-        let even = _mm512_mul_epu32(a, m);
-        let odd = _mm512_mul_epu32(_mm512_srli_epi64::<32>(a), m);
-        let hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64::<32>(even), odd);
-        let lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64::<32>(odd));
-        (hi, lo)
-    }
-
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn ln<const N: usize>(x: [__m512; N]) -> [__m512; N] {
@@ -331,33 +322,42 @@ mod avx512 {
     fn fill_block(key: [u32; 2], k0: u64, out: &mut [f32]) {
         const _: () = assert!(LANES == 16);
         assert_eq!(out.len(), GROUPS * 4 * LANES);
-        let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        // Counter words 0 and 1 are the low and high halves of k0 + 16 g + lane.
-        let counters = |g: usize| {
-            let k = k0 + (16 * g) as u64;
-            let low = _mm512_add_epi32(_mm512_set1_epi32(k as u32 as i32), lanes);
-            let carry = _mm512_cmp_epu32_mask::<_MM_CMPINT_LT>(low, lanes);
-            let high = _mm512_set1_epi32((k >> 32) as u32 as i32);
-            (low, _mm512_mask_add_epi32(high, carry, high, _mm512_set1_epi32(1)))
-        };
-        let mut c0: [__m512i; GROUPS] = each!(|g| counters(g).0);
-        let mut c1: [__m512i; GROUPS] = each!(|g| counters(g).1);
-        let mut c2 = [_mm512_setzero_si512(); GROUPS];
-        let mut c3 = [_mm512_setzero_si512(); GROUPS];
-        let (mut k0v, mut k1v) = (_mm512_set1_epi32(key[0] as i32), _mm512_set1_epi32(key[1] as i32));
+        // Philox in 64-bit lanes, eight counters a vector (HALVES = 2 · GROUPS vectors): each
+        // word sits in its lane's low half, so one unsigned multiply gives the full product (lo
+        // in place, hi one shift away) without regrouping even and odd lanes. The high halves
+        // carry garbage that never reaches a low half: multiplies read only the low 32 bits,
+        // shifts bring down only clean product bits, and xors and adds act bitwise/carry upward.
+        const HALVES: usize = 2 * GROUPS;
+        let lanes = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+        // Counter words 0 and 1 are the low and high halves of k0 + 8 h + lane.
+        let counter: [__m512i; HALVES] =
+            each!(|h| _mm512_add_epi64(_mm512_set1_epi64((k0 + 8 * h as u64) as i64), lanes));
+        let mut c0 = counter;
+        let mut c1: [__m512i; HALVES] = each!(|h| _mm512_srli_epi64::<32>(counter[h]));
+        let mut c2 = [_mm512_setzero_si512(); HALVES];
+        let mut c3 = [_mm512_setzero_si512(); HALVES];
+        let (mut k0v, mut k1v) = (_mm512_set1_epi64(i64::from(key[0])), _mm512_set1_epi64(i64::from(key[1])));
         let (m0, m1) = (_mm512_set1_epi64(i64::from(M0)), _mm512_set1_epi64(i64::from(M1)));
         for round in 0..10 {
             if round > 0 {
-                k0v = _mm512_add_epi32(k0v, _mm512_set1_epi32(W0 as i32));
-                k1v = _mm512_add_epi32(k1v, _mm512_set1_epi32(W1 as i32));
+                k0v = _mm512_add_epi32(k0v, _mm512_set1_epi64(i64::from(W0)));
+                k1v = _mm512_add_epi32(k1v, _mm512_set1_epi64(i64::from(W1)));
             }
-            let p0: [(__m512i, __m512i); GROUPS] = each!(|g| mulhilo(c0[g], m0));
-            let p1: [(__m512i, __m512i); GROUPS] = each!(|g| mulhilo(c2[g], m1));
-            c0 = each!(|g| _mm512_xor_si512(_mm512_xor_si512(p1[g].0, c1[g]), k0v));
-            c1 = each!(|g| p1[g].1);
-            c2 = each!(|g| _mm512_xor_si512(_mm512_xor_si512(p0[g].0, c3[g]), k1v));
-            c3 = each!(|g| p0[g].1);
+            let p0: [__m512i; HALVES] = each!(|h| _mm512_mul_epu32(c0[h], m0));
+            let p1: [__m512i; HALVES] = each!(|h| _mm512_mul_epu32(c2[h], m1));
+            // a ^ b ^ c in one instruction.
+            let xor3 = |a, b, c| _mm512_ternarylogic_epi32::<0x96>(a, b, c);
+            c0 = each!(|h| xor3(_mm512_srli_epi64::<32>(p1[h]), c1[h], k0v));
+            c1 = p1;
+            c2 = each!(|h| xor3(_mm512_srli_epi64::<32>(p0[h]), c3[h], k1v));
+            c3 = p0;
         }
+        // Back to 16 words a vector, counters k0 + 16 g + lane: the low halves of two vectors.
+        let low = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let words = |c: &[__m512i; HALVES]| -> [__m512i; GROUPS] {
+            each!(|g| _mm512_permutex2var_epi32(c[2 * g], low, c[2 * g + 1]))
+        };
+        let (c0, c1, c2, c3) = (words(&c0), words(&c1), words(&c2), words(&c3));
         // Both Box-Muller pairs of every group at once.
         let (a, b): ([__m512i; 2 * GROUPS], [__m512i; 2 * GROUPS]) = (
             each!(|i| if i % 2 == 0 { c0[i / 2] } else { c2[i / 2] }),

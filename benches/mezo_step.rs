@@ -237,15 +237,20 @@ fn main() {
         }
         // Steps alternate with plain forward passes, so that both medians see the same phases
         // of a shared machine.
-        let (mut forwards, mut steps_ms) = (vec![], vec![]);
+        let (mut forwards, mut steps_ms, mut updates) = (vec![], vec![], vec![]);
         for i in 0..steps {
             forwards.push(time_forward());
             let start = Instant::now();
             let seed = 1000 + i as u64;
             let (_, g) = perturbations.direction(&trainable, seed, 1e-3, true, loss).unwrap();
+            let update = Instant::now();
             updater.apply(&trainable, &[(seed, g)], 1e-6, 0.0, WeightDecay::AllTensors);
             sync();
+            updates.push(update.elapsed().as_secs_f64() * 1e3);
             steps_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        if dist.is_root() {
+            println!("steps: update {:.0} ms (median)", median(updates));
         }
         (median(forwards), median(steps_ms))
     };

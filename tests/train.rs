@@ -9,9 +9,10 @@ use tch::Tensor;
 mod common;
 use common::{demo_split, mpirun, repo, MEZO};
 
-fn train(ranks: usize, split: &Path, out: &Path, rng: &str) {
+fn train(ranks: usize, split: &Path, out: &Path, rng: &str, extra: &[&str]) {
     let output = mpirun(ranks)
         .args(["-q", "train", "--optimizer", "mezo", "--task", "sst-2", "--rng", rng])
+        .args(extra)
         .args([
             "--steps",
             "20",
@@ -60,7 +61,7 @@ fn reference_stream_matches_pytorch_and_two_ranks_match_one() {
     let dir = tempfile::tempdir().unwrap();
     let split = demo_split(dir.path(), 16, 42);
     let one = dir.path().join("one");
-    train(1, &split, &one, "reference");
+    train(1, &split, &one, "reference", &[]);
     let reference = weights(&repo("tests/fixtures/mezo/final.safetensors"));
     let ours = weights(&one.join("model/model.safetensors"));
     assert_eq!(ours.len(), reference.len());
@@ -82,7 +83,7 @@ fn reference_stream_matches_pytorch_and_two_ranks_match_one() {
     }
 
     let two = dir.path().join("two");
-    train(2, &split, &two, "reference");
+    train(2, &split, &two, "reference", &[]);
     let split_run = weights(&two.join("model/model.safetensors"));
     for (name, t) in &ours {
         let d = relative(&split_run[name], t);
@@ -105,8 +106,8 @@ fn fast_stream_two_ranks_match_one() {
     let dir = tempfile::tempdir().unwrap();
     let split = demo_split(dir.path(), 16, 42);
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
-    train(1, &split, &one, "fast");
-    train(2, &split, &two, "fast");
+    train(1, &split, &one, "fast", &[]);
+    train(2, &split, &two, "fast", &[]);
     let (a, b) =
         (weights(&one.join("model/model.safetensors")), weights(&two.join("model/model.safetensors")));
     let initial = weights(&repo("tests/fixtures/models/roberta/model.safetensors"));
@@ -122,9 +123,29 @@ fn fast_stream_two_ranks_match_one() {
         let (gx, gy) = (x["projected_grad"].as_f64().unwrap(), y["projected_grad"].as_f64().unwrap());
         assert!((gx - gy).abs() <= 1e-3 * gx.abs().max(1.0), "step {}: {gx} vs {gy}", x["step"]);
     }
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(one.join("config.json")).unwrap()).unwrap();
-    assert_eq!(config["rng"], "Fast");
+    let config = |run: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap()
+    };
+    assert_eq!(config(&one)["rng"], "Fast");
+    assert_eq!(config(&one)["train"]["paired_pass"], true);
+
+    // ℓ+ and ℓ− in passes of their own: the same losses, so the same run.
+    let separate = dir.path().join("separate");
+    train(1, &split, &separate, "fast", &["--no-paired-pass"]);
+    assert_eq!(config(&separate)["train"]["paired_pass"], false);
+    for (x, y) in trajectory(&one).iter().zip(&trajectory(&separate)) {
+        let (gx, gy) = (x["projected_grad"].as_f64().unwrap(), y["projected_grad"].as_f64().unwrap());
+        assert!(
+            (gx - gy).abs() <= 1e-4 * gx.abs().max(1.0),
+            "step {}: paired {gx}, separate {gy}",
+            x["step"]
+        );
+    }
+    let c = weights(&separate.join("model/model.safetensors"));
+    for (name, t) in &a {
+        let d = relative(&c[name], t);
+        assert!(d <= 1e-6, "{name}: separate passes differ from the paired pass by {d:e}");
+    }
 }
 
 fn train_args(split: &Path, rng: &str) -> Vec<std::ffi::OsString> {

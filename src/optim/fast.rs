@@ -452,6 +452,37 @@ mod tests {
     }
 
     #[test]
+    fn the_paired_view_is_both_views_side_by_side() {
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let p = params(kind);
+            let stream = FastStream::new(&p).unwrap();
+            let (seed, eps) = (9, 1e-2);
+            let one = |c: f64, f: &dyn Fn() -> Tensor| nn::with_view(stream.view(seed, c), f);
+            let both = |f: &dyn Fn() -> nn::Seen| nn::with_view(stream.paired_view(seed, eps), f);
+            for t in [&p[0].tensor, &p[1].tensor] {
+                let nn::Seen::PerSide(sides) = both(&|| nn::seen(t)) else {
+                    panic!("{kind:?}: one per side")
+                };
+                assert!(sides.get(0).equal(&one(eps, &|| nn::weight(t))), "{kind:?}: side 0 is θ + εz");
+                assert!(sides.get(1).equal(&one(-eps, &|| nn::weight(t))), "{kind:?}: side 1 is θ − εz");
+            }
+            // Rows looked up by a batch taken twice: each half from its side.
+            let ids = Tensor::from_slice(&[3i64, 0, 199, 3]).view([2, 2]);
+            let twice = ids.repeat([2, 1]);
+            let rows = both(&|| nn::Seen::Shared(nn::rows(&p[0].tensor, &twice)));
+            let nn::Seen::Shared(rows) = rows else { unreachable!() };
+            assert!(rows.narrow(0, 0, 2).equal(&one(eps, &|| nn::rows(&p[0].tensor, &ids))));
+            assert!(rows.narrow(0, 2, 2).equal(&one(-eps, &|| nn::rows(&p[0].tensor, &ids))));
+            // Rows every example uses (label words): one set per side.
+            let words = Tensor::from_slice(&[5i64, 7]);
+            let nn::Seen::PerSide(w) = both(&|| nn::weight_rows(&p[0].tensor, &words)) else { panic!() };
+            assert!(w.get(1).equal(&one(-eps, &|| nn::rows(&p[0].tensor, &words))));
+            // Outside the view, the tensors stand as stored.
+            assert_eq!(nn::sides(), 1);
+        }
+    }
+
+    #[test]
     fn the_view_is_theta_plus_c_z() {
         let p = params(Kind::Float);
         let stream = FastStream::new(&p).unwrap();

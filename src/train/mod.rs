@@ -328,13 +328,7 @@ fn micro_batch_sums(
 /// An objective's sums over class `scores` `[B, C]` with gold `labels` `[B]`.
 fn side_sums(scores: &Tensor, labels: &Tensor, objective: Objective) -> Result<Vec<f64>> {
     if objective == Objective::Loss {
-        let loss = scores.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
-            labels,
-            None,
-            tch::Reduction::Sum,
-            -100,
-            0.0,
-        );
+        let loss = summed_cross_entropy(scores, labels);
         return Ok(vec![loss.double_value(&[]), labels.size()[0] as f64]);
     }
     let predicted: Vec<i64> = Vec::try_from(scores.argmax(-1, false).to_device(tch::Device::Cpu))?;
@@ -406,13 +400,12 @@ fn scores(model: &Model, data: &TaskData, b: &StepBatch) -> Result<Tensor> {
 
 /// The summed cross-entropy of a batch over its class scores (differentiable).
 fn loss_sum(model: &Model, data: &TaskData, b: &StepBatch) -> Result<Tensor> {
-    Ok(scores(model, data, b)?.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
-        &b.labels,
-        None,
-        tch::Reduction::Sum,
-        -100,
-        0.0,
-    ))
+    Ok(summed_cross_entropy(&scores(model, data, b)?, &b.labels))
+}
+
+/// Σ cross-entropy of class `scores` `[B, C]` (in f32) against `labels` `[B]`.
+fn summed_cross_entropy(scores: &Tensor, labels: &Tensor) -> Tensor {
+    scores.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::Sum, -100, 0.0)
 }
 
 /// A content fingerprint of tensors (FNV-1a over their bytes), to tie a trajectory to its weights.

@@ -84,15 +84,6 @@ pub fn seen(t: &Tensor) -> Seen {
     }
 }
 
-/// Stored parameter `t` as a one-sided forward pass should use it (panics under two sides:
-/// use [`seen`]).
-pub fn weight(t: &Tensor) -> Tensor {
-    match seen(t) {
-        Seen::Shared(p) => p,
-        Seen::PerSide(_) => panic!("nn::weight under a two-sided view; use nn::seen"),
-    }
-}
-
 /// Rows `ids` of stored matrix (or elements of vector) `t` looked up by the batch (`ids`
 /// `[N, ..]`, N the batch), as the forward pass should use them: an embedding lookup that
 /// perturbs only the rows a batch uses.

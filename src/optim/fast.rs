@@ -434,20 +434,20 @@ mod tests {
             let before: Vec<Tensor> = p.iter().map(|t| t.tensor.copy()).collect();
             let stream = FastStream::new(&p).unwrap();
             for (seed, c) in [(1, 1e-3), (1, -1e-3), (7, 1e-1)] {
-                let seen = nn::with_view(stream.view(seed, c), || nn::weight(&p[0].tensor));
+                let seen = nn::with_view(stream.view(seed, c), || nn::seen(&p[0].tensor).side(0));
                 assert!(!seen.equal(&p[0].tensor), "{kind:?}: the view perturbs");
                 let rows = Tensor::from_slice(&[3i64, 0, 199, 3]);
                 let seen_rows = nn::with_view(stream.view(seed, c), || nn::rows(&p[0].tensor, &rows));
                 assert!(seen_rows.equal(&seen.index_select(0, &rows)), "{kind:?}: rows equal the full view");
                 let bias_rows = nn::with_view(stream.view(seed, c), || nn::rows(&p[1].tensor, &rows));
-                let bias = nn::with_view(stream.view(seed, c), || nn::weight(&p[1].tensor));
+                let bias = nn::with_view(stream.view(seed, c), || nn::seen(&p[1].tensor).side(0));
                 assert!(bias_rows.equal(&bias.index_select(0, &rows)), "{kind:?}: vector elements");
             }
             for (t, b) in p.iter().zip(&before) {
                 assert!(t.tensor.equal(b), "{kind:?}: {} restored bit for bit", t.name);
             }
             // Outside a view, the stored weights.
-            assert!(nn::weight(&p[0].tensor).equal(&p[0].tensor));
+            assert!(nn::seen(&p[0].tensor).side(0).equal(&p[0].tensor));
         }
     }
 
@@ -463,8 +463,11 @@ mod tests {
                 let nn::Seen::PerSide(sides) = both(&|| nn::seen(t)) else {
                     panic!("{kind:?}: one per side")
                 };
-                assert!(sides.get(0).equal(&one(eps, &|| nn::weight(t))), "{kind:?}: side 0 is θ + εz");
-                assert!(sides.get(1).equal(&one(-eps, &|| nn::weight(t))), "{kind:?}: side 1 is θ − εz");
+                assert!(sides.get(0).equal(&one(eps, &|| nn::seen(t).side(0))), "{kind:?}: side 0 is θ + εz");
+                assert!(
+                    sides.get(1).equal(&one(-eps, &|| nn::seen(t).side(0))),
+                    "{kind:?}: side 1 is θ − εz"
+                );
             }
             // Rows looked up by a batch taken twice: each half from its side.
             let ids = Tensor::from_slice(&[3i64, 0, 199, 3]).view([2, 2]);
@@ -486,7 +489,7 @@ mod tests {
     fn the_view_is_theta_plus_c_z() {
         let p = params(Kind::Float);
         let stream = FastStream::new(&p).unwrap();
-        let seen = nn::with_view(stream.view(5, 0.25), || nn::weight(&p[1].tensor));
+        let seen = nn::with_view(stream.view(5, 0.25), || nn::seen(&p[1].tensor).side(0));
         let z = direction(&p[1].tensor, 5, 1);
         assert!(seen.equal(&(&p[1].tensor + z.g_mul_scalar(0.25))));
         let mut expect = vec![0f32; 200];

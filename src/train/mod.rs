@@ -240,18 +240,13 @@ struct StepBatch {
 }
 
 impl StepBatch {
-    fn shallow_clone(&self) -> StepBatch {
-        StepBatch {
-            input_ids: self.input_ids.shallow_clone(),
-            attention_mask: self.attention_mask.shallow_clone(),
-            mask_pos: self.mask_pos.as_ref().map(Tensor::shallow_clone),
-            labels: self.labels.shallow_clone(),
-        }
-    }
-
-    /// The batch `copies` times over, one copy after the other.
+    /// The batch `copies` times over, one copy after the other (the batch itself, not a copy,
+    /// for one).
     fn repeated(&self, copies: i64) -> StepBatch {
         let rows = |t: &Tensor| {
+            if copies == 1 {
+                return t.shallow_clone();
+            }
             let mut times = vec![1; t.dim()];
             times[0] = copies;
             t.repeat(times.as_slice())
@@ -299,7 +294,7 @@ fn objective_sums(
     let width = if objective == Objective::F1 { 3 } else { 2 };
     let mut total = vec![0.0; width * sides as usize];
     for b in batches {
-        let b = if sides == 1 { b.shallow_clone() } else { b.repeated(sides) };
+        let b = b.repeated(sides);
         for (t, v) in total.iter_mut().zip(micro_batch_sums(model, data, &b, objective, sides)?) {
             *t += v;
         }

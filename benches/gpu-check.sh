@@ -120,7 +120,8 @@ for label, path in (("paired pass", sys.argv[3]), ("separate passes", sys.argv[4
     step = numbers(path)
     try:
         print(f"OPT-1.3B {dtype}, {label}: step {float(step['step_ms']):.1f} ms / forward "
-              f"{float(step['forward_ms']):.1f} ms = {float(step['step_ms']) / float(step['forward_ms']):.2f}; "
+              f"{float(step['forward_ms']):.1f} ms = {float(step['step_ms']) / float(step['forward_ms']):.2f} "
+              f"(each step over the pass before it: {float(step['step_over_forward']):.2f}); "
               f"device memory step {step['device_mem_mb']} MB / inference {inference['device_mem_mb']} MB = "
               f"{float(step['device_mem_mb']) / float(inference['device_mem_mb']):.2f}")
     except KeyError as e:

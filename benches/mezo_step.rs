@@ -9,8 +9,9 @@
 //! (f16 weights) into `--model DIR` unless DIR already holds a model, or into a temporary
 //! directory without `--model`, and benchmarks it: the GPU check's OPT-1.3B.
 //!
-//! Prints `mezo step_ms=<median> forward_ms=<median> peak_rss_mb=<VmHWM>` (steps alternate with
-//! plain forward passes, whose median is forward_ms), and on a GPU
+//! Prints `mezo step_ms=<median> forward_ms=<median> step_over_forward=<median> peak_rss_mb=<VmHWM>`
+//! (steps alternate with plain forward passes, whose median is forward_ms; step_over_forward is
+//! the median of each step's time over that of the forward pass just before it), and on a GPU
 //! `device_mem_mb=<in use at the end>`: libtorch's caching allocator keeps what it reserved, so
 //! that is its peak plus the context. With --forward-only it runs forward passes alone, so its
 //! peaks are those of inference. Under mpirun the global batch is split over the ranks (data
@@ -189,8 +190,8 @@ fn main() {
         start.elapsed().as_secs_f64() * 1e3
     };
     let forwards: Vec<f64> = (0..steps.max(3)).map(|_| time_forward()).collect();
-    let (forward_ms, step_ms) = if forward_only {
-        (median(forwards), f64::NAN)
+    let (forward_ms, step_ms, step_over_forward) = if forward_only {
+        (median(forwards), f64::NAN, f64::NAN)
     } else {
         let trainable: Vec<Trainable> = m
             .trainable(&FreezeRules::default())
@@ -252,7 +253,10 @@ fn main() {
         if dist.is_root() {
             println!("steps: update {:.0} ms (median)", median(updates));
         }
-        (median(forwards), median(steps_ms))
+        // Each step over the forward pass just before it: a ratio that a slow or fast phase of
+        // the machine, lasting seconds, shifts less than it shifts either median.
+        let ratios = steps_ms.iter().zip(&forwards).map(|(s, f)| s / f).collect();
+        (median(forwards), median(steps_ms), median(ratios))
     };
     let device_mem = match device {
         Device::Cuda(i) => {
@@ -263,25 +267,54 @@ fn main() {
     };
     if dist.is_root() {
         println!(
-            "mezo rng={rng:?} step_ms={step_ms:.1} forward_ms={forward_ms:.1} peak_rss_mb={:.0}{device_mem} ranks={}",
+            "mezo rng={rng:?} step_ms={step_ms:.1} forward_ms={forward_ms:.1} \
+             step_over_forward={step_over_forward:.3} peak_rss_mb={:.0}{device_mem} ranks={}",
             peak_rss_mb(),
             dist.size()
         );
     }
 }
 
-/// `--stream-only`: the fast stream's generator alone, one thread: nanoseconds per normal.
+/// `--stream-only`: the fast stream alone, one thread, nanoseconds per element: drawing normals,
+/// forming a perturbed pair of a weight matrix (θ ± εz, stored θ read from memory) and the update.
 fn stream_only() {
+    use mezo::optim::{fast, philox, zo};
+    tch::set_num_threads(1);
     let mut z = vec![0f32; 1 << 24];
-    let key = mezo::optim::philox::key(12345, 3);
-    let ns = median(
-        (0..5)
-            .map(|i| {
-                let start = Instant::now();
-                mezo::optim::philox::fill(key, i << 24, &mut z);
-                start.elapsed().as_secs_f64() * 1e9 / z.len() as f64
-            })
-            .collect(),
+    let key = philox::key(12345, 3);
+    let per_element = |f: &mut dyn FnMut() -> usize| {
+        median(
+            (0..5)
+                .map(|_| {
+                    let start = Instant::now();
+                    let n = f();
+                    start.elapsed().as_secs_f64() * 1e9 / n as f64
+                })
+                .collect(),
+        )
+    };
+    let mut first = 0;
+    let draw = per_element(&mut || {
+        philox::fill(key, first, &mut z);
+        first += 1 << 24;
+        z.len()
+    });
+    let weights: Vec<Tensor> =
+        (0..8).map(|_| Tensor::randn([3072, 768], (Kind::Float, Device::Cpu))).collect();
+    let n = weights.iter().map(|w| w.numel()).sum::<usize>();
+    let pair = per_element(&mut || {
+        weights.iter().for_each(|w| drop(fast::perturbed_pair(w, key, 1e-3, -1e-3)));
+        n
+    });
+    let trainable: Vec<zo::Trainable> =
+        weights.iter().map(|w| zo::Trainable { name: "w".into(), tensor: w.shallow_clone() }).collect();
+    let update = per_element(&mut || {
+        fast::apply(&trainable, &[(7, 0.5)], 1e-9, 0.0, zo::WeightDecay::AllTensors);
+        n
+    });
+    println!(
+        "fast stream, one thread: normals {draw:.2} ns each, perturbed pair {pair:.2} ns an element, update \
+         {update:.2} ns an element (checksum {})",
+        z.iter().sum::<f32>()
     );
-    println!("philox normals: {ns:.2} ns each on one thread (checksum {})", z.iter().sum::<f32>());
 }

@@ -96,7 +96,8 @@ def main():
               f"{ref / step['step_ms']:.2f}x, mezo --rng reference {reference['step_ms']:.0f} ms: "
               f"{ref / reference['step_ms']:.2f}x")
         print(f"mezo step / forward (fast): {step['step_ms']:.0f} / {step['forward_ms']:.0f} ms = "
-              f"{step['step_ms'] / step['forward_ms']:.2f}")
+              f"{step['step_ms'] / step['forward_ms']:.2f} (medians); median of each step over the forward pass "
+              f"before it: {step['step_over_forward']:.2f}")
         print(f"mezo peak RSS: step {step['peak_rss_mb']:.0f} MB, inference {inference['peak_rss_mb']:.0f} MB = "
               f"{step['peak_rss_mb'] / inference['peak_rss_mb']:.2f}")
         print(f"data parallel (fast), 1 thread per rank: 1 rank {one['step_ms']:.0f} ms, 2 ranks {two['step_ms']:.0f} ms: "

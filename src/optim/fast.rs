@@ -30,8 +30,9 @@
 //!
 //! Arithmetic: perturbed values are θ + c z in f32 (c = ±ε rounded to f32; f64 tensors in f64),
 //! rounded once to the tensor's dtype; the update computes θ − η (a + λ θ) in f32 with
-//! a = Σ_j (g_j / n) z_j, rounded once. On a GPU the same operations run in the NVRTC kernels
-//! of `fast_cuda`.
+//! a = Σ_j (g_j / n) z_j, rounded once. On the CPU these loops run 256 elements at a time,
+//! compiled for AVX-512, AVX2 or the baseline as the CPU allows (`widest!`), with the same bits
+//! in each; on a GPU the same operations run in the NVRTC kernels of `fast_cuda`.
 
 use super::philox;
 use super::team::{for_chunk_pairs, for_chunks};

@@ -281,11 +281,23 @@ widest! {
     /// θ ← θ − η (Σ_j g_j z_j + λ θ) over `theta`, elements `first ..` of its tensor.
     fn update_chunk<T: Value>(keyed: &[([u32; 2], f32)], first: usize, theta: &mut [T], lr: f64, lambda: f64) {
         let (mut a, mut z) = ([0f32; BLOCK], [0f32; BLOCK]);
+        let Some((&(key, g), rest)) = keyed.split_first() else { return };
         for (bi, theta) in theta.chunks_mut(BLOCK).enumerate() {
+            let start = (first + bi * BLOCK) as u64;
             let (a, z) = (&mut a[..theta.len()], &mut z[..theta.len()]);
-            a.fill(0.0);
-            for &(key, g) in keyed {
-                philox::fill(key, (first + bi * BLOCK) as u64, z);
+            philox::fill(key, start, z);
+            // The sum a starts from +0, which its first term's rounding (and sign of zero) keeps.
+            if rest.is_empty() {
+                for (v, z) in theta.iter_mut().zip(z.iter()) {
+                    *v = v.update(0.0 + g * z, lr, lambda);
+                }
+                continue;
+            }
+            for (a, z) in a.iter_mut().zip(z.iter()) {
+                *a = 0.0 + g * z;
+            }
+            for &(key, g) in rest {
+                philox::fill(key, start, z);
                 for (a, z) in a.iter_mut().zip(z.iter()) {
                     *a += g * z;
                 }
@@ -636,6 +648,8 @@ mod tests {
                 perturbed_rows(&p[1].tensor, &ids, key, &[2e-2]),
             ];
             apply(&p, &dirs, 0.1, 0.01, WeightDecay::AllTensors);
+            // One direction takes a path of its own.
+            apply(&p, &dirs[..1], 0.1, 0.01, WeightDecay::AllTensors);
             out.into_iter().chain(p.into_iter().map(|t| t.tensor)).collect::<Vec<_>>()
         };
         for kind in [Kind::Float, Kind::BFloat16, Kind::Half, Kind::Double] {

@@ -139,43 +139,6 @@ macro_rules! by_kind {
     };
 }
 
-/// The vector instruction sets the loops of this module are compiled for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Isa {
-    Baseline,
-    Avx2,
-    Avx512,
-}
-
-/// The widest of [`Isa`] this CPU has (in tests, at most [`ISA_CAP`]).
-fn isa() -> Isa {
-    static DETECTED: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-    let detected = *DETECTED.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
-            }
-            if std::is_x86_feature_detected!("avx2") {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Baseline
-    });
-    #[cfg(test)]
-    let detected = detected.min(match ISA_CAP.load(std::sync::atomic::Ordering::Relaxed) {
-        0 => Isa::Baseline,
-        1 => Isa::Avx2,
-        _ => Isa::Avx512,
-    });
-    detected
-}
-
-/// Tests narrow [`isa`] to compare the versions (0 baseline, 1 AVX2, 2 the widest). Results do
-/// not depend on it, so tests running meanwhile are unaffected.
-#[cfg(test)]
-static ISA_CAP: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
-
 /// Defines `fn $name<T: Value>(..)` three times over, for AVX-512, AVX2 and the baseline, and
 /// calls the widest the CPU has.
 ///
@@ -199,12 +162,12 @@ macro_rules! widest {
                 fn avx2<T: Value>($($arg: $ty),*) {
                     generic($($arg),*)
                 }
-                match isa() {
+                match philox::isa() {
                     // SAFETY: the CPU has AVX-512F.
-                    Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    philox::Isa::Avx512 => return unsafe { avx512($($arg),*) },
                     // SAFETY: the CPU has AVX2.
-                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
-                    Isa::Baseline => {}
+                    philox::Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    philox::Isa::Baseline => {}
                 }
             }
             generic($($arg),*)
@@ -655,9 +618,9 @@ mod tests {
         for kind in [Kind::Float, Kind::BFloat16, Kind::Half, Kind::Double] {
             let widest = run(kind);
             for cap in [0, 1] {
-                ISA_CAP.store(cap, Relaxed);
+                philox::ISA_CAP.store(cap, Relaxed);
                 let narrow = run(kind);
-                ISA_CAP.store(2, Relaxed);
+                philox::ISA_CAP.store(2, Relaxed);
                 for (i, (a, b)) in widest.iter().zip(&narrow).enumerate() {
                     assert!(a.equal(b), "{kind:?}: result {i} differs with instruction sets capped at {cap}");
                 }

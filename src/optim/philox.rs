@@ -585,19 +585,55 @@ fn fill_portable(key: [u32; 2], first: u64, out: &mut [f32]) {
     fill_with(key, first, out, 4 * LANES, fill_block);
 }
 
+/// The vector instruction sets the fast stream's loops are compiled for: this generator's and
+/// those of `fast`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Isa {
+    Baseline,
+    Avx2,
+    Avx512,
+}
+
+/// The widest of [`Isa`] this CPU has (in tests, at most `ISA_CAP`).
+pub(crate) fn isa() -> Isa {
+    static DETECTED: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    let detected = *DETECTED.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx512::available() {
+                return Isa::Avx512;
+            }
+            if avx2::available() {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Baseline
+    });
+    #[cfg(test)]
+    let detected = detected.min(match ISA_CAP.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => Isa::Baseline,
+        1 => Isa::Avx2,
+        _ => Isa::Avx512,
+    });
+    detected
+}
+
+/// Tests narrow [`isa`] to compare the versions (0 baseline, 1 AVX2, 2 the widest). Results do
+/// not depend on it, so tests running meanwhile are unaffected.
+#[cfg(test)]
+pub(crate) static ISA_CAP: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
+
 /// `out[j] = z(first + j)`.
 pub fn fill(key: [u32; 2], first: u64, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if avx512::available() {
+    match isa() {
         // SAFETY: the CPU has AVX-512F.
-        return unsafe { avx512::fill(key, first, out) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::fill(key, first, out) },
         // SAFETY: the CPU has AVX2.
-        return unsafe { avx2::fill(key, first, out) };
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::fill(key, first, out) },
+        _ => fill_portable(key, first, out),
     }
-    fill_portable(key, first, out)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //!   cargo bench --bench mezo_step -- [--model DIR] [--random-opt 125m|1.3b|tiny]
 //!       [--device cpu|cuda] [--dtype f32|bf16|f16] [--batch 8] [--seq 64] [--threads N]
 //!       [--steps 3] [--rng fast|reference] [--separate-passes] [--forward-only]
+//!   cargo bench --bench mezo_step -- --stream-only [--threads 1]
 //!
 //! A prompt model (RoBERTa/BERT) is scored by the label words at one mask position per row, a
 //! causal LM by its next-token loss (`lm_loss`). `--random-opt` writes a random OPT of that size
@@ -93,7 +94,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dist = Dist::init().expect("MPI");
     if args.iter().any(|a| a == "--stream-only") {
-        return stream_only();
+        return stream_only(arg(&args, "--threads", "1").parse().unwrap());
     }
     let batch: i64 = arg(&args, "--batch", "8").parse().unwrap();
     let seq: i64 = arg(&args, "--seq", "64").parse().unwrap();
@@ -223,6 +224,13 @@ fn main() {
                 sync();
                 update.push(start.elapsed().as_secs_f64() * 1e3);
             }
+            let mut back = vec![];
+            for _ in 0..5 {
+                let start = Instant::now();
+                updater.apply(&trainable, &[(7, 0.0)], 0.0, 0.0, WeightDecay::AllTensors);
+                back.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            println!("back-to-back updates {:?}", back);
             if dist.is_root() {
                 let paired = match paired.is_empty() {
                     true => String::new(),
@@ -275,11 +283,12 @@ fn main() {
     }
 }
 
-/// `--stream-only`: the fast stream alone, one thread, nanoseconds per element: drawing normals,
-/// forming a perturbed pair of a weight matrix (θ ± εz, stored θ read from memory) and the update.
-fn stream_only() {
+/// `--stream-only`: the fast stream alone on `threads` threads (default one), nanoseconds per
+/// element: drawing normals (always one thread), forming a perturbed pair of a weight matrix
+/// (θ ± εz, stored θ read from memory) and the update.
+fn stream_only(threads: i32) {
     use mezo::optim::{fast, philox, zo};
-    tch::set_num_threads(1);
+    tch::set_num_threads(threads);
     let mut z = vec![0f32; 1 << 24];
     let key = philox::key(12345, 3);
     let per_element = |f: &mut dyn FnMut() -> usize| {
@@ -313,8 +322,8 @@ fn stream_only() {
         n
     });
     println!(
-        "fast stream, one thread: normals {draw:.2} ns each, perturbed pair {pair:.2} ns an element, update \
-         {update:.2} ns an element (checksum {})",
+        "fast stream, {threads} thread(s): normals {draw:.2} ns each (one thread), perturbed pair {pair:.2} ns \
+         an element, update {update:.2} ns an element (checksum {})",
         z.iter().sum::<f32>()
     );
 }

@@ -48,9 +48,9 @@ use tch::{Device, Kind, Tensor};
 const CHUNK: usize = 1 << 16;
 
 /// Elements per parallel task over `n` elements: about [`CHUNK`], in as many tasks as a multiple
-/// of the team's threads (tasks go round-robin: 9 on 2 threads, a 768 × 768 matrix, would leave
-/// one thread idle for a ninth of the time), each a whole number of the generator's 128-normal
-/// blocks. Which task computes an element never changes its value.
+/// of the team's threads (threads that start together finish together: 9 tasks on 2 threads, a
+/// 768 × 768 matrix, would leave one idle for a ninth of the time), each a whole number of the
+/// generator's 128-normal blocks. Which task computes an element never changes its value.
 fn task_len(n: usize) -> usize {
     if n <= CHUNK {
         return n.max(1);

@@ -8,58 +8,48 @@
 //! libtorch loaded, with libtorch's intra-op thread count. Where there is no libgomp (a libtorch
 //! built with another thread pool), rayon takes over.
 //!
-//! The work split is static (index i on thread i mod T), and every index's result is
-//! independent of which thread computes it, so results do not depend on the thread count.
+//! Threads take the next index from a shared counter until none is left, rather than a fixed
+//! share each: on a shared machine one thread of the team is often late (woken from its sleep,
+//! or descheduled by the host), and with a fixed split the others would wait for it at the end
+//! of every region. Every index's result is independent of which thread computes it, so results
+//! depend neither on the thread count nor on the scheduling.
 
 use std::ffi::{c_uint, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
+/// libgomp's `GOMP_parallel(fn, data, num_threads, flags)`: runs `fn(data)` on every thread of
+/// a team and returns when all have finished.
 type Parallel = unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, c_uint, c_uint);
-type Query = unsafe extern "C" fn() -> i32;
 
-struct Gomp {
-    parallel: Parallel,
-    thread_num: Query,
-    num_threads: Query,
-}
-
-fn gomp() -> Option<&'static Gomp> {
-    static GOMP: OnceLock<Option<Gomp>> = OnceLock::new();
-    GOMP.get_or_init(|| {
-        // SAFETY: dlsym on the process's global scope; the symbols, when found, have these
-        // signatures (libgomp's public ABI).
+fn gomp_parallel() -> Option<Parallel> {
+    static PARALLEL: OnceLock<Option<Parallel>> = OnceLock::new();
+    *PARALLEL.get_or_init(|| {
+        // SAFETY: dlsym on the process's global scope; the symbol, when found, has this signature
+        // (libgomp's public ABI).
         unsafe {
-            let find = |name: &std::ffi::CStr| libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr());
-            let (p, t, n) =
-                (find(c"GOMP_parallel"), find(c"omp_get_thread_num"), find(c"omp_get_num_threads"));
-            if p.is_null() || t.is_null() || n.is_null() {
-                return None;
-            }
-            Some(Gomp {
-                parallel: std::mem::transmute::<*mut c_void, Parallel>(p),
-                thread_num: std::mem::transmute::<*mut c_void, Query>(t),
-                num_threads: std::mem::transmute::<*mut c_void, Query>(n),
-            })
+            let found = libc::dlsym(libc::RTLD_DEFAULT, c"GOMP_parallel".as_ptr());
+            (!found.is_null()).then(|| std::mem::transmute::<*mut c_void, Parallel>(found))
         }
     })
-    .as_ref()
 }
 
 struct Job<'a> {
     work: &'a (dyn Fn(usize) + Sync),
     count: usize,
-    gomp: &'static Gomp,
+    /// The next index no thread has taken.
+    next: AtomicUsize,
 }
 
 extern "C" fn run_job(data: *mut c_void) {
     // SAFETY: `data` is the `Job` that `for_each_index` keeps alive until GOMP_parallel returns.
     let job = unsafe { &*(data as *const Job) };
-    // SAFETY: called inside the parallel region GOMP_parallel opened.
-    let (thread, threads) = unsafe { ((job.gomp.thread_num)() as usize, (job.gomp.num_threads)() as usize) };
-    let mut i = thread;
-    while i < job.count {
+    loop {
+        let i = job.next.fetch_add(1, Ordering::Relaxed);
+        if i >= job.count {
+            break;
+        }
         (job.work)(i);
-        i += threads.max(1);
     }
 }
 
@@ -71,12 +61,12 @@ pub fn for_each_index(count: usize, work: &(dyn Fn(usize) + Sync)) {
         (0..count).for_each(work);
         return;
     }
-    match gomp() {
-        Some(gomp) => {
-            let job = Job { work, count, gomp };
-            // SAFETY: `run_job` only reads `job`, which outlives the call; GOMP_parallel returns
-            // after every thread of the team has finished.
-            unsafe { (gomp.parallel)(run_job, &job as *const Job as *mut c_void, threads as c_uint, 0) }
+    match gomp_parallel() {
+        Some(parallel) => {
+            let job = Job { work, count, next: AtomicUsize::new(0) };
+            // SAFETY: `run_job` only reads `job` (its counter atomically), which outlives the call;
+            // GOMP_parallel returns after every thread of the team has finished.
+            unsafe { parallel(run_job, &job as *const Job as *mut c_void, threads as c_uint, 0) }
         }
         None => {
             use rayon::prelude::*;

@@ -224,13 +224,6 @@ fn main() {
                 sync();
                 update.push(start.elapsed().as_secs_f64() * 1e3);
             }
-            let mut back = vec![];
-            for _ in 0..5 {
-                let start = Instant::now();
-                updater.apply(&trainable, &[(7, 0.0)], 0.0, 0.0, WeightDecay::AllTensors);
-                back.push(start.elapsed().as_secs_f64() * 1e3);
-            }
-            println!("back-to-back updates {:?}", back);
             if dist.is_root() {
                 let paired = match paired.is_empty() {
                     true => String::new(),

@@ -469,13 +469,24 @@ pub fn apply(
 ) {
     let _guard = tch::no_grad_guard();
     let n = directions.len() as f64;
+    // Per CUDA device, the directions copied there once for all its tensors.
+    let mut on_device: Vec<(Device, super::fast_cuda::Directions)> = Vec::new();
     for (i, p) in params.iter().enumerate() {
         let keyed: Vec<([u32; 2], f32)> =
             directions.iter().map(|&(seed, g)| (philox::key(seed, i), (g / n) as f32)).collect();
         let lambda = if decay.applies_to(&p.name) { weight_decay } else { 0.0 };
         let t = &p.tensor;
         if let Device::Cuda(_) = t.device() {
-            super::fast_cuda::update(t, &keyed, lr, lambda);
+            let at = match on_device.iter().position(|(d, _)| *d == t.device()) {
+                Some(at) => at,
+                None => {
+                    let seeds: Vec<(u32, f32)> = keyed.iter().map(|&(key, g)| (key[0], g)).collect();
+                    on_device.push((t.device(), super::fast_cuda::Directions::new(t.device(), &seeds)));
+                    on_device.len() - 1
+                }
+            };
+            // The key's second word is the tensor's index (philox::key).
+            super::fast_cuda::update(t, i as u32, &on_device[at].1, lr, lambda);
             continue;
         }
         by_kind!(t.kind(), T => {

@@ -7,7 +7,7 @@
 //! same z and computes the same perturbed weights and updates as a CPU run, bit for bit.
 
 use anyhow::{anyhow, Context, Result};
-use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use tch::{Device, Kind, Tensor};
@@ -130,15 +130,16 @@ __device__ void perturb_rows(typename V::T* rows, const long long* ids, u64 coun
     rows[i] = V::put(V::get(rows[i]) + c * normal_at(k0, k1, e));
 }
 
+// dirs: (step seed, g bits) per direction; z_d is the stream under key (seed_d, index).
 template <typename V>
-__device__ void update(typename V::T* theta, u64 n, const u32* keys, int directions, float lr, float decay) {
+__device__ void update(typename V::T* theta, u64 n, const u32* dirs, int directions, u32 index, float lr, float decay) {
     u64 k = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (4 * k >= n) return;
     float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int d = 0; d < directions; ++d) {
         float z[4];
-        normals4(keys[3 * d], keys[3 * d + 1], k, z);
-        float g = __uint_as_float(keys[3 * d + 2]);
+        normals4(dirs[2 * d], index, k, z);
+        float g = __uint_as_float(dirs[2 * d + 1]);
         for (int j = 0; j < 4; ++j) a[j] += g * z[j];
     }
     for (int j = 0; j < 4; ++j) {
@@ -175,17 +176,17 @@ extern "C" __global__ void rows_f64(double* r, const long long* ids, u64 count, 
     r[i] = r[i] + c * (double)normal_at(k0, k1, e);
 }
 
-extern "C" __global__ void update_f32(float* t, u64 n, const u32* keys, int d, float lr, float decay) { update<F32>(t, n, keys, d, lr, decay); }
-extern "C" __global__ void update_bf16(u16* t, u64 n, const u32* keys, int d, float lr, float decay) { update<BF16>(t, n, keys, d, lr, decay); }
-extern "C" __global__ void update_f16(u16* t, u64 n, const u32* keys, int d, float lr, float decay) { update<F16>(t, n, keys, d, lr, decay); }
-extern "C" __global__ void update_f64(double* t, u64 n, const u32* keys, int d, double lr, double decay) {
+extern "C" __global__ void update_f32(float* t, u64 n, const u32* dirs, int d, u32 index, float lr, float decay) { update<F32>(t, n, dirs, d, index, lr, decay); }
+extern "C" __global__ void update_bf16(u16* t, u64 n, const u32* dirs, int d, u32 index, float lr, float decay) { update<BF16>(t, n, dirs, d, index, lr, decay); }
+extern "C" __global__ void update_f16(u16* t, u64 n, const u32* dirs, int d, u32 index, float lr, float decay) { update<F16>(t, n, dirs, d, index, lr, decay); }
+extern "C" __global__ void update_f64(double* t, u64 n, const u32* dirs, int d, u32 index, double lr, double decay) {
     u64 k = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (4 * k >= n) return;
     float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int j = 0; j < d; ++j) {
         float z[4];
-        normals4(keys[3 * j], keys[3 * j + 1], k, z);
-        float g = __uint_as_float(keys[3 * j + 2]);
+        normals4(dirs[2 * j], index, k, z);
+        float g = __uint_as_float(dirs[2 * j + 1]);
         for (int i = 0; i < 4; ++i) a[i] += g * z[i];
     }
     for (int i = 0; i < 4; ++i) {
@@ -340,24 +341,42 @@ pub fn perturb_rows_in_place(rows: &Tensor, ids: &Tensor, width: usize, key: [u3
     fire(b, &name, count * width);
 }
 
-/// θ ← θ − η (Σ_j g_j z_j + λ θ) for `keyed` = [(key_j, g_j)].
-pub fn update(t: &Tensor, keyed: &[([u32; 2], f32)], lr: f64, decay: f64) {
-    let k = loaded(t);
-    let words: Vec<u32> = keyed.iter().flat_map(|(key, g)| [key[0], key[1], g.to_bits()]).collect();
-    let words = k.stream.clone_htod(&words).unwrap_or_else(|e| panic!("copying the update's seeds: {e}"));
-    let (ptr, n, d) = (t.data_ptr() as u64, t.numel() as u64, keyed.len() as i32);
+/// The directions of one update on one device, (step seed, g_j) per direction: copied to the
+/// device once and read by the update kernel of every tensor. Copying them per tensor cost a
+/// stream synchronisation each, a round trip per tensor that made the update of a ~400-tensor
+/// model mostly waiting. The buffer is freed in stream order after the kernels that read it
+/// (cudarc), so nothing waits for them here.
+pub struct Directions {
+    kernels: Arc<Kernels>,
+    words: CudaSlice<u32>,
+    count: i32,
+}
+
+impl Directions {
+    /// `directions` = [(step seed, g_j)], the seeds as the first word of their keys.
+    pub fn new(device: Device, directions: &[(u32, f32)]) -> Directions {
+        let kernels = kernels(device).expect("fast-stream kernels are loaded");
+        let words: Vec<u32> = directions.iter().flat_map(|&(seed, g)| [seed, g.to_bits()]).collect();
+        let words =
+            kernels.stream.clone_htod(&words).unwrap_or_else(|e| panic!("copying the update's seeds: {e}"));
+        Directions { kernels, words, count: directions.len() as i32 }
+    }
+}
+
+/// θ ← θ − η (Σ_j g_j z_j + λ θ), z_j under key (seed_j, `index`): tensor `index`'s update.
+pub fn update(t: &Tensor, index: u32, directions: &Directions, lr: f64, decay: f64) {
+    let k = &directions.kernels;
+    let (ptr, n) = (t.data_ptr() as u64, t.numel() as u64);
     let name = format!("update_{}", suffix(t.kind()));
     let (lr32, decay32) = (lr as f32, decay as f32);
     let mut b = k.stream.launch_builder(k.function(&name));
-    b.arg(&ptr).arg(&n).arg(&words).arg(&d);
+    b.arg(&ptr).arg(&n).arg(&directions.words).arg(&directions.count).arg(&index);
     if t.kind() == Kind::Double {
         b.arg(&lr).arg(&decay);
     } else {
         b.arg(&lr32).arg(&decay32);
     }
     fire(b, &name, n.div_ceil(4));
-    // The seed buffer must outlive the kernel.
-    k.stream.synchronize().unwrap_or_else(|e| panic!("waiting for {name}: {e}"));
 }
 
 #[cfg(test)]

@@ -802,3 +802,28 @@ fn best_logged_dev(
     }
     Ok(best)
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every number of a trajectory reads back to the bits that were written. serde_json's
+    /// default parser read -10.193407535552979, a projected gradient of a real run, as
+    /// -10.19340753555298, which rounds to another f32: the replayed and resumed weights then
+    /// differed from those of the uninterrupted run (hence its `float_roundtrip` feature).
+    #[test]
+    fn trajectories_read_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let grads: [f64; 4] =
+            [-10.193407535552979, 1.4306604862213135, 3.6180317401885986, 0.46515464782714844];
+        let mut text = String::from("{\"seed\":42}\n");
+        for (i, g) in grads.iter().enumerate() {
+            let step = serde_json::json!({"step": i + 1, "seed": 7, "projected_grad": g, "lr": 1e-3});
+            text += &format!("{step}\n");
+        }
+        std::fs::write(dir.path().join("trajectory.jsonl"), text).unwrap();
+        let (_, steps) = super::read_trajectory(dir.path()).unwrap();
+        assert_eq!(steps.len(), grads.len());
+        for (s, g) in steps.iter().zip(grads) {
+            assert_eq!(s.projected_grad.map(f64::to_bits), Some(g.to_bits()), "step {}", s.step);
+        }
+    }
+}

@@ -15,9 +15,13 @@
 # collectives, a collective HDF5 write, a tch matmul and randn on cuda, an NVRTC kernel through
 # cudarc, the fast perturbation stream's NVRTC kernels against the CPU stream (bit for bit, four
 # dtypes) and a one-rank NCCL all-reduce, `mezo demo` on cuda, and the MeZO step benchmark of
-# a random OPT-1.3B in f16 and bf16 (step / forward time, step / inference device memory).
-# Output goes to stdout and to $OUT/gpu-check.log (OUT: the device tool's output folder, else a
-# temporary directory). Exit status: number of failed steps.
+# a random OPT-1.3B in f16 and bf16 (step / forward time, step / inference device memory), and
+# end to end on the demo task (`end_to_end`): a run with the reference stream replayed into the same
+# weights, a fast-stream run stopped by SIGTERM and resumed into the uninterrupted run's weights,
+# LoRA and prefix MeZO, and eNTK kernels solved by least squares. Output goes to stdout and to $OUT/gpu-check.log
+# (OUT: the device tool's output folder, else a temporary directory). Exit status: number of
+# failed steps. `bash benches/gpu-check.sh end-to-end [cpu|cuda]` runs the end-to-end part alone
+# (with a built target/release/mezo), e.g. on a CPU machine.
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -46,15 +50,62 @@ make_bundle() {
   echo "bundle ready: $bundle ($(ls "$bundle/lib" | wc -l) libraries)"
 }
 
+failed=0
+step() {
+  echo; echo "=== $*"
+  "$@" || { echo "=== FAILED ($?): $*"; failed=$((failed + 1)); }
+}
+
+# Both files exist and are equal byte for byte.
+same_file() {
+  cmp "$1" "$2" && echo "identical: $1 and $2"
+}
+
+# Runs a training command and sends it SIGTERM (Slurm's pre-emption) once the trajectory of its
+# run directory RUN has more than STEPS steps; its exit status.
+stop_at() {
+  local steps="$1" run="$2"
+  shift 2
+  "$@" &
+  local pid=$! done=0
+  while kill -0 "$pid" 2>/dev/null; do
+    [[ -f "$run/trajectory.jsonl" ]] && done=$(($(wc -l < "$run/trajectory.jsonl") - 1))
+    ((done > steps)) && { kill -TERM "$pid"; break; }
+    sleep 0.01
+  done
+  wait "$pid"
+}
+
+# MeZO and the kernels end to end with BIN on DEVICE, on the demo task's 16-shot split (made with
+# `mezo kshot` from data/demo/original), the demo model, under OUT.
+end_to_end() {
+  local bin="$1" device="$2" out="$3"
+  local model="$repo/data/demo/model" split="$out/k-shot-1k-test/SST-2/16-42"
+  local mezo=("$bin" --device "$device" -q)
+  step "${mezo[@]}" kshot --data-dir "$repo/data/demo/original" --out "$out" --mode k-shot-1k-test --k 16 \
+    --task SST-2 --seed 42
+  local train=(train --optimizer mezo --task SST-2 --data-dir "$split" --model "$model" --batch-size 16
+    --lr 1e-3 --eps 1e-3 --seed 42 --eval-every 100 --save-model)
+  step "${mezo[@]}" "${train[@]}" --rng reference --steps 200 --out "$out/reference"
+  step "${mezo[@]}" replay "$out/reference" --out "$out/reference-replayed"
+  step same_file "$out/reference/model/model.safetensors" "$out/reference-replayed/model.safetensors"
+  step "${mezo[@]}" "${train[@]}" --steps 600 --out "$out/whole"
+  # Stopped part-way (exit 0 and a resumable run), then resumed: the uninterrupted run's weights.
+  step stop_at 250 "$out/stopped" "${mezo[@]}" "${train[@]}" --steps 600 --out "$out/stopped"
+  echo "stopped after $(($(wc -l < "$out/stopped/trajectory.jsonl") - 1)) of 600 steps"
+  [[ -e "$out/stopped/model" ]] || step "${mezo[@]}" "${train[@]}" --steps 600 --resume "$out/stopped"
+  step same_file "$out/whole/model/model.safetensors" "$out/stopped/model/model.safetensors"
+  step "${mezo[@]}" "${train[@]}" --steps 100 --lora-r 4 --lora-alpha 16 --out "$out/lora"
+  step "${mezo[@]}" "${train[@]}" --steps 100 --num-prefix 4 --out "$out/prefix"
+  step "${mezo[@]}" kernel --task SST-2 --data-dir "$split" --model "$model" --out "$out/sgd.h5"
+  # lstsq: the logistic solver's fits on these kernels run to its 10 000-iteration cap (see README).
+  step "${mezo[@]}" solve --kernels "$out/sgd.h5" --solver lstsq --out "$out/sgd-lstsq.json"
+}
+
 run_checks() {
   local out="${OUT:-$(mktemp -d)}"
   mkdir -p "$out"
   exec > >(tee "$out/gpu-check.log") 2>&1
-  local failed=0
-  step() {
-    echo; echo "=== $*"
-    "$@" || { echo "=== FAILED ($?): $*"; failed=$((failed + 1)); }
-  }
   echo "gpu-check on $(hostname) at $(date -u +%FT%TZ)"
   [[ -x "$bundle/mezo" ]] || { echo "no $bundle/mezo: run 'make gpu-bundle' on the build machine"; exit 1; }
 
@@ -130,6 +181,8 @@ PY
   done
   rm -rf "$opt"
 
+  end_to_end "$bundle/mezo" cuda "$out/end-to-end"
+
   echo; echo "gpu-check: $failed step(s) failed; log in $out/gpu-check.log"
   exit "$failed"
 }
@@ -137,5 +190,11 @@ PY
 case "${1:-run}" in
   bundle) make_bundle ;;
   run) run_checks ;;
-  *) echo "usage: $0 [bundle|run]" >&2; exit 2 ;;
+  end-to-end)
+    scratch="$(mktemp -d)"
+    end_to_end "$repo/target/release/mezo" "${2:-cpu}" "$scratch"
+    echo; echo "end to end: $failed step(s) failed (in $scratch)"
+    exit "$failed"
+    ;;
+  *) echo "usage: $0 [bundle|run|end-to-end [cpu|cuda]]" >&2; exit 2 ;;
 esac

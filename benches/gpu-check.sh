@@ -98,8 +98,8 @@ end_to_end() {
   step "${mezo[@]}" "${train[@]}" --steps 100 --lora-r 4 --lora-alpha 16 --out "$out/lora"
   step "${mezo[@]}" "${train[@]}" --steps 100 --num-prefix 4 --out "$out/prefix"
   step "${mezo[@]}" kernel --task SST-2 --data-dir "$split" --model "$model" --out "$out/sgd.h5"
-  # lstsq: the logistic solver's fits on these kernels run to its 10 000-iteration cap (see README).
   step "${mezo[@]}" solve --kernels "$out/sgd.h5" --solver lstsq --out "$out/sgd-lstsq.json"
+  step "${mezo[@]}" solve --kernels "$out/sgd.h5" --solver logistic --out "$out/sgd-logistic.json"
 }
 
 run_checks() {

@@ -13,9 +13,10 @@
 //!   the summed fold scores, ties to the smallest C;
 //! * the refit on all rows starts from the mean of the folds' coefficients at that C.
 //!
-//! Stopping differs on purpose: here only the gradient norm (1e-8·n) ends a fit, while scipy's
-//! L-BFGS-B also stops on a relative decrease of 2.2e-9 (0.24) and scikit-learn ≥ 1.2 scales the
-//! objective by 1/n first. Those early stops make large-C fits (nearly separable folds) depend
+//! Stopping differs on purpose: here only the gradient norm (1e-8·n) ends a fit (or the cap of
+//! 10 000 iterations, or a line search that cannot go on, both at the best point seen), while
+//! scipy's L-BFGS-B also stops on a relative decrease of 2.2e-9 (0.24) and scikit-learn ≥ 1.2
+//! scales the objective by 1/n first. Those early stops make large-C fits (nearly separable folds) depend
 //! on the scipy version; this solver goes to the optimum both approximate, and the fixture test
 //! compares it with scikit-learn run to convergence (tol 1e-8).
 //!
@@ -111,6 +112,7 @@ impl CostFunction for Objective<'_> {
     type Output = f64;
 
     fn cost(&self, p: &Vec<f64>) -> Result<f64, argmin::core::Error> {
+        ensure_finite(p)?;
         let f = self.x.ncols();
         let w = ArrayView1::from(&p[..f]);
         let cost =
@@ -128,6 +130,7 @@ impl Gradient for Objective<'_> {
     type Gradient = Vec<f64>;
 
     fn gradient(&self, p: &Vec<f64>) -> Result<Vec<f64>, argmin::core::Error> {
+        ensure_finite(p)?;
         let f = self.x.ncols();
         // d/dz of log(1 + e^{−yz}) = −y·σ(−yz)
         let z: Array1<f64> = self.margins(p).mapv(|m| 1.0 / (1.0 + m.exp())) * &self.y * -1.0;
@@ -137,9 +140,21 @@ impl Gradient for Objective<'_> {
     }
 }
 
+/// Refuses a non-finite point. L-BFGS steps to NaN when its curvature pairs degenerate (s·y
+/// rounding to 0 on nearly separable folds at large C), and More–Thuente then searches on NaN
+/// costs without end; the error ends the fit at the best point seen instead ([`minimize`]).
+fn ensure_finite(p: &[f64]) -> Result<(), argmin::core::Error> {
+    match p.iter().all(|v| v.is_finite()) {
+        true => Ok(()),
+        false => Err(anyhow::anyhow!("L-BFGS stepped to a non-finite point")),
+    }
+}
+
 /// L-BFGS stops when the gradient's norm is below this many times the number of rows (the
 /// gradient of the mean loss below 1e-8): converged well past scikit-learn's `tol=1e-4`, whose
-/// stopping point depends on the scipy and scikit-learn versions (module doc).
+/// stopping point depends on the scipy and scikit-learn versions (module doc). Kernel rows with
+/// entries of 1e3 make the large-C fits so ill-conditioned that they reach the iteration cap
+/// first, as scikit-learn's do (with its ConvergenceWarning, here a warning in the log).
 const GRADIENT_TOLERANCE: f64 = 1e-8;
 
 /// One L2 logistic fit (labels 0/1, class 1 positive) from `init` ([w; b]); returns [w; b].
@@ -235,6 +250,7 @@ impl CostFunction for Softmax<'_> {
     type Output = f64;
 
     fn cost(&self, p: &Vec<f64>) -> Result<f64, argmin::core::Error> {
+        ensure_finite(p)?;
         let f = self.x.ncols();
         let (z, lse) = self.decisions(p);
         let w = self.weights(p);
@@ -253,6 +269,7 @@ impl Gradient for Softmax<'_> {
     type Gradient = Vec<f64>;
 
     fn gradient(&self, p: &Vec<f64>) -> Result<Vec<f64>, argmin::core::Error> {
+        ensure_finite(p)?;
         let f = self.x.ncols();
         let (z, lse) = self.decisions(p);
         // d/dz of logsumexp(z) − z_y = softmax(z) − onehot(y).
@@ -476,5 +493,24 @@ mod tests {
         assert_eq!(cv.coef.dim(), (1, 4));
         let cv3 = fit_cv_multinomial(&dist, &x, &problem(3).1, 3).unwrap();
         assert_eq!(cv3.coef.dim(), (3, 4));
+    }
+
+    #[test]
+    fn ill_conditioned_kernel_rows_finish() {
+        // Gram rows of 32 points as eNTK kernels look (entries of order 1e3, nearly separable):
+        // L-BFGS steps to NaN on some folds, where the line search used to loop forever.
+        let points = Array2::from_shape_fn((32, 6), |(i, j)| {
+            (((i * 37 + j * 11) % 23) as f64 - 11.0) + 3.0 * j as f64
+        });
+        let x = points.dot(&points.t()) * 2.0;
+        let y: Vec<usize> =
+            (0..32).map(|i| usize::from(points[[i, 0]] + 0.3 * points[[i, 1]] > 0.0)).collect();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(fit_cv(&Dist::single(), &x, &y).map(|cv| cv.coef)));
+        let coef = finished
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("cross-validation finishes")
+            .unwrap();
+        assert!(coef.iter().all(|v| v.is_finite()), "{coef}");
     }
 }

@@ -201,6 +201,15 @@ fn main() {
             .collect();
         let perturbations = Perturbations::new(rng, &trainable, paired_pass).unwrap();
         let mut updater = Updater::new(ZoOptimizer::Sgd, rng, &trainable);
+        // As `mezo train`: rows no pass reads wait for their updates, plain passes read the
+        // current weights.
+        let _current = match &perturbations {
+            Perturbations::Fast { stream, .. } => {
+                updater = updater.deferring_rows(stream);
+                Some(mezo::model::nn::install_view(stream.current_view()))
+            }
+            Perturbations::Reference => None,
+        };
         // Every rank: the loss all-reduces.
         if let Perturbations::Fast { stream, .. } = &perturbations {
             // Plain, perturbed and paired (both sides at once) forward passes alternated, then

@@ -37,14 +37,23 @@ thread_local! {
 
 /// Runs `f` (forward passes) with the weights seen through `view`.
 pub fn with_view<R>(view: Rc<dyn WeightView>, f: impl FnOnce() -> R) -> R {
-    struct Reset(Option<Rc<dyn WeightView>>);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            VIEW.with(|v| *v.borrow_mut() = self.0.take());
-        }
-    }
-    let _reset = Reset(VIEW.with(|v| v.borrow_mut().replace(view)));
+    let _installed = install_view(view);
     f()
+}
+
+/// Forward passes see the weights through `view` until the guard is dropped (then through the
+/// view before it); [`with_view`] inside replaces it for its call.
+pub fn install_view(view: Rc<dyn WeightView>) -> ViewGuard {
+    ViewGuard(VIEW.with(|v| v.borrow_mut().replace(view)))
+}
+
+/// Puts the previous view back when dropped ([`install_view`]).
+pub struct ViewGuard(Option<Rc<dyn WeightView>>);
+
+impl Drop for ViewGuard {
+    fn drop(&mut self) {
+        VIEW.with(|v| *v.borrow_mut() = self.0.take());
+    }
 }
 
 fn current_view() -> Option<Rc<dyn WeightView>> {

@@ -243,6 +243,8 @@ pub struct Updater {
     first: Vec<Tensor>,
     second: Vec<Tensor>,
     steps: i32,
+    /// The fast stream whose row-read tensors take their updates when read.
+    deferring: Option<FastStream>,
 }
 
 impl Updater {
@@ -254,7 +256,22 @@ impl Updater {
             ZoOptimizer::Momentum { .. } => (zeros(), Vec::new()),
             ZoOptimizer::Adam => (zeros(), zeros()),
         };
-        Updater { optimizer, rng, first, second, steps: 0 }
+        Updater { optimizer, rng, first, second, steps: 0, deferring: None }
+    }
+
+    /// Plain ZO-SGD on the fast stream defers the updates of rows that no forward pass has read
+    /// ([`FastStream::apply_deferring`]); the caller flushes `stream` before the weights are
+    /// used other than by forward passes under its views. Other updates stay immediate.
+    pub fn deferring_rows(mut self, stream: &FastStream) -> Updater {
+        if self.optimizer == ZoOptimizer::Sgd && self.rng == Rng::Fast {
+            self.deferring = Some(stream.clone());
+        }
+        self
+    }
+
+    /// The stream this updater defers rows on, if any.
+    pub fn deferred(&self) -> Option<&FastStream> {
+        self.deferring.as_ref()
     }
 
     /// Applies one step's directions (seed, g).
@@ -269,7 +286,10 @@ impl Updater {
         if self.optimizer == ZoOptimizer::Sgd {
             return match self.rng {
                 Rng::Reference => apply(params, directions, lr, weight_decay, decay),
-                Rng::Fast => fast::apply(params, directions, lr, weight_decay, decay),
+                Rng::Fast => match &self.deferring {
+                    Some(stream) => stream.apply_deferring(params, directions, lr, weight_decay, decay),
+                    None => fast::apply(params, directions, lr, weight_decay, decay),
+                },
             };
         }
         let _guard = tch::no_grad_guard();

@@ -148,12 +148,12 @@ pub fn train_first_order(
         progress.set_message(format!("loss {loss:.4}"));
         progress.inc(1);
         if config.evaluates_at(step) {
-            super::evaluate_dev(model, data, dist, config, step, &trainable, &mut best, &mut metrics)?;
+            super::evaluate_dev(model, data, dist, config, step, &trainable, None, &mut best, &mut metrics)?;
         }
     }
     progress.finish_and_clear();
     for p in &params {
         let _ = p.shallow_clone().set_requires_grad(false);
     }
-    super::finish(model, data, dist, config, &trainable, best, last_loss, &mut metrics)
+    super::finish(model, data, dist, config, &trainable, None, best, last_loss, &mut metrics)
 }

@@ -17,6 +17,7 @@ use crate::dist::{Dist, Reduce};
 use crate::error::InputError;
 use crate::eval::evaluate;
 use crate::model::{FreezeRules, Model};
+use crate::optim::fast::{DeferredState, FastStream};
 use crate::optim::zo::{Perturbations, Rng, StepSeeds, Trainable, Updater, WeightDecay, ZoOptimizer};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -113,15 +114,27 @@ pub enum Stash {
     Auto,
 }
 
-/// A copy of the trained tensors.
-enum Snapshot {
+/// A copy of the trained tensors, with where the fast stream's deferred rows stood.
+struct Snapshot {
+    copy: Stored,
+    deferred: Option<DeferredState>,
+}
+
+enum Stored {
     Memory(Vec<Tensor>),
     Disk(PathBuf),
 }
 
 impl Snapshot {
-    /// Copies `trainable` (every rank holds the same weights; on disk, rank 0 writes).
-    fn take(trainable: &[Trainable], config: &TrainConfig, dist: &Dist, name: &str) -> Result<Snapshot> {
+    /// Copies `trainable` (every rank holds the same weights; on disk, rank 0 writes, after the
+    /// deferred rows are brought up to date: each rank's stand where its own passes read them).
+    fn take(
+        trainable: &[Trainable],
+        deferred: Option<&FastStream>,
+        config: &TrainConfig,
+        dist: &Dist,
+        name: &str,
+    ) -> Result<Snapshot> {
         let bytes: usize =
             trainable.iter().map(|t| t.tensor.numel() * t.tensor.kind().elt_size_in_bytes()).sum();
         let disk = match config.stash {
@@ -131,7 +144,11 @@ impl Snapshot {
         };
         let _guard = tch::no_grad_guard();
         if !disk {
-            return Ok(Snapshot::Memory(trainable.iter().map(|t| t.tensor.detach().copy()).collect()));
+            let copy = Stored::Memory(trainable.iter().map(|t| t.tensor.detach().copy()).collect());
+            return Ok(Snapshot { copy, deferred: deferred.map(FastStream::state) });
+        }
+        if let Some(stream) = deferred {
+            stream.flush();
         }
         let path = config.out_dir.join(format!("{name}.stash.safetensors"));
         if dist.is_root() {
@@ -140,19 +157,19 @@ impl Snapshot {
             crate::model::weights::save_file(&path, &tensors)?;
         }
         dist.barrier();
-        Ok(Snapshot::Disk(path))
+        Ok(Snapshot { copy: Stored::Disk(path), deferred: deferred.map(FastStream::state) })
     }
 
     /// Writes the copy back into `trainable`.
-    fn restore(&self, trainable: &[Trainable]) -> Result<()> {
+    fn restore(&self, trainable: &[Trainable], deferred: Option<&FastStream>) -> Result<()> {
         let _guard = tch::no_grad_guard();
-        match self {
-            Snapshot::Memory(weights) => {
+        match &self.copy {
+            Stored::Memory(weights) => {
                 for (t, w) in trainable.iter().zip(weights) {
                     t.tensor.shallow_clone().copy_(w);
                 }
             }
-            Snapshot::Disk(path) => {
+            Stored::Disk(path) => {
                 let stored: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)
                     .with_context(|| format!("reading {}", path.display()))?
                     .into_iter()
@@ -165,11 +182,14 @@ impl Snapshot {
                 }
             }
         }
+        if let (Some(stream), Some(state)) = (deferred, &self.deferred) {
+            stream.restore(state);
+        }
         Ok(())
     }
 
     fn discard(self, dist: &Dist) {
-        if let (Snapshot::Disk(path), true) = (self, dist.is_root()) {
+        if let (Stored::Disk(path), true) = (self.copy, dist.is_root()) {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -187,6 +207,7 @@ fn evaluate_dev(
     config: &TrainConfig,
     step: usize,
     trainable: &[Trainable],
+    deferred: Option<&FastStream>,
     best: &mut Best,
     metrics: &mut JsonLines,
 ) -> Result<()> {
@@ -195,7 +216,7 @@ fn evaluate_dev(
     metrics.write(&serde_json::json!({"step": step, "dev": dev}))?;
     log::info!("step {step}: dev {selection} {:.4}", dev.get(&selection).copied().unwrap_or(f64::NAN));
     if best.as_ref().is_none_or(|(_, b, _)| dev[&selection] > b[&selection]) {
-        *best = Some((step, dev, Snapshot::take(trainable, config, dist, "best")?));
+        *best = Some((step, dev, Snapshot::take(trainable, deferred, config, dist, "best")?));
     }
     Ok(())
 }
@@ -362,9 +383,18 @@ fn objective_value(objective: Objective, sums: &[f64]) -> f64 {
 
 /// Stops the run when the replicas' trainable weights are no longer identical (different GPU
 /// models or libtorch builds on the ranks, or a bug): per-tensor sums compared across ranks.
-fn check_replicas(dist: &Dist, trainable: &[Trainable], step: usize) -> Result<()> {
+fn check_replicas(
+    dist: &Dist,
+    trainable: &[Trainable],
+    deferred: Option<&FastStream>,
+    step: usize,
+) -> Result<()> {
     if dist.size() == 1 {
         return Ok(());
+    }
+    // Each rank's deferred rows stand where its own share of the batches read them.
+    if let Some(stream) = deferred {
+        stream.flush();
     }
     let sums: Vec<f64> = trainable.iter().map(|t| t.tensor.sum(Kind::Double).double_value(&[])).collect();
     let (mut high, mut low) = (sums.clone(), sums.clone());
@@ -547,6 +577,10 @@ pub enum Outcome {
 
 /// Runs MeZO on `model` and `data`; with `resume`, first replays the run directory's trajectory
 /// (no forward passes) and continues after its last step. Every rank returns the same outcome.
+///
+/// With the fast stream and plain ZO-SGD, rows that no forward pass read take their updates only
+/// when the model is saved (`save_model`): without it, `model` is left with those rows as they
+/// were, a saving for runs that report results only ([`FastStream::apply_deferring`]).
 pub fn train_mezo(
     model: &Model,
     data: &mut TaskData,
@@ -607,6 +641,14 @@ pub fn train_mezo(
     let mut seeds = StepSeeds::new(config.seed);
     let perturbations = Perturbations::new(config.rng, &trainable, config.paired_pass)?;
     let mut updater = Updater::new(config.zo_optimizer, config.rng, &trainable);
+    if let Perturbations::Fast { stream, .. } = &perturbations {
+        updater = updater.deferring_rows(stream);
+    }
+    let deferring = updater.deferred().cloned();
+    let deferred = deferring.as_ref();
+    // From here on every forward pass outside a direction's sees the deferred rows brought up to
+    // date as it reads them.
+    let _current = deferred.map(|stream| crate::model::nn::install_view(stream.current_view()));
     let mut sampler = BatchSampler::new(data.train.len(), config.batch_size, config.seed);
     let selection = format!("eval_{}", data.config.task.selection_metric());
     let mut best: Best = None;
@@ -640,7 +682,8 @@ pub fn train_mezo(
         );
         if let Some((step, dev)) = &logged_best {
             if *step == r.step {
-                best = Some((*step, dev.clone(), Snapshot::take(&trainable, config, dist, "best")?));
+                best =
+                    Some((*step, dev.clone(), Snapshot::take(&trainable, deferred, config, dist, "best")?));
             }
         }
     }
@@ -650,7 +693,7 @@ pub fn train_mezo(
         let last = recorded.len();
         let evaluated = logged_dev_steps(&config.out_dir)?.contains(&last);
         if config.eval_every > 0 && last % config.eval_every == 0 && !evaluated {
-            evaluate_dev(model, data, dist, config, last, &trainable, &mut best, &mut metrics)?;
+            evaluate_dev(model, data, dist, config, last, &trainable, deferred, &mut best, &mut metrics)?;
         }
     }
 
@@ -717,12 +760,12 @@ pub fn train_mezo(
             &serde_json::json!({"step": step, "loss": plus, "projected_grad": projected_grad, "lr": lr}),
         )?;
         if config.check_every > 0 && step % config.check_every == 0 {
-            check_replicas(dist, &trainable, step)?;
+            check_replicas(dist, &trainable, deferred, step)?;
         }
         progress.set_message(format!("loss {plus:.4}"));
         progress.inc(1);
         if config.evaluates_at(step) {
-            evaluate_dev(model, data, dist, config, step, &trainable, &mut best, &mut metrics)?;
+            evaluate_dev(model, data, dist, config, step, &trainable, deferred, &mut best, &mut metrics)?;
         }
         // Every rank stops after the same step, whichever of them got the signal.
         let mut stopping = [u8::from(stop.load(Ordering::Relaxed))];
@@ -734,7 +777,7 @@ pub fn train_mezo(
         }
     }
     progress.finish_and_clear();
-    finish(model, data, dist, config, &trainable, best, last_loss, &mut metrics)
+    finish(model, data, dist, config, &trainable, deferred, best, last_loss, &mut metrics)
 }
 
 /// The end of a run: the final model saved, test evaluated with the best-dev weights,
@@ -746,19 +789,25 @@ fn finish(
     dist: &Dist,
     config: &TrainConfig,
     trainable: &[Trainable],
+    deferred: Option<&FastStream>,
     best: Best,
     last_loss: f64,
     metrics: &mut JsonLines,
 ) -> Result<Outcome> {
-    if config.save_model && dist.is_root() {
-        model.save(&config.out_dir.join("model"), crate::model::MAX_SHARD_BYTES)?;
+    if config.save_model {
+        if let Some(stream) = deferred {
+            stream.flush();
+        }
+        if dist.is_root() {
+            model.save(&config.out_dir.join("model"), crate::model::MAX_SHARD_BYTES)?;
+        }
     }
     let (best_step, best_dev, snapshot) = best.expect("the last step always evaluates");
     // Test with the best-dev weights: swap them in, evaluate, swap the final weights back.
-    let final_weights = Snapshot::take(trainable, config, dist, "final")?;
-    snapshot.restore(trainable)?;
+    let final_weights = Snapshot::take(trainable, deferred, config, dist, "final")?;
+    snapshot.restore(trainable, deferred)?;
     let test = evaluate(model, data, &data.test, dist, config.eval_batch_size)?;
-    final_weights.restore(trainable)?;
+    final_weights.restore(trainable, deferred)?;
     dist.barrier();
     snapshot.discard(dist);
     final_weights.discard(dist);

@@ -79,8 +79,13 @@ fn kernels_match_torch_func_and_the_spec_facts() {
                 let d = (&ours - reference).abs().max().double_value(&[]);
                 assert!(d <= 2.0 * 64.0, "signgd {split}: entries differ by up to {d} from torch.func");
             } else {
+                // asymmetric_signgd takes the sign of one side's gradient, so the same noisy
+                // coordinates (key biases) add ±|g| terms whose sign depends on the CPU's GEMM
+                // kernels: 2.6e-6 of the largest entry on a Zen 3 (AVX2), against the fixture
+                // made with AVX-512. The other kernels have no signs and stay within 1e-6.
+                let tolerance = if *name == "asymmetric_signgd" { 1e-5 } else { 1e-6 };
                 let d = relative(&ours, reference);
-                assert!(d <= 1e-6, "{name} {split}: relative difference {d:e} from torch.func");
+                assert!(d <= tolerance, "{name} {split}: relative difference {d:e} from torch.func");
             }
             let labels = read(path, &format!("{split}_labels"));
             assert!(labels.equal(&want[&format!("{split}_labels")]), "{name} {split} labels");

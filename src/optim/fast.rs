@@ -36,9 +36,9 @@
 //! perturbed copies ((P − E + E_b) · 5b, on top of the pass itself; two separate passes: 6b), and
 //! the update reads and writes θ once (2 (P − E + E_b) b with deferred rows, 2 P b without); z
 //! lives only in registers and an L1-sized buffer. Total ≈ 7 (P − E) b. Normals drawn per step:
-//! (P − E + 2 E_b) for the pass and about P − E + E_b for the update (P without deferral). The reference stream, in place: four passes that each write z (randn), read it,
-//! and read and write θ: 16 P b (plus the scaling passes over z), and the z of a whole tensor in
-//! memory at once.
+//! (P − E + 2 E_b) for the pass and about P − E + E_b for the update (P without deferral). The
+//! reference stream, in place: four passes that each write z (randn), read it, and read and write
+//! θ: 16 P b (plus the scaling passes over z), and the z of a whole tensor in memory at once.
 //!
 //! Arithmetic: perturbed values are θ + c z in f32 (c = ±ε rounded to f32; f64 tensors in f64),
 //! rounded once to the tensor's dtype; the update computes θ − η (a + λ θ) in f32 with
@@ -308,7 +308,7 @@ fn address(t: &Tensor) -> usize {
 }
 
 /// The trainable tensors' indices in the stream, by storage address, and the updates deferred
-/// for rows no forward pass has read yet ([`FastStream::deferring`]). Clones share both.
+/// for rows no forward pass has read yet ([`FastStream::apply_deferring`]). Clones share both.
 #[derive(Clone)]
 pub struct FastStream {
     index: Rc<HashMap<usize, usize>>,
@@ -400,13 +400,16 @@ impl FastStream {
             weight_decay,
         });
         let upto = deferred.upto();
-        let eager = deferred.read_whole.clone();
-        let waiting: std::collections::HashSet<usize> =
-            deferred.tensors.keys().copied().filter(|i| !eager.contains(i)).collect();
-        // Tensors deferred once and used whole since: up to date, and updated at once now.
-        for (i, t) in deferred.tensors.iter_mut().filter(|(i, _)| eager.contains(i)) {
-            debug_assert!(t.applied.iter().all(|&a| a + 1 == upto), "tensor {i} is up to date");
-            t.applied.iter_mut().for_each(|a| *a = upto);
+        let Deferred { read_whole, tensors, .. } = &mut *deferred;
+        let mut waiting = std::collections::HashSet::new();
+        for (&i, t) in tensors.iter_mut() {
+            if read_whole.contains(&i) {
+                // Deferred once and used whole since: up to date, and updated at once now.
+                debug_assert!(t.applied.iter().all(|&a| a + 1 == upto), "tensor {i} is up to date");
+                t.applied.iter_mut().for_each(|a| *a = upto);
+            } else {
+                waiting.insert(i);
+            }
         }
         drop(deferred);
         apply_where(params, directions, lr, weight_decay, decay, |i| !waiting.contains(&i));
@@ -448,6 +451,20 @@ impl FastStream {
     /// Index of stored tensor `t` in the stream, if it is trainable.
     fn index_of(&self, t: &Tensor) -> Option<usize> {
         self.index.get(&address(t)).copied()
+    }
+
+    /// A forward pass uses trainable `t` whole ([`Deferred::read_whole`]); its index.
+    fn read_whole(&self, t: &Tensor) -> Option<usize> {
+        let i = self.index_of(t)?;
+        self.deferred.borrow_mut().read_whole(i);
+        Some(i)
+    }
+
+    /// A forward pass reads rows `ids` of trainable `t` ([`Deferred::catch_up`]); its index.
+    fn read_rows(&self, t: &Tensor, ids: &Tensor) -> Option<usize> {
+        let i = self.index_of(t)?;
+        self.deferred.borrow_mut().catch_up(i, ids);
+        Some(i)
     }
 }
 
@@ -502,6 +519,15 @@ impl Deferred {
         self.upto.unwrap_or(self.log.len())
     }
 
+    /// Updates `from .. upto` of the log as tensor `i` takes them: keyed directions, η and λ.
+    fn pending(&self, i: usize, from: usize, upto: usize) -> Vec<(Keyed, f64, f64)> {
+        let decays = self.tensors[&i].decays;
+        self.log[from..upto]
+            .iter()
+            .map(|u| (u.keyed(i), u.lr, if decays { u.weight_decay } else { 0.0 }))
+            .collect()
+    }
+
     /// A forward pass uses tensor `i` whole: it gets its pending updates (if it was ever
     /// deferred) and is updated at once from now on.
     fn read_whole(&mut self, i: usize) {
@@ -512,25 +538,23 @@ impl Deferred {
     /// Rows `ids` of tensor `i`, if deferred, get their pending updates.
     fn catch_up(&mut self, i: usize, ids: &Tensor) {
         let upto = self.upto();
-        let Some(t) = self.tensors.get_mut(&i) else { return };
+        let Some(t) = self.tensors.get(&i) else { return };
         let ids: Vec<i64> = Vec::try_from(ids.flatten(0, -1).to_device(Device::Cpu).to_kind(Kind::Int64))
             .expect("row ids are int64");
         let mut rows: Vec<usize> = ids.iter().map(|&r| r as usize).filter(|&r| t.applied[r] < upto).collect();
-        if rows.is_empty() {
-            return;
-        }
+        let Some(oldest) = rows.iter().map(|&r| t.applied[r]).min() else { return };
         rows.sort_unstable();
         rows.dedup();
-        let lambda = |u: &Update| if t.decays { u.weight_decay } else { 0.0 };
-        let log = &self.log;
+        let pending = self.pending(i, oldest, upto);
+        let t = self.tensors.get_mut(&i).expect("deferred");
         by_kind!(t.tensor.kind(), T => {
             // SAFETY: a contiguous CPU tensor of kind T (FastStream::new), written only here
             // while no forward pass reads it.
             let theta = unsafe { slice_mut::<T>(&t.tensor) };
             for &r in &rows {
                 let row = &mut theta[r * t.width..(r + 1) * t.width];
-                for u in &log[t.applied[r]..upto] {
-                    update_chunk(&u.keyed(i), r * t.width, row, u.lr, lambda(u));
+                for (keyed, lr, lambda) in &pending[t.applied[r] - oldest..] {
+                    update_chunk(keyed, r * t.width, row, *lr, *lambda);
                 }
                 t.applied[r] = upto;
             }
@@ -540,16 +564,13 @@ impl Deferred {
     /// Every row of tensor `i` gets its pending updates, in parallel over rows.
     fn flush(&mut self, i: usize) {
         let upto = self.upto();
-        let Some(t) = self.tensors.get_mut(&i) else { return };
+        let Some(t) = self.tensors.get(&i) else { return };
         let Some(&oldest) = t.applied.iter().min() else { return };
         if oldest >= upto {
             return;
         }
-        // Each pending update's keyed directions and λ, once for all rows.
-        let pending: Vec<(Keyed, f64, f64)> = self.log[oldest..upto]
-            .iter()
-            .map(|u| (u.keyed(i), u.lr, if t.decays { u.weight_decay } else { 0.0 }))
-            .collect();
+        let pending = self.pending(i, oldest, upto);
+        let t = self.tensors.get_mut(&i).expect("deferred");
         let (width, applied) = (t.width, &t.applied);
         by_kind!(t.tensor.kind(), T => {
             // SAFETY: as in `catch_up`.
@@ -581,9 +602,7 @@ impl WeightView for Perturbation {
     }
 
     fn full(&self, t: &Tensor) -> Option<Tensor> {
-        let i = self.stream.index_of(t)?;
-        self.stream.deferred.borrow_mut().read_whole(i);
-        let key = philox::key(self.seed, i);
+        let key = philox::key(self.seed, self.stream.read_whole(t)?);
         Some(match *self.coeffs.as_slice() {
             [c] => perturbed(t, key, c),
             [plus, minus] => perturbed_pair(t, key, plus, minus),
@@ -592,8 +611,7 @@ impl WeightView for Perturbation {
     }
 
     fn rows(&self, t: &Tensor, ids: &Tensor) -> Option<Tensor> {
-        let i = self.stream.index_of(t)?;
-        self.stream.deferred.borrow_mut().catch_up(i, ids);
+        let i = self.stream.read_rows(t, ids)?;
         Some(perturbed_rows(t, ids, philox::key(self.seed, i), &self.coeffs))
     }
 }
@@ -605,14 +623,12 @@ struct Current {
 
 impl WeightView for Current {
     fn full(&self, t: &Tensor) -> Option<Tensor> {
-        let i = self.stream.index_of(t)?;
-        self.stream.deferred.borrow_mut().read_whole(i);
+        self.stream.read_whole(t);
         None
     }
 
     fn rows(&self, t: &Tensor, ids: &Tensor) -> Option<Tensor> {
-        let i = self.stream.index_of(t)?;
-        self.stream.deferred.borrow_mut().catch_up(i, ids);
+        self.stream.read_rows(t, ids);
         None
     }
 }

@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """mezo against transformers, side by side in one run on this machine, same thread count:
 
-  roberta-base-sized random prompt model, batch 8 x 64 tokens: transformers' RobertaForMaskedLM
-  forward then picking the mask position's label-word logits, vs mezo's label-word scores
-  (which run the head at the mask only);
+  roberta-base-sized random prompt model, batch 8 x 64 tokens: the label-word scores at the mask.
+  Reference side: LM-BFF's prompt model (benches/lmbff_prompt_model.py: the encoder, then the LM
+  head over the vocabulary at the mask position only), under torch.inference_mode as MeZO runs it;
+  mezo scores the label words at the mask;
   OPT-125m-sized random model, batch 8 x 64: causal LM loss (logits at every position + shifted
-  cross-entropy) in both.
+  cross-entropy), as MeZO's large-model code computes it, in both.
 
     .venv/bin/python benches/forward_vs_transformers.py [--threads N] [--iters N]
 
-Prints each median and the ratio transformers / mezo (> 1: mezo is faster). This 2-core machine is
+Prints each median and the ratio reference / mezo (> 1: mezo is faster). This 2-core machine is
 shared and noisy, so the two sides alternate for --rounds rounds and the medians over all rounds
 are compared.
 """
@@ -22,7 +23,8 @@ import tempfile
 import time
 
 import torch
-from transformers import OPTConfig, OPTForCausalLM, RobertaConfig, RobertaForMaskedLM
+from lmbff_prompt_model import PromptModel, roberta_base_config
+from transformers import OPTConfig, OPTForCausalLM
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -49,28 +51,26 @@ def main():
     batch, seq = 8, 64
     work = tempfile.mkdtemp()
     try:
-        roberta = RobertaForMaskedLM(RobertaConfig(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1,
-                                                   layer_norm_eps=1e-5, pad_token_id=1)).eval()
+        roberta = PromptModel(roberta_base_config()).eval()
         opt = OPTForCausalLM(OPTConfig(vocab_size=50272, hidden_size=768, ffn_dim=3072, num_hidden_layers=12,
                                        num_attention_heads=12, max_position_embeddings=2048,
                                        word_embed_proj_dim=768, pad_token_id=1)).eval()
-        dirs = {}
-        for name, model in [("roberta", roberta), ("opt", opt)]:
-            dirs[name] = os.path.join(work, name)
-            model.save_pretrained(dirs[name], safe_serialization=True)
+        dirs = {name: os.path.join(work, name) for name in ["roberta", "opt"]}
+        roberta.save(dirs["roberta"])
+        opt.save_pretrained(dirs["opt"], safe_serialization=True)
         ids = torch.randint(4, 50263, (batch, seq))
         mask = torch.ones_like(ids)
         masked = ids.clone()
         masked[:, 10] = 50264
         words = torch.tensor([5, 6])
-        rows = torch.arange(batch)
+        mask_pos = torch.full((batch,), 10)
 
         def hf_prompt():
-            with torch.no_grad():
-                return roberta(input_ids=masked, attention_mask=mask).logits[rows, 10][:, words].sum()
+            with torch.inference_mode():
+                return roberta(masked, mask, mask_pos, words).sum()
 
         def hf_causal():
-            with torch.no_grad():
+            with torch.inference_mode():
                 return opt(input_ids=ids, attention_mask=mask, labels=ids).loss
 
         print(f"{args.threads} threads, batch {batch} x {seq} tokens, torch {torch.__version__}, {args.rounds} rounds")
@@ -84,8 +84,8 @@ def main():
                                      cwd=REPO, check=True, capture_output=True, text=True).stdout
                 ours.append(float(re.search(r"median_ms=([0-9.]+)", out).group(1)))
             hf_ms, our_ms = sorted(hf)[len(hf) // 2], sorted(ours)[len(ours) // 2]
-            what = "roberta-base prompt (mask label words)" if mode == "prompt" else "opt-125m causal LM loss"
-            print(f"{what:40} transformers {hf_ms:8.1f} ms   mezo {our_ms:8.1f} ms   ratio {hf_ms / our_ms:4.2f}x")
+            what = "roberta-base prompt, LM-BFF model" if mode == "prompt" else "opt-125m causal LM loss"
+            print(f"{what:40} reference {hf_ms:8.1f} ms   mezo {our_ms:8.1f} ms   ratio {hf_ms / our_ms:4.2f}x")
     finally:
         shutil.rmtree(work)
 

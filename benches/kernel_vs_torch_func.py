@@ -6,9 +6,9 @@ ratio, the backward-pass (or JVP) counts and the largest relative difference bet
 
     .venv/bin/python benches/kernel_vs_torch_func.py [--threads N] [--hidden 256] [--layers 4]
 
-The reference schedule (spec kernel.md §4), with its batch sizes of 1: for each train example the
-row Jacobian by reverse mode (C VJPs), then for every column example (train, dev, test) a JVP of its
-C outputs along each of the C train gradients (vmapped over them): N_tr · (N_tr + N_dev + N_test) · C
+The reference schedule (LM-Kernel-FT's), with its batch sizes of 1: for each train example the row
+Jacobian by reverse mode (C VJPs), then for every column example (train, dev, test) a JVP of its C
+outputs along each of the C train gradients (vmapped over them): N_tr · (N_tr + N_dev + N_test) · C
 example-JVPs in all.
 """
 import argparse
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 from torch.func import functional_call, jacrev, jvp, vmap
-from transformers import RobertaConfig, RobertaForMaskedLM
+from lmbff_prompt_model import PromptModel, roberta_base_config
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 MEZO = os.path.join(REPO, "target/release/mezo")
@@ -39,10 +39,13 @@ def encode(model_dir, split_dir, split):
 
 
 def reference_kernels(model, words, splits):
-    params = {k: v.detach() for k, v in model.named_parameters()}
+    # The pooler and the classifier do not reach the prompt outputs: their gradients are structurally
+    # zero, and the reference drops them from the products.
+    params = {k: v.detach() for k, v in model.named_parameters() if not k.startswith(("roberta.pooler", "classifier"))}
 
     def f(p, ids, pos):
-        return functional_call(model, p, (ids.unsqueeze(0),)).logits[0, pos, words]
+        inputs = (ids.unsqueeze(0), torch.ones_like(ids).unsqueeze(0), torch.tensor([pos]), words)
+        return functional_call(model, p, inputs)[0]
 
     jvps = 0
     kernels = {}
@@ -78,14 +81,14 @@ def main():
     try:
         model_dir = os.path.join(work, "model")
         torch.manual_seed(0)
-        config = RobertaConfig(vocab_size=622, hidden_size=args.hidden, num_hidden_layers=args.layers,
-                               num_attention_heads=4, intermediate_size=4 * args.hidden, max_position_embeddings=130,
-                               type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1, tie_word_embeddings=False)
+        config = roberta_base_config(vocab_size=622, hidden_size=args.hidden, num_hidden_layers=args.layers,
+                                     num_attention_heads=4, intermediate_size=4 * args.hidden,
+                                     max_position_embeddings=130)
         # Eager attention, as in the reference's transformers: libtorch's fused CPU attention has no
         # forward-mode derivative.
         config._attn_implementation = "eager"
-        model = RobertaForMaskedLM(config).eval()
-        model.save_pretrained(model_dir, safe_serialization=True)
+        model = PromptModel(config).eval()
+        model.save(model_dir)
         shutil.copy(os.path.join(REPO, "data/demo/model/tokenizer.json"), model_dir)
         subprocess.run([MEZO, "-q", "kshot", "--task", "SST-2", "--mode", "k-shot-1k-test", "--k", "16", "--seed", "42",
                         "--data-dir", os.path.join(REPO, "data/demo/original"), "--out", work], check=True)

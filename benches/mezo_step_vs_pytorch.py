@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
-"""A MeZO step of mezo against a PyTorch + transformers implementation of the reference algorithm,
-side by side in one run, same threads: a roberta-base-sized random prompt model, batch 8 x 64
-tokens, CPU. Reports per-step times and their ratio, mezo's step time over its forward time, its
+"""A MeZO step of mezo against MeZO's own step in PyTorch + transformers, side by side in one run,
+same threads: a roberta-base-sized random prompt model, batch 8 x 64 tokens, CPU.
+
+Reference side: MeZO medium's efficient step (four `torch.normal` regenerations of z per trainable
+tensor, the perturbations and update as `param.data = param.data + ...`) on LM-BFF's prompt model
+(benches/lmbff_prompt_model.py: the LM head at the mask only, untied decoder, pooler and classifier
+perturbed with the rest), forward passes under torch.inference_mode. mezo loads the same weights,
+so both sides perturb and update the same tensors. Reports per-step times and their ratio, mezo's step time over its forward time, its
 peak RSS over that of inference alone, and the 2-rank/1-rank data-parallel efficiency.
 
     .venv/bin/python benches/mezo_step_vs_pytorch.py [--threads N] [--steps N]
@@ -15,7 +20,7 @@ import tempfile
 import time
 
 import torch
-from transformers import RobertaConfig, RobertaForMaskedLM
+from lmbff_prompt_model import PromptModel, roberta_base_config
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -24,11 +29,11 @@ def reference_step_ms(model, ids, mask, labels, steps):
     """MeZO medium's efficient step: four z regenerations with torch.normal per parameter."""
     params = [p for _, p in model.named_parameters()]
     words = torch.tensor([5, 6])
-    rows = torch.arange(ids.shape[0])
+    mask_pos = torch.full((ids.shape[0],), 10)
 
     def loss():
-        with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask).logits[rows, 10][:, words]
+        with torch.inference_mode():
+            logits = model(ids, mask, mask_pos, words)
             return torch.nn.functional.cross_entropy(logits, labels).item()
 
     def perturb(seed, scale, eps=1e-3):
@@ -77,9 +82,8 @@ def main():
     torch.manual_seed(0)
     work = tempfile.mkdtemp()
     try:
-        model = RobertaForMaskedLM(RobertaConfig(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1,
-                                                 layer_norm_eps=1e-5, pad_token_id=1)).eval()
-        model.save_pretrained(work, safe_serialization=True)
+        model = PromptModel(roberta_base_config()).eval()
+        model.save(work)
         ids = torch.randint(4, 50263, (8, 64))
         ids[:, 10] = 50264
         mask = torch.ones_like(ids)
@@ -91,7 +95,7 @@ def main():
         inference = ours(work, args.threads, args.steps, forward_only=True)
         one = ours(work, 1, args.steps)
         two = ours(work, 1, args.steps, ranks=2)
-        print(f"{args.threads} threads, roberta-base-sized prompt model, batch 8 x 64, {args.steps} steps, torch {torch.__version__}")
+        print(f"{args.threads} threads, roberta-base-sized LM-BFF prompt model, batch 8 x 64, {args.steps} steps, torch {torch.__version__}")
         print(f"MeZO step: PyTorch reference {ref:.0f} ms, mezo --rng fast {step['step_ms']:.0f} ms: "
               f"{ref / step['step_ms']:.2f}x, mezo --rng reference {reference['step_ms']:.0f} ms: "
               f"{ref / reference['step_ms']:.2f}x")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine lacks to build, test and run mezo:
-#   1. Debian packages: OpenMPI, parallel HDF5 (OpenMPI flavour), libclang for bindgen, h5dump.
+#   1. Debian packages: the C and C++ compilers (crates build C and C++ code), make, pkg-config,
+#      OpenMPI, parallel HDF5 (OpenMPI flavour), libclang for bindgen, h5dump.
 #   2. A Python venv with the PyPI torch 2.11.0 wheel (libtorch for tch 0.24) and the packages the
 #      test-fixture scripts need (transformers, numpy, pandas, h5py).
 #   3. Two links in the repository root: `.venv` (the venv, for fixture scripts) and `.libtorch`
@@ -27,7 +28,10 @@ py_packages=(
   "scipy==1.17.1"
 )
 # patchelf is for benches/gpu-check.sh, which bundles the binary for GPU nodes.
-apt_packages=(libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libclang-dev pkg-config patchelf)
+# gcc and g++ (`cc`, `c++`): torch-sys compiles its C++ wrapper of libtorch, and tokenizers' onig
+# and esaxx-rs build C and C++. A minimal Debian has gcc but no g++.
+apt_packages=(gcc g++ make pkg-config git libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libclang-dev
+  patchelf)
 
 say() { printf 'setup: %s\n' "$*"; }
 
@@ -48,6 +52,19 @@ if ((${#missing[@]})); then
   $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 else
   say "Debian packages present"
+fi
+
+# Every tool the build calls, checked after the install so that a machine without apt (or a package
+# that installed no binary) says what is missing instead of failing deep in a crate's build script.
+tools_missing=()
+for tool in cc c++ make git pkg-config mpicc; do
+  command -v "$tool" >/dev/null 2>&1 || tools_missing+=("$tool")
+done
+command -v cargo >/dev/null 2>&1 || tools_missing+=("cargo (the Rust toolchain, from rustup)")
+command -v python3 >/dev/null 2>&1 || tools_missing+=("python3")
+if ((${#tools_missing[@]})); then
+  say "missing build tools: ${tools_missing[*]}"
+  exit 1
 fi
 
 # --- 2. Python venv -----------------------------------------------------------------------------

@@ -204,7 +204,7 @@ fn check_hdf5(dist: &Dist, config: &CheckConfig) -> Result<Local> {
     let file = H5File::open(dist, &path)?;
     let read = file.read_rows::<f64>("train", 0..total)?;
     let read_labels = file.read_rows::<i64>("train_labels", 0..total)?;
-    drop(file);
+    file.close()?;
     dist.barrier();
     if dist.is_root() && !config.keep_file {
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;

@@ -24,6 +24,15 @@ pub fn class_scores(
     mask: &Tensor,
     mask_pos: Option<&Tensor>,
 ) -> Result<Tensor> {
+    let length = ids.size().last().copied().unwrap_or(0);
+    if let Some(max) = model.max_sequence_length().filter(|&max| length > max) {
+        return Err(InputError(format!(
+            "an input of {length} tokens is longer than the {max} positions of {}; lower the maximum sequence \
+             length (--max-seq-length)",
+            model.source.display()
+        ))
+        .into());
+    }
     let pos = || mask_pos.ok_or_else(|| anyhow::anyhow!("prompt features have a mask position"));
     Ok(match (&model.body, few_shot_type) {
         (Body::Encoder(e), FewShotType::Finetune) => e.classifier_logits(ids, mask)?,
@@ -42,6 +51,25 @@ pub fn class_scores(
             nn::affine(&at, &nn::weight_rows(lm.head(), label_word_ids), None)
         }
     })
+}
+
+/// Fails before any work when an encoded dev or test input is longer than the model's
+/// positions (train inputs are checked as they are scored, by [`class_scores`]).
+pub fn check_lengths(model: &Model, data: &TaskData) -> Result<(), InputError> {
+    let Some(max) = model.max_sequence_length() else { return Ok(()) };
+    for (split, set) in [("dev", &data.dev), ("test", &data.test)] {
+        if let Some(f) = set.features.iter().find(|f| f.encoded.input_ids.len() as i64 > max) {
+            return Err(InputError(format!(
+                "{split} example {} of {} encodes to {} tokens, more than the {max} positions of {}; lower the \
+                 maximum sequence length (--max-seq-length)",
+                f.query,
+                data.config.data_dir.display(),
+                f.encoded.input_ids.len(),
+                model.source.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Label scores `[F, C]` (f64, CPU) of `set`'s features, every rank computing its share.

@@ -11,7 +11,13 @@
 //! MPI the same code runs on the default (POSIX) driver.
 //!
 //! A file made with [`H5File::create`] lives under a `.partial` name until [`H5File::commit`]
-//! renames it, so that a crashed run never leaves a file that looks complete.
+//! has closed it, synced it to disk and renamed it, so that a crashed run or a full disk never
+//! leaves a file that looks complete.
+//!
+//! Closing is collective too, so an [`H5File`] dropped without [`H5File::commit`] or
+//! [`H5File::close`] (a rank leaving on an error while the others wait in a collective write) is
+//! not closed under MPI: the rank goes on to end the job (MPI_Abort) instead of waiting forever in
+//! a close the others never reach. Alone, a dropped file is closed as usual.
 
 use crate::dist::Dist;
 use anyhow::{bail, ensure, Context, Result};
@@ -21,25 +27,22 @@ use hdf5_sys::h5i::hid_t;
 use hdf5_sys::h5p::{H5FD_mpio_xfer_t, H5Pclose, H5Pcreate, H5Pset_dxpl_mpio, H5P_CLS_DATASET_XFER};
 use hdf5_sys::h5s::{H5S_seloper_t, H5Sselect_hyperslab, H5Sselect_none};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use std::mem::ManuallyDrop;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// An open HDF5 file, shared by all ranks of a [`Dist`].
 #[derive(Debug)]
 pub struct H5File {
-    file: hdf5::File,
+    /// Closed by [`H5File::commit`], [`H5File::close`], or by `drop` when not collective.
+    file: ManuallyDrop<hdf5::File>,
     path: PathBuf,
     /// Where [`H5File::commit`] moves the file; `None` for files opened in place.
     final_path: Option<PathBuf>,
     collective: bool,
 }
 
-/// The name a file has until it is complete: `kernels.h5` -> `kernels.h5.partial`.
-pub fn partial_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".partial");
-    PathBuf::from(name)
-}
+pub use crate::fsio::partial_path;
 
 impl H5File {
     /// Creates (truncates) `partial_path(path)`; collective.
@@ -58,14 +61,24 @@ impl H5File {
             .with_context(|| {
                 format!("{} HDF5 file {}", if create { "creating" } else { "reopening" }, partial.display())
             })?;
-        Ok(H5File { file, path: partial, final_path: Some(path.to_owned()), collective: dist.uses_mpi() })
+        Ok(H5File {
+            file: ManuallyDrop::new(file),
+            path: partial,
+            final_path: Some(path.to_owned()),
+            collective: dist.uses_mpi(),
+        })
     }
 
     /// Opens a complete file for reading; collective.
     pub fn open(dist: &Dist, path: &Path) -> Result<H5File> {
         let file =
             builder(dist).open(path).with_context(|| format!("opening HDF5 file {}", path.display()))?;
-        Ok(H5File { file, path: path.to_owned(), final_path: None, collective: dist.uses_mpi() })
+        Ok(H5File {
+            file: ManuallyDrop::new(file),
+            path: path.to_owned(),
+            final_path: None,
+            collective: dist.uses_mpi(),
+        })
     }
 
     /// The underlying file, for attributes and groups (collective when writing). Handles taken
@@ -163,22 +176,44 @@ impl H5File {
         self.file.dataset(name).with_context(|| format!("no dataset '{name}' in {}", self.path.display()))
     }
 
-    /// Closes the file and, for a created file, renames it to its final name; collective.
+    /// Takes the file out of `self`, which then drops without closing anything.
+    fn into_parts(self) -> (hdf5::File, PathBuf, Option<PathBuf>) {
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again, so each field is moved out exactly once.
+        unsafe {
+            (ManuallyDrop::take(&mut this.file), std::ptr::read(&this.path), std::ptr::read(&this.final_path))
+        }
+    }
+
+    /// Closes the file; collective.
+    pub fn close(self) -> Result<()> {
+        let (file, path, _) = self.into_parts();
+        file.close().with_context(|| format!("closing {}", path.display()))
+    }
+
+    /// Closes the file, syncs it to disk and, for a created file, renames it to its final name;
+    /// collective. Every rank returns the same outcome.
     pub fn commit(self, dist: &Dist) -> Result<PathBuf> {
-        let H5File { file, path, final_path, .. } = self;
-        file.close().with_context(|| format!("closing {}", path.display()))?;
-        dist.barrier();
+        let (file, path, final_path) = self.into_parts();
+        let closed = file.close().with_context(|| format!("closing {}", path.display()));
         let done = final_path.unwrap_or_else(|| path.clone());
-        let mut failed = 0u8;
+        let mut failed = [u8::from(closed.is_err())];
+        dist.all_reduce(&mut failed, crate::dist::Reduce::Max);
+        closed?;
+        if failed[0] != 0 {
+            bail!(crate::error::all_ranks_error(format!("another rank could not close {}", path.display())));
+        }
+        let mut message = Vec::new();
         if dist.is_root() && done != path {
-            if let Err(e) = std::fs::rename(&path, &done) {
-                log::error!("renaming {} to {}: {e}", path.display(), done.display());
-                failed = 1;
+            if let Err(e) =
+                crate::fsio::sync_file(&path).and_then(|()| crate::fsio::rename_synced(&path, &done))
+            {
+                message = format!("{e:#}").into_bytes();
             }
         }
-        dist.broadcast(std::slice::from_mut(&mut failed), 0);
-        if failed != 0 {
-            bail!("could not rename {} to {}", path.display(), done.display());
+        dist.broadcast_bytes(&mut message, 0);
+        if !message.is_empty() {
+            bail!(crate::error::all_ranks_error(String::from_utf8_lossy(&message)));
         }
         Ok(done)
     }
@@ -200,6 +235,7 @@ impl H5File {
         let mem_type = hdf5::Datatype::from_type::<T>()?;
         let collective = self.collective;
         let mut mode = H5D_mpio_actual_io_mode_t::H5D_MPIO_NO_COLLECTIVE;
+        let mut failure = String::new();
         let rc = hdf5::sync::sync(|| unsafe {
             // SAFETY: ids are valid for the duration; start/count have the dataset's rank.
             let selected = if empty {
@@ -222,18 +258,44 @@ impl H5File {
                 H5Pset_dxpl_mpio(dxpl, H5FD_mpio_xfer_t::H5FD_MPIO_COLLECTIVE);
             }
             let rc = io(dataset.id(), mem_type.id(), mem_space.id(), file_space.id(), dxpl);
+            if rc < 0 {
+                failure = last_hdf5_error();
+            }
             if collective && rc >= 0 {
                 H5Pget_mpio_actual_io_mode(dxpl, &mut mode);
             }
             H5Pclose(dxpl);
             rc
         });
-        ensure!(rc >= 0, "HDF5 transfer failed (see the HDF5 error stack above)");
+        ensure!(rc >= 0, "HDF5 transfer failed: {failure}");
         Ok(match mode {
             H5D_mpio_actual_io_mode_t::H5D_MPIO_NO_COLLECTIVE => TransferMode::Independent,
             _ => TransferMode::Collective,
         })
     }
+}
+
+impl Drop for H5File {
+    fn drop(&mut self) {
+        if !self.collective {
+            // SAFETY: the file is not used again; commit and close never reach this drop.
+            unsafe { ManuallyDrop::drop(&mut self.file) }
+        }
+    }
+}
+
+/// What the HDF5 error stack says of the last failure: the operating system's message (a full
+/// disk, a lost file system) when a frame carries one, else the top frame's description.
+fn last_hdf5_error() -> String {
+    let Ok(error) = hdf5::Error::query() else { return "unknown HDF5 error".into() };
+    let Some(stack) = error.stack() else { return error.to_string() };
+    stack
+        .iter()
+        .find_map(|frame| {
+            let after = frame.description().split("error message = '").nth(1)?;
+            after.split('\'').next().map(str::to_string)
+        })
+        .unwrap_or_else(|| error.to_string())
 }
 
 /// The rows a block of `block_shape` covers at `first_row`, checked against the dataset.
@@ -267,6 +329,10 @@ fn builder(dist: &Dist) -> hdf5::file::FileBuilder {
     if let Some(comm) = dist.raw_comm() {
         builder.with_fapl(|p| p.mpio(comm, None));
     }
+    // No sieve buffer: HDF5 1.10 drops the write errors of a sieve buffer flush (a full disk
+    // returned success and left zeros where rows should be), while a direct write reports them.
+    // Row blocks are large contiguous writes, which a sieve buffer does not speed up.
+    builder.with_fapl(|p| p.sieve_buf_size(0));
     builder
 }
 

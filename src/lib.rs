@@ -27,6 +27,9 @@
 //! dist     the communicator (one process, or MPI ranks under mpirun/srun), rank -> device and
 //!          thread placement, NCCL bootstrapped over MPI
 //! h5       one HDF5 file shared by all ranks: collective row-block writes, atomic completion
+//! fsio     result files written under a `.partial` name, synced, then renamed; run-directory locks
+//! fingerprint
+//!          content fingerprints tying trajectories and kernel files to their weights and data
 //! cuda     CUDA through cudarc with dynamic loading: probing, NVRTC kernels; never panics
 //!          on a machine without a driver
 //! info     what the installation is made of, read from the loaded libraries
@@ -45,6 +48,8 @@ pub mod data;
 pub mod dist;
 pub mod error;
 pub mod eval;
+pub mod fingerprint;
+pub mod fsio;
 pub mod h5;
 pub mod info;
 pub mod kernel;

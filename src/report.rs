@@ -294,8 +294,16 @@ pub fn find_runs(path: &Path, out: &mut Vec<Run>) -> Result<()> {
 /// `best_dev` and `test` (mezo solve). `None` for other JSON files.
 fn read_results(path: &Path) -> Result<Option<Run>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let Ok(value) = serde_json::from_str::<Value>(&text) else {
-        return Ok(None);
+    let value = match serde_json::from_str::<Value>(&text) {
+        Ok(value) => value,
+        // A run's results file is written whole or not at all: a damaged one is worth stopping for.
+        Err(e) if path.file_name().is_some_and(|n| n == "results.json") => {
+            bail!(InputError(format!("{}: a damaged results file ({e})", path.display())))
+        }
+        Err(e) => {
+            log::warn!("skipping {}: not JSON ({e})", path.display());
+            return Ok(None);
+        }
     };
     let (Some(dev), Some(test)) = (value.get("best_dev"), value.get("test")) else {
         return Ok(None);

@@ -22,6 +22,7 @@ pub struct ConvertArgs {
 
 /// Reads a model and writes it back (another dtype, resharded): what mezo saves after training.
 pub fn run(ctx: &Context, args: &ConvertArgs) -> Result<()> {
+    crate::fsio::check_output("--out", &args.out, true)?;
     on_root(ctx.dist, || {
         let options = LoadOptions::new(tch::Device::Cpu, args.dtype);
         let m = model::load(&args.model, &options)?;

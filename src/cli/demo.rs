@@ -29,6 +29,7 @@ pub struct DemoArgs {
 /// The whole product on the built-in tiny model and demo task: 16-shot splits, zero-shot, MeZO,
 /// then Adam fine-tuning for comparison, with dev accuracy along the way.
 pub fn run(ctx: &Context, args: &DemoArgs) -> Result<()> {
+    crate::fsio::check_output("--out", &args.out, true)?;
     let dist = ctx.dist;
     let kshot_config = KshotConfig {
         data_dir: args.demo_dir.join("original"),

@@ -4,7 +4,7 @@ use crate::data::dataset::{FewShotType, TaskData};
 use crate::error::input_error;
 use crate::eval::evaluate;
 use crate::model::{self, Dtype, LoadOptions};
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -27,6 +27,12 @@ pub struct EvalArgs {
 }
 
 pub fn run(ctx: &Context, args: &EvalArgs) -> Result<()> {
+    if let Some(out) = &args.out {
+        crate::fsio::check_output("--out", out, false)?;
+    }
+    if args.batch_size == 0 {
+        return Err(input_error("--batch-size must be positive"));
+    }
     let dist = ctx.dist;
     let model_dir = args.data.model_dir().ok_or_else(|| input_error("mezo eval needs --model DIR"))?;
     let device = ctx.device.resolve(dist.local_rank())?;
@@ -54,6 +60,7 @@ pub fn run(ctx: &Context, args: &EvalArgs) -> Result<()> {
         );
     }
     let data = TaskData::load(config)?;
+    crate::eval::check_lengths(&model, &data)?;
     let task = data.config.task;
     let dev = evaluate(&model, &data, &data.dev, dist, args.batch_size)?;
     let test = evaluate(&model, &data, &data.test, dist, args.batch_size)?;
@@ -67,10 +74,7 @@ pub fn run(ctx: &Context, args: &EvalArgs) -> Result<()> {
             println!("{key:<24} {value:>10.4} {:>10.4}", test.get(key).copied().unwrap_or(f64::NAN));
         }
         if let Some(out) = &args.out {
-            let partial = crate::h5::partial_path(out);
-            std::fs::write(&partial, serde_json::to_string_pretty(&results)?)
-                .and_then(|()| std::fs::rename(&partial, out))
-                .with_context(|| format!("writing {}", out.display()))?;
+            crate::fsio::write_atomic(out, serde_json::to_string_pretty(&results)?.as_bytes())?;
         }
     }
     Ok(())

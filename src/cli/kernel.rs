@@ -60,6 +60,7 @@ pub struct KernelArgs {
 }
 
 pub fn run(ctx: &Context, args: &KernelArgs) -> Result<()> {
+    crate::fsio::check_output("--out", &args.out, false)?;
     let dist = ctx.dist;
     let model_dir = args.data.model_dir().ok_or_else(|| input_error("mezo kernel needs --model DIR"))?;
     let mut data_config = args.data.config()?;
@@ -103,6 +104,7 @@ pub fn run(ctx: &Context, args: &KernelArgs) -> Result<()> {
         "dtype": args.dtype,
     });
     let mut data = TaskData::load(data_config)?;
+    crate::eval::check_lengths(&model, &data)?;
     let config = KernelConfig {
         formula: match args.formula {
             FormulaArg::Sgd => Formula::Sgd,

@@ -28,6 +28,7 @@ pub struct KshotArgs {
 }
 
 pub fn run(ctx: &Context, args: &KshotArgs) -> Result<()> {
+    crate::fsio::check_output("--out", &args.out, true)?;
     let config = KshotConfig {
         data_dir: args.data_dir.clone(),
         out_dir: args.out.clone(),

@@ -6,7 +6,7 @@ use crate::linearhead::{self, LinearHeadConfig};
 use crate::model::{self, Dtype, LoadOptions};
 use anyhow::{Context as _, Result};
 use clap::Args;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Name of the report inside the written model directory.
 const REPORT: &str = "linearhead.json";
@@ -29,6 +29,7 @@ pub struct LinearHeadArgs {
 
 /// Fits the probe on every rank, evaluates the model with it, and writes it from rank 0.
 pub fn run(ctx: &Context, args: &LinearHeadArgs) -> Result<()> {
+    crate::fsio::check_output("--out", &args.out, true)?;
     let dist = ctx.dist;
     let model_dir = args.data.model_dir().ok_or_else(|| input_error("mezo linearhead needs --model DIR"))?;
     if args.batch_size == 0 {
@@ -47,6 +48,7 @@ pub fn run(ctx: &Context, args: &LinearHeadArgs) -> Result<()> {
     };
     let mut model = model::load(&model_dir, &options)?;
     let mut data = TaskData::load(config)?;
+    crate::eval::check_lengths(&model, &data)?;
     let report =
         linearhead::run(&mut model, &mut data, dist, &LinearHeadConfig { batch_size: args.batch_size })?;
     on_root(dist, || {
@@ -54,9 +56,9 @@ pub fn run(ctx: &Context, args: &LinearHeadArgs) -> Result<()> {
             .save(&args.out, model::MAX_SHARD_BYTES)
             .with_context(|| format!("saving {}", args.out.display()))?;
         let json = serde_json::to_string_pretty(&report)?;
-        write_atomically(&args.out.join(REPORT), &json)?;
+        crate::fsio::write_atomic(&args.out.join(REPORT), json.as_bytes())?;
         if let Some(path) = &args.results {
-            write_atomically(path, &json)?;
+            crate::fsio::write_atomic(path, json.as_bytes())?;
         }
         println!(
             "{}: C = {:e}, train accuracy {:.4}; wrote {}",
@@ -72,11 +74,4 @@ pub fn run(ctx: &Context, args: &LinearHeadArgs) -> Result<()> {
         Ok(())
     })?;
     Ok(())
-}
-
-fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    let partial = crate::h5::partial_path(path);
-    std::fs::write(&partial, text)
-        .and_then(|()| std::fs::rename(&partial, path))
-        .with_context(|| format!("writing {}", path.display()))
 }

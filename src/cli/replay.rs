@@ -2,7 +2,7 @@ use super::{on_root, Context};
 use crate::error::input_error;
 use crate::model::{self, FreezeRules, LoadOptions};
 use crate::optim::zo::{Perturbations, Updater};
-use crate::train::{fingerprint, read_trajectory, replay_step, trainable, TrainConfig};
+use crate::train::{fingerprint, read_trajectory, replay_step, trainable, TornTail, TrainConfig, Trajectory};
 use anyhow::{Context as _, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -19,7 +19,18 @@ pub struct ReplayArgs {
 /// Rebuilds the fine-tuned weights from the initial model and the trajectory alone: per step, the
 /// three perturbations and the update, regenerated from the seed; no data, no forward pass.
 pub fn run(ctx: &Context, args: &ReplayArgs) -> Result<()> {
+    crate::fsio::check_output("--out", &args.out, true)?;
     on_root(ctx.dist, || {
+        let same = |a: &std::path::Path, b: &std::path::Path| {
+            a.canonicalize().ok().zip(b.canonicalize().ok()).is_some_and(|(a, b)| b.starts_with(a))
+        };
+        if same(&args.out, &args.run) {
+            return Err(input_error(format!(
+                "--out {}: that would replace the run directory {}; choose another --out",
+                args.out.display(),
+                args.run.display()
+            )));
+        }
         let config_path = args.run.join("config.json");
         let config = model::read_json(&config_path)?;
         let bad = |what: &str| input_error(format!("{}: no valid {what}", config_path.display()));
@@ -39,7 +50,16 @@ pub fn run(ctx: &Context, args: &ReplayArgs) -> Result<()> {
         let m = model::load(&model_dir, &options)?;
         let freeze: FreezeRules = train.freeze;
         let tensors = trainable(&m, &freeze);
-        let (header, steps) = read_trajectory(&args.run)?;
+        let Trajectory { header, steps, .. } = read_trajectory(&args.run, TornTail::Refuse)?;
+        if steps.len() < train.steps {
+            return Err(input_error(format!(
+                "{}: the trajectory records {} of the run's {} steps (an unfinished run: finish it with mezo train \
+                 --resume first)",
+                args.run.display(),
+                steps.len(),
+                train.steps
+            )));
+        }
         if header["initial_fingerprint"] != fingerprint(&tensors).as_str() {
             return Err(input_error(format!(
                 "{}: the initial weights of {} are not those the run started from",

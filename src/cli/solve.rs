@@ -48,6 +48,7 @@ enum Solver {
 }
 
 pub fn run(ctx: &Context, args: &SolveArgs) -> Result<()> {
+    crate::fsio::check_output("--out", &args.out, false)?;
     let dist = ctx.dist;
     let solver = match args.solver {
         Solver::Lstsq => SolverKind::Lstsq,
@@ -93,10 +94,8 @@ pub fn run(ctx: &Context, args: &SolveArgs) -> Result<()> {
     });
     on_root(dist, || {
         print_table(&report, solver, dist.size());
-        let partial = crate::h5::partial_path(&args.out);
-        std::fs::write(&partial, serde_json::to_string_pretty(&results)?)
-            .and_then(|()| std::fs::rename(&partial, &args.out))
-            .with_context(|| format!("writing --out {}", args.out.display()))?;
+        crate::fsio::write_atomic(&args.out, serde_json::to_string_pretty(&results)?.as_bytes())
+            .context("--out")?;
         println!("results: {}", args.out.display());
         Ok(())
     })?;

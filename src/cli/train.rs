@@ -4,6 +4,7 @@ use crate::data::dataset::{FewShotType, TaskData};
 use crate::error::input_error;
 use crate::model::{self, Dtype, FreezeRules, LoadOptions, LoraConfig, Scope};
 use crate::optim::zo::{Rng, WeightDecay, ZoOptimizer};
+use crate::train::run_dir::{DataRecord, Intent, LoadRecord, RunConfig, RunDir, State};
 use crate::train::Stash;
 use crate::train::{
     train_first_order, train_mezo, FirstOrder, LrSchedule, Objective, Outcome, Parallel, TrainConfig,
@@ -93,8 +94,12 @@ pub struct TrainArgs {
     out: Option<PathBuf>,
     /// Continue the run in DIR (killed or stopped by a signal): its trajectory is replayed
     /// without forward passes, then training goes on. Give the same arguments as the first time.
+    /// (`--out DIR` on a run of the same configuration does the same.)
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
+    /// Replace the run in --out DIR, whatever its configuration, instead of continuing it.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     #[arg(long, default_value_t = 1000)]
     steps: usize,
     /// Global batch size, split over the ranks.
@@ -177,17 +182,16 @@ pub struct TrainArgs {
 pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
     let dist = ctx.dist;
     let model_dir = args.data.model_dir().ok_or_else(|| input_error("mezo train needs --model DIR"))?;
-    let out_dir = match (&args.resume, &args.out) {
+    let (out_dir, intent) = match (&args.resume, &args.out) {
         (Some(run), Some(out)) if run != out => {
             return Err(input_error("--resume DIR continues DIR: leave out --out"))
         }
-        (Some(run), _) => run.clone(),
-        (None, Some(out)) => out.clone(),
+        (Some(run), _) => (run.clone(), Intent::Resume),
+        (None, Some(out)) if args.overwrite => (out.clone(), Intent::Overwrite),
+        (None, Some(out)) => (out.clone(), Intent::Start),
         (None, None) => unreachable!("clap requires --out or --resume"),
     };
-    if args.resume.is_some() && !matches!(args.optimizer, Optimizer::Mezo) {
-        return Err(input_error("--resume continues MeZO runs (their trajectory is the checkpoint)"));
-    }
+    validate(args)?;
     let mut data_config = args.data.config()?;
     let finetune = data_config.few_shot_type == FewShotType::Finetune;
     let encoder = model::read_json(&model_dir.join("config.json"))
@@ -211,24 +215,6 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
         (None, Some(_)) => Scope::Prefix,
         (None, None) => Scope::Full,
     };
-    let options = LoadOptions {
-        device: ctx.device.resolve(dist.local_rank())?,
-        dtype: args.dtype,
-        num_labels: Some(data_config.task.labels.len() as i64),
-        init_seed: data_config.seed as i64,
-        lora,
-        num_prefix: args.num_prefix,
-        adapter: None,
-    };
-    let model = model::load(&model_dir, &options)?;
-    if finetune {
-        args.data.check_classifier(&model, &model_dir)?;
-    }
-    data_config.causal = model.causal_lm().is_some();
-    if finetune && data_config.causal {
-        return Err(input_error("--few-shot-type finetune needs an encoder model (RoBERTa/BERT)"));
-    }
-    let mut data = TaskData::load(data_config)?;
     let config = TrainConfig {
         steps: args.steps,
         batch_size: args.batch_size,
@@ -243,7 +229,7 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
             Schedule::Constant => LrSchedule::Constant,
             Schedule::Linear => LrSchedule::Linear,
         },
-        seed: data.config.seed,
+        seed: data_config.seed,
         eval_every: args.eval_every,
         eval_batch_size: args.eval_batch_size,
         freeze: FreezeRules {
@@ -282,48 +268,73 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
             StashArg::Auto => Stash::Auto,
         },
     };
-    if !matches!(args.optimizer, Optimizer::Mezo) && !matches!(args.zo_optimizer, ZoOptimizerArg::Sgd) {
-        return Err(input_error("--zo-optimizer is a MeZO option (use --optimizer adam for backprop Adam)"));
+    let options = LoadOptions {
+        device: ctx.device.resolve(dist.local_rank())?,
+        dtype: args.dtype,
+        num_labels: Some(data_config.task.labels.len() as i64),
+        init_seed: data_config.seed as i64,
+        lora,
+        num_prefix: args.num_prefix,
+        adapter: None,
+    };
+    let model = model::load(&model_dir, &options)?;
+    if finetune {
+        args.data.check_classifier(&model, &model_dir)?;
     }
-    if !matches!(args.optimizer, Optimizer::Mezo)
-        && (args.zo_samples != 1
-            || !matches!(args.parallel, ParallelArg::Data)
-            || !matches!(args.objective, ObjectiveArg::Loss))
-    {
-        return Err(input_error("--zo-samples, --parallel directions and --objective are MeZO options"));
+    data_config.causal = model.causal_lm().is_some();
+    if finetune && data_config.causal {
+        return Err(input_error("--few-shot-type finetune needs an encoder model (RoBERTa/BERT)"));
     }
-    if args.zo_samples == 0 {
-        return Err(input_error("--zo-samples must be positive"));
-    }
-    if matches!(args.parallel, ParallelArg::Directions) && args.zo_samples != 1 {
-        return Err(input_error(
-            "--parallel directions evaluates one direction per rank: leave --zo-samples at 1",
-        ));
-    }
-    if dist.is_root() && args.resume.is_none() {
-        std::fs::create_dir_all(&out_dir)?;
-        let resolved = serde_json::json!({
-            "program": format!("mezo {}", env!("CARGO_PKG_VERSION")),
-            "optimizer": format!("{:?}", args.optimizer).to_lowercase(),
-            "rng": matches!(args.optimizer, Optimizer::Mezo).then_some(config.rng), "ranks": dist.size(),
-            "load": {
-                "model": model_dir, "dtype": options.dtype, "num_labels": options.num_labels,
-                "init_seed": options.init_seed, "lora": options.lora, "num_prefix": options.num_prefix,
-            },
-            "train": config,
-            "data": {
-                "task": data.config.task.name, "data_dir": data.config.data_dir, "tokenizer": data.config.tokenizer,
-                "few_shot_type": format!("{:?}", data.config.few_shot_type), "template": data.config.template,
-                "mapping": data.config.mapping, "lengths": format!("{:?}", data.config.lengths),
-                "truncate_head": data.config.truncate_head, "seed": data.config.seed,
-            },
-        });
-        std::fs::write(out_dir.join("config.json"), serde_json::to_string_pretty(&resolved)?)?;
-    }
-    let outcome = match args.optimizer {
-        Optimizer::Mezo => train_mezo(&model, &mut data, dist, &config, args.resume.is_some())?,
-        Optimizer::Adam => train_first_order(&model, &mut data, dist, &config, FirstOrder::AdamW)?,
-        Optimizer::Sgd => train_first_order(&model, &mut data, dist, &config, FirstOrder::Sgd)?,
+    let mut data = TaskData::load(data_config)?;
+    crate::eval::check_lengths(&model, &data)?;
+    let run_config = RunConfig {
+        program: format!("mezo {}", env!("CARGO_PKG_VERSION")),
+        optimizer: format!("{:?}", args.optimizer).to_lowercase(),
+        rng: matches!(args.optimizer, Optimizer::Mezo).then_some(config.rng),
+        ranks: dist.size(),
+        load: LoadRecord {
+            model: model_dir.clone(),
+            dtype: options.dtype,
+            num_labels: options.num_labels,
+            init_seed: options.init_seed,
+            lora: options.lora.clone(),
+            num_prefix: options.num_prefix,
+        },
+        train: config.clone(),
+        data: DataRecord {
+            task: data.config.task.name.to_string(),
+            data_dir: data.config.data_dir.clone(),
+            fingerprint: Some(data.fingerprint()),
+            tokenizer: data.config.tokenizer.clone(),
+            few_shot_type: format!("{:?}", data.config.few_shot_type),
+            template: data.config.template.clone(),
+            mapping: data.config.mapping.clone(),
+            lengths: format!("{:?}", data.config.lengths),
+            truncate_head: data.config.truncate_head,
+            seed: data.config.seed,
+        },
+    };
+    let run = RunDir::open(dist, &out_dir, &run_config, intent)?;
+    let outcome = match (run.state, args.optimizer) {
+        (State::Finished, _) => {
+            if dist.is_root() {
+                println!(
+                    "{} is a finished run of this configuration; not training it again",
+                    out_dir.display()
+                );
+            }
+            Outcome::Finished(read_summary(&out_dir)?)
+        }
+        (state, Optimizer::Mezo) => {
+            if state == State::Unfinished {
+                log::info!("continuing the run in {}", out_dir.display());
+            }
+            let trained = train_mezo(&model, &mut data, dist, &config, state == State::Unfinished);
+            discard_if_unstarted(dist, &run, &trained);
+            trained?
+        }
+        (_, Optimizer::Adam) => train_first_order(&model, &mut data, dist, &config, FirstOrder::AdamW)?,
+        (_, Optimizer::Sgd) => train_first_order(&model, &mut data, dist, &config, FirstOrder::Sgd)?,
     };
     if dist.is_root() {
         match outcome {
@@ -336,6 +347,80 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
             }
         }
         println!("run directory: {}", out_dir.display());
+    }
+    Ok(())
+}
+
+/// A fresh run that failed before its first step was recorded leaves nothing behind.
+fn discard_if_unstarted<T>(dist: &crate::dist::Dist, run: &RunDir, trained: &Result<T>) {
+    if trained.is_err() && run.state == State::Fresh && run.created && dist.is_root() {
+        let started = crate::train::read_trajectory(&run.path, crate::train::TornTail::Repair)
+            .is_ok_and(|t| !t.steps.is_empty());
+        if !started {
+            let _ = std::fs::remove_dir_all(&run.path);
+        }
+    }
+}
+
+fn read_summary(run: &std::path::Path) -> Result<crate::train::Summary> {
+    let path = run.join(crate::train::run_dir::RESULTS);
+    let text = std::fs::read_to_string(&path).map_err(|e| input_error(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| input_error(format!("{}: {e}", path.display())))
+}
+
+/// Every flag value checked before anything is loaded: errors name the flag.
+fn validate(args: &TrainArgs) -> Result<()> {
+    let positive = |flag: &str, value: usize| {
+        if value == 0 {
+            Err(input_error(format!("{flag} must be positive")))
+        } else {
+            Ok(())
+        }
+    };
+    positive("--steps", args.steps)?;
+    positive("--batch-size", args.batch_size)?;
+    positive("--eval-batch-size", args.eval_batch_size)?;
+    positive("--zo-samples", args.zo_samples)?;
+    let real = |flag: &str, value: f64, low: f64, low_allowed: bool| {
+        let above = if low_allowed { value >= low } else { value > low };
+        if !value.is_finite() || !above {
+            let bound = if low_allowed { "≥" } else { ">" };
+            Err(input_error(format!("{flag} must be a finite number {bound} {low}, not {value}")))
+        } else {
+            Ok(())
+        }
+    };
+    real("--lr", args.lr, 0.0, true)?;
+    real("--eps", args.eps, 0.0, false)?;
+    real("--weight-decay", args.weight_decay, 0.0, true)?;
+    real("--momentum", args.momentum, 0.0, true)?;
+    if args.momentum >= 1.0 {
+        return Err(input_error(format!("--momentum must be below 1, not {}", args.momentum)));
+    }
+    real("--lora-alpha", args.lora_alpha, 0.0, false)?;
+    if args.lora_r.is_some_and(|r| r <= 0) {
+        return Err(input_error("--lora-r must be positive"));
+    }
+    if args.num_prefix.is_some_and(|m| m <= 0) {
+        return Err(input_error("--num-prefix must be positive"));
+    }
+    if !matches!(args.optimizer, Optimizer::Mezo) && !matches!(args.zo_optimizer, ZoOptimizerArg::Sgd) {
+        return Err(input_error("--zo-optimizer is a MeZO option (use --optimizer adam for backprop Adam)"));
+    }
+    if !matches!(args.optimizer, Optimizer::Mezo)
+        && (args.zo_samples != 1
+            || !matches!(args.parallel, ParallelArg::Data)
+            || !matches!(args.objective, ObjectiveArg::Loss))
+    {
+        return Err(input_error("--zo-samples, --parallel directions and --objective are MeZO options"));
+    }
+    if matches!(args.parallel, ParallelArg::Directions) && args.zo_samples != 1 {
+        return Err(input_error(
+            "--parallel directions evaluates one direction per rank: leave --zo-samples at 1",
+        ));
+    }
+    if args.resume.is_some() && !matches!(args.optimizer, Optimizer::Mezo) {
+        return Err(input_error("--resume continues MeZO runs (their trajectory is the checkpoint)"));
     }
     Ok(())
 }

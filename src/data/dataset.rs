@@ -146,6 +146,27 @@ impl TaskData {
         Ok(data)
     }
 
+    /// A fingerprint of the examples' contents (sentences and labels of train, dev and test), which
+    /// ties a run or a kernel file to its data whatever directory it was read from.
+    pub fn fingerprint(&self) -> String {
+        let mut hash = crate::fingerprint::Fingerprint::new();
+        for (split, examples) in
+            [("train", &self.train), ("dev", &self.dev.examples), ("test", &self.test.examples)]
+        {
+            hash.field(split.as_bytes());
+            for e in examples.iter() {
+                hash.field(e.text_a.as_bytes());
+                hash.field(e.text_b.as_deref().unwrap_or("\u{0}none").as_bytes());
+                let label = match e.label {
+                    Label::Class(k) => k as f64,
+                    Label::Score(x) => x,
+                };
+                hash.field(&label.to_le_bytes());
+            }
+        }
+        hash.hex()
+    }
+
     fn groups(&self) -> usize {
         if self.config.task.regression {
             2

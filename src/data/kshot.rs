@@ -116,7 +116,10 @@ pub fn generate(config: &KshotConfig, on_split: &dyn Fn(&Path)) -> Result<Vec<Pa
     let mut done = Vec::new();
     for &seed in &config.seeds {
         for (task, data) in &mut loaded {
-            let dir = write_split(config, task, data, seed)?;
+            let dir = write_split(config, task, data, seed).inspect_err(|_| {
+                // A failed write (a full disk) leaves no `.partial` directory behind.
+                let _ = std::fs::remove_dir_all(partial_split_dir(config, task, seed));
+            })?;
             on_split(&dir);
             done.push(dir);
         }
@@ -294,11 +297,21 @@ fn group_by_label(order: &[usize], labels: &[usize], label_count: usize) -> Vec<
     groups
 }
 
+fn split_dir(config: &KshotConfig, task: &str, seed: u32) -> PathBuf {
+    config.out_dir.join(config.mode.dir_name()).join(task).join(format!("{}-{seed}", config.k))
+}
+
+/// Where a split is written before it is complete (hidden, so that loops over `K-SEED`
+/// directories never pick it up).
+fn partial_split_dir(config: &KshotConfig, task: &str, seed: u32) -> PathBuf {
+    split_dir(config, task, seed).with_file_name(format!(".{}-{seed}.partial", config.k))
+}
+
 fn write_split(config: &KshotConfig, task: &str, data: &mut Loaded, seed: u32) -> Result<PathBuf> {
     let k = config.k;
     let dev_ratio = if config.mode == Mode::KShot10x { 11 } else { 2 };
-    let final_dir = config.out_dir.join(config.mode.dir_name()).join(task).join(format!("{k}-{seed}"));
-    let partial = final_dir.with_file_name(format!(".{k}-{seed}.partial"));
+    let final_dir = split_dir(config, task, seed);
+    let partial = partial_split_dir(config, task, seed);
     if partial.exists() {
         std::fs::remove_dir_all(&partial).with_context(|| format!("removing {}", partial.display()))?;
     }
@@ -310,14 +323,15 @@ fn write_split(config: &KshotConfig, task: &str, data: &mut Loaded, seed: u32) -
                  rows: &mut dyn Iterator<Item = usize>|
      -> Result<()> {
         let path = partial.join(format!("{stem}.{extension}"));
-        let mut out = std::io::BufWriter::new(
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
-        );
-        out.write_all(header.unwrap_or("").as_bytes())?;
-        for row in rows {
-            out.write_all(file.rows[row].as_bytes())?;
-        }
-        out.flush().with_context(|| format!("writing {}", path.display()))
+        let written = (|| -> std::io::Result<()> {
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+            out.write_all(header.unwrap_or("").as_bytes())?;
+            for row in rows {
+                out.write_all(file.rows[row].as_bytes())?;
+            }
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()
+        })();
+        written.with_context(|| format!("writing {}", path.display()))
     };
 
     // The train pool: CoLA shuffles its loaded list, the others a copy.
@@ -374,11 +388,8 @@ fn write_split(config: &KshotConfig, task: &str, data: &mut Loaded, seed: u32) -
     let dev = if task == "MNLI" { "dev_matched" } else { "dev" };
     write(dev, header, &data.train, &mut slice(k, dev_ratio * k))?;
 
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).with_context(|| format!("replacing {}", final_dir.display()))?;
-    }
-    std::fs::rename(&partial, &final_dir)
-        .with_context(|| format!("renaming {} to {}", partial.display(), final_dir.display()))?;
+    crate::fsio::sync_tree(&partial)?;
+    crate::fsio::rename_synced(&partial, &final_dir)?;
     log::debug!("wrote {}", final_dir.display());
     Ok(final_dir)
 }

@@ -20,7 +20,10 @@
 //!
 //! Both counts are logged at the end of a run. The file records which train rows are complete;
 //! rerunning the same command after a crash computes only the missing rows, and a file made with
-//! other arguments is refused. It keeps its `.partial` name until every row is written.
+//! other arguments, other weights or other data (content fingerprints, not paths) is refused. It
+//! keeps its `.partial` name until every row is written and the file is synced; a `.partial` that
+//! HDF5 cannot open (killed before its first flush) is set aside and the computation starts over.
+//! One writer at a time: `FILE.lock` beside the file is held for the whole computation.
 
 pub mod gradients;
 pub mod products;
@@ -119,6 +122,7 @@ pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelC
     let train: Vec<Feature> =
         (0..data.train.len()).map(|i| data.train_feature(i)).collect::<Result<_, _>>()?;
     let columns: [Vec<Feature>; 3] = [train.clone(), data.dev.features.clone(), data.test.features.clone()];
+    let model_fingerprint = crate::fingerprint::tensors(included.iter().map(|(name, t)| (name.as_str(), t)));
     let mut grads = Gradients::new(
         model,
         data.config.few_shot_type,
@@ -132,7 +136,9 @@ pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelC
         bail!(InputError(format!("{}: no training examples", data.config.data_dir.display())));
     }
 
-    let (file, done) = open(dist, config, &n, c, grad_dim)?;
+    let fingerprints = Fingerprints { model: model_fingerprint, data: data_fingerprint(&columns) };
+    let _lock = lock(dist, &config.out)?;
+    let (file, done) = open(dist, config, &n, c, grad_dim, &fingerprints)?;
     let resumed_rows = done.iter().filter(|&&d| d).count();
     if resumed_rows > 0 {
         log::info!(
@@ -300,14 +306,114 @@ fn write_kernel_rows(
 
 /// Opens the `.partial` file of an interrupted run with the same description, or creates it;
 /// returns it with the rows already done.
+/// What the kernels are computed from, by content.
+struct Fingerprints {
+    /// The differentiated tensors (names and bytes).
+    model: String,
+    /// Every example's tokens, mask position and label, train, dev and test.
+    data: String,
+}
+
+fn data_fingerprint(columns: &[Vec<Feature>; 3]) -> String {
+    let mut hash = crate::fingerprint::Fingerprint::new();
+    for (split, features) in SPLITS.iter().zip(columns) {
+        hash.field(split.as_bytes());
+        for f in features {
+            let ids: Vec<u8> = f.encoded.input_ids.iter().flat_map(|t| t.to_le_bytes()).collect();
+            hash.field(&ids);
+            hash.field(&f.encoded.mask_pos.map_or(-1, |p| p as i64).to_le_bytes());
+            let label = match f.label {
+                Label::Class(k) => k as f64,
+                Label::Score(x) => x,
+            };
+            hash.field(&label.to_le_bytes());
+        }
+    }
+    hash.hex()
+}
+
+/// `FILE.lock` beside the kernel file, held by rank 0 for the whole computation; every rank
+/// fails together when another process holds it.
+fn lock(dist: &Dist, out: &std::path::Path) -> Result<Option<crate::fsio::Lock>> {
+    let path = {
+        let mut name = out.as_os_str().to_owned();
+        name.push(".lock");
+        PathBuf::from(name)
+    };
+    let mut message = Vec::new();
+    let mut lock = None;
+    if dist.is_root() {
+        match crate::fsio::Lock::try_acquire(&path) {
+            Ok(Some(l)) => lock = Some(l.removed_on_release()),
+            Ok(None) => {
+                message = format!(
+                "{} is being computed by another process (it holds {}); wait for it, or choose another --out",
+                out.display(),
+                path.display()
+            )
+                .into_bytes()
+            }
+            Err(e) => message = format!("--out {}: {e:#}", out.display()).into_bytes(),
+        }
+    }
+    dist.broadcast_bytes(&mut message, 0);
+    if !message.is_empty() {
+        bail!(crate::error::AllRanksError {
+            message: String::from_utf8_lossy(&message).into_owned(),
+            code: 2
+        });
+    }
+    Ok(lock)
+}
+
+/// The keys of two descriptions whose values differ, for the message that refuses a resume.
+fn differing_keys(found: &str, wanted: &serde_json::Value) -> Vec<String> {
+    let Ok(serde_json::Value::Object(found)) = serde_json::from_str::<serde_json::Value>(found) else {
+        return vec!["(unreadable description)".into()];
+    };
+    let serde_json::Value::Object(wanted) = wanted else { return Vec::new() };
+    let mut keys: Vec<String> =
+        found.keys().chain(wanted.keys()).filter(|k| found.get(*k) != wanted.get(*k)).cloned().collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Moves an unreadable `.partial` (killed before HDF5 wrote its first complete metadata) out of
+/// the way, so that the computation starts over instead of failing on every rerun.
+fn set_aside(dist: &Dist, partial: &std::path::Path, why: &anyhow::Error) -> Result<()> {
+    let mut message = Vec::new();
+    if dist.is_root() {
+        let mut aside = partial.as_os_str().to_owned();
+        aside.push(format!(".unreadable-{}", std::process::id()));
+        let aside = PathBuf::from(aside);
+        log::warn!(
+            "{} cannot be read ({why:#}): moved to {}; computing the kernels from the start",
+            partial.display(),
+            aside.display()
+        );
+        if let Err(e) = std::fs::rename(partial, &aside) {
+            message = format!("moving {} aside: {e}", partial.display()).into_bytes();
+        }
+    }
+    dist.broadcast_bytes(&mut message, 0);
+    if !message.is_empty() {
+        bail!(crate::error::all_ranks_error(String::from_utf8_lossy(&message)));
+    }
+    Ok(())
+}
+
 fn open(
     dist: &Dist,
     config: &KernelConfig,
     n: &[usize; 3],
     c: usize,
     grad_dim: u64,
+    fingerprints: &Fingerprints,
 ) -> Result<(H5File, Vec<bool>)> {
     let mut description = config.description.clone();
+    description["model_fingerprint"] = fingerprints.model.clone().into();
+    description["data_fingerprint"] = fingerprints.data.clone().into();
     description["formula"] = config.formula.name().into();
     description["binary"] = config.binary.into();
     description["grad_dim"] = grad_dim.into();
@@ -326,23 +432,35 @@ fn open(
         )));
     }
     if exists[1] == 1 {
-        let file = H5File::resume(dist, &config.out)?;
-        let found: Option<String> = file
-            .file()
-            .attr("arguments")
-            .and_then(|a| a.read_scalar::<VarLenUnicode>())
-            .ok()
-            .map(|s| s.as_str().to_string());
-        if found.as_deref() != Some(arguments.as_str()) {
-            bail!(InputError(format!(
-                "{} was started with other arguments (model, data, formula, exclusions or sizes); \
-                 remove it to start over, or rerun the command that made it. It has: {}",
-                partial_path(&config.out).display(),
-                found.unwrap_or_else(|| "no description".into())
-            )));
+        let partial = partial_path(&config.out);
+        let reopened = H5File::resume(dist, &config.out).and_then(|file| {
+            let found = file
+                .file()
+                .attr("arguments")
+                .and_then(|a| a.read_scalar::<VarLenUnicode>())
+                .map(|s| s.as_str().to_string())
+                .context("no 'arguments' attribute")?;
+            let done: ArrayD<u8> = file.read_rows("rows_done", 0..n[0])?;
+            Ok((file, found, done))
+        });
+        // Every rank reads the same file, so all take the same branch.
+        match reopened {
+            Err(e) => set_aside(dist, &partial, &e)?,
+            Ok((file, found, _)) if found != arguments => {
+                let keys = differing_keys(&found, &description);
+                file.close()?;
+                bail!(crate::error::AllRanksError {
+                    message: format!(
+                        "{} was started with other arguments ({}) than this command gives; rerun the \
+                         command that made it, or remove it to start over",
+                        partial.display(),
+                        keys.join(", ")
+                    ),
+                    code: 2,
+                });
+            }
+            Ok((file, _, done)) => return Ok((file, done.iter().map(|&d| d != 0).collect())),
         }
-        let done: ArrayD<u8> = file.read_rows("rows_done", 0..n[0])?;
-        return Ok((file, done.iter().map(|&d| d != 0).collect()));
     }
     let file = H5File::create(dist, &config.out)?;
     let kernels = config.formula.kernels();

@@ -181,6 +181,7 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<Model, InputError> {
         .as_str()
         .ok_or_else(|| InputError(format!("{}: no model_type", config_path.display())))?
         .to_string();
+    check_sizes(&config, &config_path)?;
     let weights = weights::Weights::open(dir)?;
     let kind = options.dtype.kind();
     let (lora, num_prefix, adapter) = match &options.adapter {
@@ -236,6 +237,11 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<Model, InputError> {
             )));
         }
     }
+    // A checkpoint with NaN or infinite weights would evaluate and train as if nothing were wrong.
+    let _guard = tch::no_grad_guard();
+    if let Some(p) = params.iter().find(|p| p.tensor.isfinite().all().int64_value(&[]) == 0) {
+        return Err(InputError(format!("{}: tensor {} holds NaN or infinite values", dir.display(), p.name)));
+    }
     let model = Model {
         body,
         params,
@@ -287,6 +293,74 @@ fn read_adapter(dir: &Path) -> Result<(Option<LoraConfig>, Option<i64>, weights:
         return Err(InputError(format!("{}: neither lora nor num_prefix", path.display())));
     }
     Ok((lora, num_prefix, weights::Weights::open_file(&dir.join(ADAPTER_WEIGHTS))?))
+}
+
+/// Whether a model may be written to `out`: nothing there, an empty directory, or a model
+/// directory (a `config.json` with a `model_type`).
+fn check_replaceable(out: &Path) -> Result<(), InputError> {
+    if !out.exists() {
+        return Ok(());
+    }
+    if !out.is_dir() {
+        return Err(InputError(format!("--out {}: exists and is not a directory", out.display())));
+    }
+    let empty = std::fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(false);
+    let model = read_json(&out.join("config.json")).is_ok_and(|c| c["model_type"].is_string());
+    if empty || model {
+        Ok(())
+    } else {
+        Err(InputError(format!(
+            "--out {}: exists and is not a model directory; choose another --out",
+            out.display()
+        )))
+    }
+}
+
+/// The sizes in `config.json` that every family reads: positive where present, and attention
+/// heads that divide the hidden size (unless the model gives its head size).
+fn check_sizes(config: &serde_json::Value, path: &Path) -> Result<(), InputError> {
+    let sizes = [
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "intermediate_size",
+        "ffn_dim",
+        "max_position_embeddings",
+        "head_dim",
+        "word_embed_proj_dim",
+    ];
+    for key in sizes {
+        match &config[key] {
+            serde_json::Value::Null => {}
+            v if v.as_i64().is_some_and(|n| n > 0) => {}
+            v => {
+                return Err(InputError(format!(
+                    "{}: {key} is {v}; it must be a positive integer",
+                    path.display()
+                )))
+            }
+        }
+    }
+    let size = |key: &str| config[key].as_i64();
+    if let (Some(hidden), Some(heads)) = (size("hidden_size"), size("num_attention_heads")) {
+        if size("head_dim").is_none() && hidden % heads != 0 {
+            return Err(InputError(format!(
+                "{}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}",
+                path.display()
+            )));
+        }
+        if let Some(kv) = size("num_key_value_heads") {
+            if heads % kv != 0 {
+                return Err(InputError(format!(
+                    "{}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}",
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A JSON file of a model directory, errors naming the file.
@@ -345,11 +419,8 @@ impl Model {
             "lora": lora, "num_prefix": self.num_prefix, "base_model": self.source, "model_type": self.model_type,
         });
         std::fs::write(partial.join(ADAPTER_CONFIG), serde_json::to_string_pretty(&json)?)?;
-        if out.exists() {
-            std::fs::remove_dir_all(out).with_context(|| format!("replacing {}", out.display()))?;
-        }
-        std::fs::rename(&partial, out)
-            .with_context(|| format!("renaming {} to {}", partial.display(), out.display()))
+        crate::fsio::sync_tree(&partial)?;
+        crate::fsio::rename_synced(&partial, out)
     }
 
     /// Replaces an encoder's classifier and its two parameters (a linear probe's head, which may
@@ -378,15 +449,43 @@ impl Model {
     /// Writes a Hugging Face directory that `transformers` loads back: the parameters under
     /// their names, config.json and the tokenizer files of the source directory. The directory
     /// appears only when complete.
-    pub fn save(&self, out: &Path, max_shard_bytes: usize) -> Result<()> {
-        let partial = crate::h5::partial_path(out);
-        if partial.exists() {
-            std::fs::remove_dir_all(&partial).with_context(|| format!("removing {}", partial.display()))?;
+    /// The longest input the model's position embeddings cover (`None`: rotary positions, no
+    /// table to run past). RoBERTa counts positions from `pad_token_id + 1`; OPT's table has two
+    /// extra rows for its offset.
+    pub fn max_sequence_length(&self) -> Option<i64> {
+        let positions = self.config["max_position_embeddings"].as_i64()?;
+        match &self.body {
+            Body::Encoder(e) if e.flavor == bert::Flavor::Roberta => {
+                Some(positions - self.config["pad_token_id"].as_i64().unwrap_or(1) - 1)
+            }
+            Body::Encoder(_) | Body::Opt(_) => Some(positions),
+            Body::Llama(_) => None,
         }
-        std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    }
+
+    /// Writes the model as a Hugging Face directory `out`, replacing a model directory there (but
+    /// nothing else: any other existing directory or file is refused).
+    pub fn save(&self, out: &Path, max_shard_bytes: usize) -> Result<()> {
+        check_replaceable(out)?;
+        let partial = crate::h5::partial_path(out);
+        self.save_partial(&partial, max_shard_bytes)
+            .inspect_err(|_| {
+                // A full disk leaves no half-written model behind.
+                let _ = std::fs::remove_dir_all(&partial);
+            })
+            .with_context(|| format!("saving the model to {}", out.display()))?;
+        crate::fsio::rename_synced(&partial, out)
+    }
+
+    /// Writes the model into `partial` and syncs it.
+    fn save_partial(&self, partial: &Path, max_shard_bytes: usize) -> Result<()> {
+        if partial.exists() {
+            std::fs::remove_dir_all(partial).with_context(|| format!("removing {}", partial.display()))?;
+        }
+        std::fs::create_dir_all(partial).with_context(|| format!("creating {}", partial.display()))?;
         let tensors: Vec<(String, tch::Tensor)> =
             self.params.iter().map(|p| (p.name.clone(), p.tensor.shallow_clone())).collect();
-        weights::save(&partial, &tensors, max_shard_bytes)?;
+        weights::save(partial, &tensors, max_shard_bytes)?;
         let mut config = self.config.clone();
         config["torch_dtype"] = self.dtype.torch_name().into();
         if matches!(&self.body, Body::Encoder(e) if e.flavor == bert::Flavor::Roberta) {
@@ -394,7 +493,9 @@ impl Model {
             // transformers must not tie it back to the word embeddings.
             config["tie_word_embeddings"] = false.into();
         }
-        std::fs::write(partial.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+        let config_path = partial.join("config.json");
+        std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)
+            .with_context(|| format!("writing {}", config_path.display()))?;
         for name in [
             "tokenizer.json",
             "tokenizer_config.json",
@@ -409,10 +510,6 @@ impl Model {
                     .with_context(|| format!("copying {}", source.display()))?;
             }
         }
-        if out.exists() {
-            std::fs::remove_dir_all(out).with_context(|| format!("replacing {}", out.display()))?;
-        }
-        std::fs::rename(&partial, out)
-            .with_context(|| format!("renaming {} to {}", partial.display(), out.display()))
+        crate::fsio::sync_tree(partial)
     }
 }

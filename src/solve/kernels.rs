@@ -97,8 +97,24 @@ pub fn read(dist: &Dist, path: &Path, with_f0: bool) -> Result<Kernels> {
     if !path.is_file() {
         bail!(InputError(format!("--kernels {}: no such file", path.display())));
     }
+    if path.extension().is_some_and(|e| e == "partial") {
+        bail!(InputError(format!(
+            "--kernels {}: an unfinished kernel file (mezo kernel is still computing it, or was interrupted: \
+             rerun the same mezo kernel command to finish it)",
+            path.display()
+        )));
+    }
     let file = H5File::open(dist, path).map_err(|e| InputError(format!("{e:#}")))?;
     let bad = |what: String| InputError(format!("{}: {what}", path.display()));
+    if file.file().link_exists("rows_done") {
+        let rows = shape_of(&file, "rows_done").map_err(|e| bad(e.to_string()))?;
+        let done = file.read_rows::<u8>("rows_done", 0..rows.first().copied().unwrap_or(0))?;
+        if let Some(row) = done.iter().position(|&d| d == 0) {
+            bail!(bad(format!(
+                "train row {row} is not computed (dataset 'rows_done'); the file is incomplete"
+            )));
+        }
+    }
     let attributes = root_attributes(file.file()).with_context(|| format!("reading {}", path.display()))?;
 
     let train_shape = shape_of(&file, "train").map_err(|e| bad(e.to_string()))?;
@@ -166,8 +182,15 @@ pub fn read(dist: &Dist, path: &Path, with_f0: bool) -> Result<Kernels> {
             )));
         }
         let m = d[2];
+        if !is_float(&file, ds) {
+            bail!(bad(format!("dataset '{ds}' does not hold floating-point numbers")));
+        }
         // [N, C, M, C] in row-major order already is [N·C, M·C]: no copy.
         let mut values = read_shared(dist, &file, ds)?;
+        if let Some(at) = values.iter().position(|v| !v.is_finite()) {
+            let index = unravel(at, &shape);
+            bail!(bad(format!("dataset '{ds}' holds {} at index {index:?}", values[at])));
+        }
         let flat =
             |v: Vec<f64>| Array2::from_shape_vec((n * c, m * c), v).expect("the dataset's size was checked");
         let flipped = asymmetric.then(|| flat(values.split_off(n * c * m * c)));
@@ -196,10 +219,19 @@ pub fn read(dist: &Dist, path: &Path, with_f0: bool) -> Result<Kernels> {
             if f0_shape != [m, c] {
                 bail!(bad(format!("dataset '{f0_name}' has shape {f0_shape:?}; expected [{m}, {c}]")));
             }
-            let values = file
+            if !is_float(&file, &f0_name) {
+                bail!(bad(format!("dataset '{f0_name}' does not hold floating-point numbers")));
+            }
+            let values: Vec<f64> = file
                 .read_rows::<f64>(&f0_name, 0..m)
-                .with_context(|| format!("reading '{f0_name}' of {}", path.display()))?;
-            Some(values.into_iter().collect())
+                .with_context(|| format!("reading '{f0_name}' of {}", path.display()))?
+                .into_iter()
+                .collect();
+            if let Some(at) = values.iter().position(|v| !v.is_finite()) {
+                let index = unravel(at, &[m, c]);
+                bail!(bad(format!("dataset '{f0_name}' holds {} at index {index:?}", values[at])));
+            }
+            Some(values)
         } else if with_f0 {
             bail!(bad(format!("no dataset '{f0_name}', which --adjust-for-init needs")));
         } else {
@@ -210,7 +242,7 @@ pub fn read(dist: &Dist, path: &Path, with_f0: bool) -> Result<Kernels> {
     let train = read_split(SplitName::Train)?;
     let dev = read_split(SplitName::Dev)?;
     let test = read_split(SplitName::Test)?;
-    drop(file);
+    file.close()?;
     Ok(Kernels {
         path: path.to_owned(),
         formula,
@@ -223,6 +255,24 @@ pub fn read(dist: &Dist, path: &Path, with_f0: bool) -> Result<Kernels> {
         test,
         attributes,
     })
+}
+
+fn is_float(file: &H5File, name: &str) -> bool {
+    file.file()
+        .dataset(name)
+        .and_then(|d| d.dtype())
+        .and_then(|t| t.to_descriptor())
+        .is_ok_and(|t| matches!(t, hdf5::types::TypeDescriptor::Float(_)))
+}
+
+/// The multi-index of flat position `at` in a row-major array of `shape`.
+fn unravel(mut at: usize, shape: &[usize]) -> Vec<usize> {
+    let mut index = vec![0; shape.len()];
+    for (axis, &size) in shape.iter().enumerate().rev() {
+        index[axis] = at % size.max(1);
+        at /= size.max(1);
+    }
+    index
 }
 
 fn shape_of(file: &H5File, name: &str) -> Result<Vec<usize>, InputError> {

@@ -29,7 +29,10 @@ use std::sync::Arc;
 use tch::{Kind, Tensor};
 
 mod first_order;
+pub mod run_dir;
+mod trajectory;
 pub use first_order::{train_first_order, FirstOrder};
+pub use trajectory::{read_trajectory, RecordedStep, TornTail, Trajectory, TrajectoryWriter};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum LrSchedule {
@@ -242,8 +245,8 @@ pub enum Objective {
     F1,
 }
 
-/// What a run ends with.
-#[derive(Debug, Clone, Serialize)]
+/// What a run ends with (`results.json`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Summary {
     pub best_step: usize,
     pub best_dev: BTreeMap<String, f64>,
@@ -433,102 +436,49 @@ fn summed_cross_entropy(scores: &Tensor, labels: &Tensor) -> Tensor {
     scores.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::Sum, -100, 0.0)
 }
 
-/// A content fingerprint of tensors (FNV-1a over their bytes), to tie a trajectory to its weights.
+/// A content fingerprint of the trained tensors, to tie a trajectory to its initial weights.
 pub fn fingerprint(tensors: &[Trainable]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for t in tensors {
-        let host = t.tensor.to_device(tch::Device::Cpu).contiguous();
-        let mut bytes = vec![0u8; host.numel() * host.kind().elt_size_in_bytes()];
-        host.copy_data_u8(&mut bytes, host.numel());
-        for b in t.name.as_bytes().iter().chain(&bytes) {
-            hash ^= u64::from(*b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    format!("{hash:016x}")
+    crate::fingerprint::tensors(tensors.iter().map(|t| (t.name.as_str(), &t.tensor)))
 }
 
 /// Appends JSON lines, flushed at once (rank 0 only; other ranks hold `None`).
-struct JsonLines(Option<std::fs::File>);
+struct JsonLines(Option<std::fs::File>, PathBuf);
 
 impl JsonLines {
+    /// Opens `path` for appending, or truncated; appending, a last line cut short by a kill is
+    /// cut off first, so that the next line starts on a line of its own.
     fn open(dist: &Dist, path: PathBuf, append: bool) -> Result<JsonLines> {
         if !dist.is_root() {
-            return Ok(JsonLines(None));
+            return Ok(JsonLines(None, path));
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .append(append)
-            .truncate(!append)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        Ok(JsonLines(Some(file)))
+        let opened = (|| -> std::io::Result<std::fs::File> {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(append)
+                .truncate(!append)
+                .open(&path)?;
+            if append {
+                let text = std::fs::read(&path)?;
+                let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                if whole < text.len() {
+                    log::warn!("{}: cutting off a last line that was cut short", path.display());
+                    file.set_len(whole as u64)?;
+                }
+            }
+            Ok(file)
+        })();
+        Ok(JsonLines(Some(opened.with_context(|| format!("opening {}", path.display()))?), path))
     }
 
     fn write(&mut self, value: &serde_json::Value) -> Result<()> {
         if let Some(f) = &mut self.0 {
-            writeln!(f, "{value}")?;
-            f.flush()?;
+            writeln!(f, "{value}")
+                .and_then(|()| f.flush())
+                .with_context(|| format!("writing {}", self.1.display()))?;
         }
         Ok(())
     }
-}
-
-/// One recorded step of a trajectory.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-pub struct RecordedStep {
-    pub step: usize,
-    /// The step's one direction (the reference's form)...
-    #[serde(default)]
-    pub seed: Option<u64>,
-    #[serde(default)]
-    pub projected_grad: Option<f64>,
-    /// ...or its n-SPSA directions (seed, g).
-    #[serde(default)]
-    pub directions: Option<Vec<(u64, f64)>>,
-    pub lr: f64,
-}
-
-impl RecordedStep {
-    pub fn directions(&self) -> Vec<(u64, f64)> {
-        match (&self.directions, self.seed, self.projected_grad) {
-            (Some(d), _, _) => d.clone(),
-            (None, Some(seed), Some(g)) => vec![(seed, g)],
-            _ => Vec::new(),
-        }
-    }
-}
-
-/// A run's trajectory file: its header and steps (a torn last line, from a kill mid-write, is
-/// ignored).
-pub fn read_trajectory(run: &std::path::Path) -> Result<(serde_json::Value, Vec<RecordedStep>)> {
-    let path = run.join("trajectory.jsonl");
-    let text = std::fs::read_to_string(&path).map_err(|e| InputError(format!("{}: {e}", path.display())))?;
-    let mut lines = text.lines();
-    let header: serde_json::Value = lines
-        .next()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .ok_or_else(|| InputError(format!("{}: no header line", path.display())))?;
-    let steps: Vec<RecordedStep> = lines.map_while(|l| serde_json::from_str(l).ok()).collect();
-    for (i, s) in steps.iter().enumerate() {
-        if s.directions().is_empty() {
-            bail!(InputError(format!(
-                "{}: step {} has no seed and projected gradient",
-                path.display(),
-                s.step
-            )));
-        }
-        if s.step != i + 1 {
-            bail!(InputError(format!(
-                "{}: step {} found where step {} belongs",
-                path.display(),
-                s.step,
-                i + 1
-            )));
-        }
-    }
-    Ok((header, steps))
 }
 
 /// Re-applies a recorded step without forward passes: what the perturbations did to the weights
@@ -605,38 +555,40 @@ pub fn train_mezo(
     let header = serde_json::json!({
         "initial_fingerprint": fingerprint(&trainable), "seed": config.seed, "eps": config.eps,
         "weight_decay": config.weight_decay, "decay_rule": format!("{:?}", config.decay_rule), "trainable": names,
-        "zo_optimizer": config.zo_optimizer, "rng": config.rng,
+        "zo_optimizer": config.zo_optimizer, "rng": config.rng, "steps": config.steps,
     });
-    let recorded = if resume {
-        let (found, steps) = read_trajectory(&config.out_dir)?;
-        if found != header {
+    let (recorded, mut trajectory) = if resume {
+        let found = read_trajectory(&config.out_dir, TornTail::Repair)?;
+        let mut expected = header.clone();
+        if found.header.get("steps").is_none() {
+            // Written before headers recorded the step count.
+            expected.as_object_mut().expect("an object").remove("steps");
+        }
+        if found.header != expected {
             bail!(InputError(format!(
-                "{}: the run was made with other weights or settings (seed, eps, weight decay, trainable tensors, \
-                 rng) than this command gives",
-                config.out_dir.join("trajectory.jsonl").display()
+                "{}: the run was made with other initial weights or settings (seed, eps, weight decay, trainable \
+                 tensors, rng) than this command gives",
+                config.out_dir.join(run_dir::TRAJECTORY).display()
             )));
         }
-        if steps.len() >= config.steps {
+        if found.steps.len() > config.steps {
             bail!(InputError(format!(
-                "{} already has {} steps (--steps {})",
-                config.out_dir.display(),
-                steps.len(),
+                "{} records {} steps, more than the run's {}",
+                config.out_dir.join(run_dir::TRAJECTORY).display(),
+                found.steps.len(),
                 config.steps
             )));
         }
-        steps
+        let writer = TrajectoryWriter::append(dist, &config.out_dir, &found)?;
+        (found.steps, writer)
     } else {
-        Vec::new()
+        if dist.is_root() {
+            std::fs::create_dir_all(&config.out_dir)
+                .with_context(|| format!("creating {}", config.out_dir.display()))?;
+        }
+        (Vec::new(), TrajectoryWriter::create(dist, &config.out_dir, &header)?)
     };
-    if dist.is_root() && !resume {
-        std::fs::create_dir_all(&config.out_dir)
-            .with_context(|| format!("creating {}", config.out_dir.display()))?;
-    }
-    let mut metrics = JsonLines::open(dist, config.out_dir.join("metrics.jsonl"), resume)?;
-    let mut trajectory = JsonLines::open(dist, config.out_dir.join("trajectory.jsonl"), resume)?;
-    if !resume {
-        trajectory.write(&header)?;
-    }
+    let mut metrics = JsonLines::open(dist, config.out_dir.join(run_dir::METRICS), resume)?;
 
     let mut seeds = StepSeeds::new(config.seed);
     let perturbations = Perturbations::new(config.rng, &trainable, config.paired_pass)?;
@@ -687,20 +639,21 @@ pub fn train_mezo(
             }
         }
     }
+    let mut last_loss = f64::NAN;
     if resume {
         log::info!("resumed {} after replaying {} steps", config.out_dir.display(), recorded.len());
         // Killed between a step and its evaluation: evaluate now, as the uninterrupted run did.
         let last = recorded.len();
         let evaluated = logged_dev_steps(&config.out_dir)?.contains(&last);
-        if config.eval_every > 0 && last % config.eval_every == 0 && !evaluated {
+        if last > 0 && config.evaluates_at(last) && !evaluated {
             evaluate_dev(model, data, dist, config, last, &trainable, deferred, &mut best, &mut metrics)?;
         }
+        last_loss = logged_loss(&config.out_dir, last)?;
     }
 
     let stop = stop_flag()?;
     let progress = crate::logging::progress_bar(dist, config.steps as u64, "steps");
     progress.set_position(recorded.len() as u64);
-    let mut last_loss = f64::NAN;
     for step in recorded.len() + 1..=config.steps {
         let batch = sampler.next_batch();
         let by_directions = config.parallel == Parallel::Directions;
@@ -742,8 +695,9 @@ pub fn train_mezo(
         let projected_grad = results.iter().map(|r| r.1).sum::<f64>() / n as f64;
         if !plus.is_finite() || !projected_grad.is_finite() {
             bail!(
-                "step {step}: the objective is {plus} and the projected gradient {projected_grad}; the run up to step \
-                 {} is in {} (resume it with other settings, e.g. a smaller --lr)",
+                "step {step}: the objective is {plus} and the projected gradient {projected_grad}; the trajectory up \
+                 to step {} is kept in {} (the weights of any of its steps replay from it); run again with other \
+                 settings, e.g. a smaller --lr, in another --out",
                 step - 1,
                 config.out_dir.display()
             );
@@ -755,7 +709,7 @@ pub fn train_mezo(
         } else {
             serde_json::json!({"step": step, "directions": directions, "lr": lr})
         };
-        trajectory.write(&record)?;
+        trajectory.record(&record)?;
         metrics.write(
             &serde_json::json!({"step": step, "loss": plus, "projected_grad": projected_grad, "lr": lr}),
         )?;
@@ -802,7 +756,12 @@ fn finish(
             model.save(&config.out_dir.join("model"), crate::model::MAX_SHARD_BYTES)?;
         }
     }
-    let (best_step, best_dev, snapshot) = best.expect("the last step always evaluates");
+    let Some((best_step, best_dev, snapshot)) = best else {
+        bail!(InputError(format!(
+            "{}: no dev evaluation is logged for this run (its metrics log lost them)",
+            config.out_dir.join(run_dir::METRICS).display()
+        )));
+    };
     // Test with the best-dev weights: swap them in, evaluate, swap the final weights back.
     let final_weights = Snapshot::take(trainable, deferred, config, dist, "final")?;
     snapshot.restore(trainable, deferred)?;
@@ -814,16 +773,28 @@ fn finish(
     let summary = Summary { best_step, best_dev, test, final_train_loss: last_loss };
     metrics.write(&serde_json::json!({"best_step": best_step, "test": summary.test}))?;
     if dist.is_root() {
-        let path = config.out_dir.join("results.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        let path = config.out_dir.join(run_dir::RESULTS);
+        crate::fsio::write_atomic(&path, serde_json::to_string_pretty(&summary)?.as_bytes())?;
     }
     Ok(Outcome::Finished(summary))
 }
 
+/// The training loss logged for `step` in `metrics.jsonl` (NaN when it is not there).
+fn logged_loss(run: &std::path::Path, step: usize) -> Result<f64> {
+    let path = run.join(run_dir::METRICS);
+    let text = std::fs::read_to_string(&path).map_err(|e| InputError(format!("{}: {e}", path.display())))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["step"].as_u64() == Some(step as u64))
+        .find_map(|v| v["loss"].as_f64())
+        .unwrap_or(f64::NAN))
+}
+
 /// Steps with a dev evaluation in `metrics.jsonl`.
 fn logged_dev_steps(run: &std::path::Path) -> Result<Vec<usize>> {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl"))?;
+    let path = run.join(run_dir::METRICS);
+    let text = std::fs::read_to_string(&path).map_err(|e| InputError(format!("{}: {e}", path.display())))?;
     Ok(text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -838,41 +809,19 @@ fn best_logged_dev(
     selection: &str,
     steps: usize,
 ) -> Result<Option<(usize, BTreeMap<String, f64>)>> {
-    let path = run.join("metrics.jsonl");
+    let path = run.join(run_dir::METRICS);
     let text = std::fs::read_to_string(&path).map_err(|e| InputError(format!("{}: {e}", path.display())))?;
     let mut best: Option<(usize, BTreeMap<String, f64>)> = None;
-    for line in text.lines() {
+    for (number, line) in text.lines().enumerate() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
         let (Some(step), Some(dev)) = (v["step"].as_u64(), v.get("dev")) else { continue };
-        let dev: BTreeMap<String, f64> = serde_json::from_value(dev.clone())?;
-        if step as usize <= steps && best.as_ref().is_none_or(|(_, b)| dev[selection] > b[selection]) {
+        let bad = |what: &str| InputError(format!("{} line {}: {what}", path.display(), number + 1));
+        let dev: BTreeMap<String, f64> =
+            serde_json::from_value(dev.clone()).map_err(|e| bad(&format!("dev metrics: {e}")))?;
+        let score = *dev.get(selection).ok_or_else(|| bad(&format!("no {selection} in the dev metrics")))?;
+        if step as usize <= steps && best.as_ref().is_none_or(|(_, b)| score > b[selection]) {
             best = Some((step as usize, dev));
         }
     }
     Ok(best)
-}
-
-#[cfg(test)]
-mod tests {
-    /// Every number of a trajectory reads back to the bits that were written. serde_json's
-    /// default parser read -10.193407535552979, a projected gradient of a real run, as
-    /// -10.19340753555298, which rounds to another f32: the replayed and resumed weights then
-    /// differed from those of the uninterrupted run (hence its `float_roundtrip` feature).
-    #[test]
-    fn trajectories_read_back_exactly() {
-        let dir = tempfile::tempdir().unwrap();
-        let grads: [f64; 4] =
-            [-10.193407535552979, 1.4306604862213135, 3.6180317401885986, 0.46515464782714844];
-        let mut text = String::from("{\"seed\":42}\n");
-        for (i, g) in grads.iter().enumerate() {
-            let step = serde_json::json!({"step": i + 1, "seed": 7, "projected_grad": g, "lr": 1e-3});
-            text += &format!("{step}\n");
-        }
-        std::fs::write(dir.path().join("trajectory.jsonl"), text).unwrap();
-        let (_, steps) = super::read_trajectory(dir.path()).unwrap();
-        assert_eq!(steps.len(), grads.len());
-        for (s, g) in steps.iter().zip(grads) {
-            assert_eq!(s.projected_grad.map(f64::to_bits), Some(g.to_bits()), "step {}", s.step);
-        }
-    }
 }

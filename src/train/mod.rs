@@ -825,3 +825,32 @@ fn best_logged_dev(
     }
     Ok(best)
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// A resumed run's metrics log, damaged anywhere: a value or an input error, never a panic.
+        #[test]
+        fn metrics_logs_read_or_refuse(lines in prop::collection::vec(prop_oneof![
+            Just("{\"step\":4,\"dev\":{\"eval_acc\":0.5}}".to_string()),
+            Just("{\"step\":4,\"dev\":{\"eval_f1\":0.5}}".to_string()),
+            Just("{\"step\":8,\"dev\":{\"eval_acc\":\"high\"}}".to_string()),
+            Just("{\"step\":4,\"loss\":0.7,\"lr\":0.001}".to_string()),
+            Just("{\"step\":-1,\"dev\":[]}".to_string()),
+            "[ -~]{0,30}",
+        ], 0..8)) {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(super::run_dir::METRICS), lines.join("\n")).unwrap();
+            match super::best_logged_dev(dir.path(), "eval_acc", 8) {
+                Ok(best) => prop_assert!(best.is_none_or(|(step, dev)| step <= 8 && dev.contains_key("eval_acc"))),
+                Err(e) => prop_assert_eq!(crate::error::exit_code(&e), 2),
+            }
+            let _ = super::logged_dev_steps(dir.path());
+            let _ = super::logged_loss(dir.path(), 4);
+        }
+    }
+}

@@ -105,6 +105,10 @@ pub fn read_trajectory(run: &Path, torn: TornTail) -> Result<Trajectory> {
         bail!(damaged(1, "is missing: the trajectory has no header"));
     };
     let checked = first.contains("\"check\":\"");
+    if !checked && lines.iter().skip(1).any(|(line, _)| line.contains(",\"check\":\"")) {
+        // Only files from before checksums have none in their header.
+        bail!(damaged(1, "(the header) has lost its checksum"));
+    }
     let (header_text, mut last_check) = if checked {
         let (text, check) =
             verified(first, "").ok_or_else(|| damaged(1, "(the header) fails its checksum"))?;

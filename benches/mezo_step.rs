@@ -26,7 +26,8 @@ use common::{arg, median};
 use mezo::dist::{Dist, Reduce};
 use mezo::model::cache::{lm_loss_by_side, next_token_targets};
 use mezo::model::{self, Dtype, FreezeRules, LoadOptions};
-use mezo::optim::zo::{Perturbations, Rng, Trainable, Updater, WeightDecay, ZoOptimizer};
+use mezo::optim::zo::{Perturbations, Rng, Updater, ZoOptimizer};
+use mezo::optim::{Trainable, WeightDecay};
 use std::path::Path;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -289,7 +290,7 @@ fn main() {
 /// element: drawing normals (always one thread), forming a perturbed pair of a weight matrix
 /// (θ ± εz, stored θ read from memory) and the update.
 fn stream_only(threads: i32) {
-    use mezo::optim::{fast, philox, zo};
+    use mezo::optim::{fast, philox};
     tch::set_num_threads(threads);
     let mut z = vec![0f32; 1 << 24];
     let key = philox::key(12345, 3);
@@ -317,10 +318,12 @@ fn stream_only(threads: i32) {
         weights.iter().for_each(|w| drop(fast::perturbed_pair(w, key, 1e-3, -1e-3)));
         n
     });
-    let trainable: Vec<zo::Trainable> =
-        weights.iter().map(|w| zo::Trainable { name: "w".into(), tensor: w.shallow_clone() }).collect();
+    let trainable: Vec<mezo::optim::Trainable> = weights
+        .iter()
+        .map(|w| mezo::optim::Trainable { name: "w".into(), tensor: w.shallow_clone() })
+        .collect();
     let update = per_element(&mut || {
-        fast::apply(&trainable, &[(7, 0.5)], 1e-9, 0.0, zo::WeightDecay::AllTensors);
+        fast::apply(&trainable, &[(7, 0.5)], 1e-9, 0.0, mezo::optim::WeightDecay::AllTensors);
         n
     });
     println!(

@@ -491,7 +491,7 @@ fn a_paired_pass_scores_each_side_as_a_pass_of_its_own() {
     use mezo::data::dataset::FewShotType;
     use mezo::model::cache::{lm_loss_by_side, next_token_targets};
     use mezo::model::{nn, FreezeRules, LoraConfig, Scope};
-    use mezo::optim::{fast::FastStream, zo::Trainable};
+    use mezo::optim::{fast::FastStream, Trainable};
     let _guard = tch::no_grad_guard();
     let lora = LoraConfig { rank: 4, alpha: 16.0, targets: vec!["q_proj".into(), "v_proj".into()], seed: 5 };
     let encoder_lora = LoraConfig { targets: vec!["query".into(), "value".into()], ..lora.clone() };

@@ -4,7 +4,8 @@ use crate::data::kshot::{self, KshotConfig, Mode};
 use crate::data::tasks::{self, Preset};
 use crate::eval::evaluate;
 use crate::model::{self, Dtype, FreezeRules, LoadOptions};
-use crate::optim::zo::{Rng, WeightDecay, ZoOptimizer};
+use crate::optim::zo::{Rng, ZoOptimizer};
+use crate::optim::WeightDecay;
 use crate::train::Stash;
 use crate::train::{
     train_first_order, train_mezo, FirstOrder, LrSchedule, Objective, Outcome, Parallel, TrainConfig,

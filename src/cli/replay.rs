@@ -1,8 +1,9 @@
 use super::{on_root, Context};
 use crate::error::input_error;
 use crate::model::{self, FreezeRules, LoadOptions};
-use crate::optim::zo::{Perturbations, Updater};
-use crate::train::{fingerprint, read_trajectory, replay_step, trainable, TornTail, TrainConfig, Trajectory};
+use crate::optim::mezo::Mezo;
+use crate::optim::Trained;
+use crate::train::{fingerprint, read_trajectory, trainable, TornTail, TrainConfig, Trajectory};
 use anyhow::{Context as _, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -68,20 +69,13 @@ pub fn run(ctx: &Context, args: &ReplayArgs) -> Result<()> {
             )));
         }
         let progress = crate::logging::progress_bar(ctx.dist, steps.len() as u64, "steps");
-        let perturbations = Perturbations::new(train.rng, &tensors, train.paired_pass)?;
-        let mut updater = Updater::new(train.zo_optimizer, train.rng, &tensors);
+        let mut optimiser = Mezo::new(tensors, train.mezo_settings())?;
         for step in &steps {
-            replay_step(
-                &tensors,
-                &perturbations,
-                &mut updater,
-                step,
-                train.eps,
-                train.weight_decay,
-                train.decay_rule,
-            );
+            optimiser.replay(&step.directions(), step.lr);
             progress.inc(1);
         }
+        // Rows no pass read hold their updates pending until now.
+        optimiser.flush();
         progress.finish_and_clear();
         m.save(&args.out, model::MAX_SHARD_BYTES)
             .with_context(|| format!("saving {}", args.out.display()))?;

@@ -3,7 +3,8 @@ use super::Context;
 use crate::data::dataset::{FewShotType, TaskData};
 use crate::error::input_error;
 use crate::model::{self, Dtype, FreezeRules, LoadOptions, LoraConfig, Scope};
-use crate::optim::zo::{Rng, WeightDecay, ZoOptimizer};
+use crate::optim::zo::{Rng, ZoOptimizer};
+use crate::optim::WeightDecay;
 use crate::train::run_dir::{DataRecord, Intent, LoadRecord, RunConfig, RunDir, State};
 use crate::train::Stash;
 use crate::train::{

@@ -48,7 +48,7 @@
 
 use super::philox;
 use super::team::{for_chunk_pairs, for_chunks};
-use super::zo::{Trainable, WeightDecay};
+use super::{Trainable, WeightDecay};
 use crate::model::nn::WeightView;
 use anyhow::{bail, Result};
 use half::{bf16, f16};

@@ -16,6 +16,7 @@
 //! perturbations, θ − η (g z + λ θ) for the update, each rounding where the reference rounds.
 
 use super::fast::{self, FastStream};
+use super::{Trainable, WeightDecay};
 use crate::data::mt19937::RandomState;
 use tch::Tensor;
 
@@ -114,34 +115,6 @@ impl StepSeeds {
     pub fn next_seed(&mut self) -> u64 {
         u64::from(self.rng.interval(999_999_999))
     }
-}
-
-/// Which tensors weight decay applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub enum WeightDecay {
-    /// Every optimised tensor (MeZO medium, the RoBERTa experiments).
-    #[default]
-    AllTensors,
-    /// Not to names containing "bias", "layer_norm" or "layernorm" (MeZO large, the OPT experiments).
-    ExcludeBiasAndNorm,
-}
-
-impl WeightDecay {
-    /// Whether tensor `name` is decayed (the reference's case-sensitive name test).
-    pub fn applies_to(self, name: &str) -> bool {
-        match self {
-            WeightDecay::AllTensors => true,
-            WeightDecay::ExcludeBiasAndNorm => {
-                !["bias", "layer_norm", "layernorm"].iter().any(|s| name.contains(s))
-            }
-        }
-    }
-}
-
-/// A trainable tensor: its name (for the weight-decay rule) and a handle sharing its storage.
-pub struct Trainable {
-    pub name: String,
-    pub tensor: Tensor,
 }
 
 /// θ ← θ + (scale z) ε for every tensor, z regenerated from `seed`.

@@ -3,7 +3,9 @@
 //! sums gradients over the ranks: with NCCL, GPU to GPU, when the model is on GPUs; with an MPI
 //! all-reduce of host copies on CPUs.
 
-use super::{loss_sum, step_batch, JsonLines, Outcome, TrainConfig};
+use super::objective::{loss_sum, step_batch};
+use super::run::Run;
+use super::{Outcome, TrainConfig};
 use crate::data::batch::{shard, BatchSampler};
 use crate::data::dataset::TaskData;
 use crate::dist::nccl::NcclComm;
@@ -108,19 +110,14 @@ pub fn train_first_order(
     if exempt {
         opt.set_weight_decay_group(1, 0.0).map_err(|e| anyhow!("{e}"))?;
     }
-    if dist.is_root() {
-        std::fs::create_dir_all(&config.out_dir)
-            .with_context(|| format!("creating {}", config.out_dir.display()))?;
-    }
+    let mut run = Run::first_order(dist, config, format!("eval_{}", data.config.task.selection_metric()))?;
     let nccl = match params[0].device() {
         Device::Cuda(ordinal) if dist.size() > 1 => {
             Some(NcclComm::new(dist, &crate::cuda::context(ordinal)?).context("NCCL for the gradients")?)
         }
         _ => None,
     };
-    let mut metrics = JsonLines::open(dist, config.out_dir.join("metrics.jsonl"), false)?;
     let mut sampler = BatchSampler::new(data.train.len(), config.batch_size, config.seed);
-    let mut best: super::Best = None;
     let progress = crate::logging::progress_bar(dist, config.steps as u64, "steps");
     let mut last_loss = f64::NAN;
     for step in 1..=config.steps {
@@ -144,16 +141,16 @@ pub fn train_first_order(
             bail!("step {step}: the loss is {loss}");
         }
         last_loss = loss;
-        metrics.write(&serde_json::json!({"step": step, "loss": loss, "lr": lr}))?;
+        run.log(&serde_json::json!({"step": step, "loss": loss, "lr": lr}))?;
         progress.set_message(format!("loss {loss:.4}"));
         progress.inc(1);
         if config.evaluates_at(step) {
-            super::evaluate_dev(model, data, dist, config, step, &trainable, None, &mut best, &mut metrics)?;
+            run.evaluate_dev(model, data, step, &trainable)?;
         }
     }
     progress.finish_and_clear();
     for p in &params {
         let _ = p.shallow_clone().set_requires_grad(false);
     }
-    super::finish(model, data, dist, config, &trainable, None, best, last_loss, &mut metrics)
+    run.finish(model, data, &trainable, last_loss)
 }

@@ -25,11 +25,9 @@
 //! are kept as the step's (seed, g, η), a few bytes, and applied in order, with the same
 //! arithmetic, when a pass reads the row, or when the weights are saved, copied to disk or
 //! compared across ranks ([`FastStream::flush`]). Every forward pass therefore sees exactly the
-//! weights of immediate updates (tested), and a step no longer draws z for the 77 M of
-//! RoBERTa-base's 163 M values (untied decoder included) that its batch does not touch: the
-//! update of a roberta-base step went from 140 to 73 ms on 2 Zen 3 cores. Work is deferred, not
-//! removed, for rows read later or saved; a run that saves no model never does it for rows no
-//! batch or evaluation reads.
+//! weights of immediate updates (tested), and a step no longer draws z for the rows its batch
+//! does not touch (most of a vocabulary). Work is deferred, not removed, for rows read later or
+//! saved; a run that saves no model never does it for rows no batch or evaluation reads.
 //!
 //! Memory traffic per step, P trainable values of b bytes each, E of them in embedding matrices
 //! of which the batch touches E_b: the paired pass reads θ once more and writes and reads the two
@@ -46,261 +44,27 @@
 //! compiled for AVX-512, AVX2 or the baseline as the CPU allows (`widest!`), with the same bits
 //! in each; on a GPU the same operations run in the NVRTC kernels of `fast_cuda`.
 
+//!
+//! The module's parts: [`loops`] (the CPU loops over elements, one copy per instruction set),
+//! [`deferred`] (the pending row updates and where each row stands), and here the stream, the
+//! weight views forward passes read through, and the entry points over whole tensors.
+
+mod deferred;
+mod loops;
+
 use super::philox;
 use super::team::{for_chunk_pairs, for_chunks};
 use super::{Trainable, WeightDecay};
 use crate::model::nn::WeightView;
 use anyhow::{bail, Result};
+pub use deferred::DeferredState;
+use deferred::*;
 use half::{bf16, f16};
+use loops::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use tch::{Device, Kind, Tensor};
-
-/// About how many elements a parallel task gets ([`task_len`]).
-const CHUNK: usize = 1 << 16;
-
-/// Elements per parallel task over `n` elements: about [`CHUNK`], in as many tasks as a multiple
-/// of the team's threads (threads that start together finish together: 9 tasks on 2 threads, a
-/// 768 × 768 matrix, would leave one idle for a ninth of the time), each a whole number of the
-/// generator's 128-normal blocks. Which task computes an element never changes its value.
-fn task_len(n: usize) -> usize {
-    if n <= CHUNK {
-        return n.max(1);
-    }
-    let threads = tch::get_num_threads().max(1) as usize;
-    let tasks = n.div_ceil(CHUNK).next_multiple_of(threads);
-    n.div_ceil(tasks).next_multiple_of(128)
-}
-
-/// Elements generated at once inside a task: z for them lives in an L1-resident buffer. Small
-/// blocks let the loads and stores of one block overlap the drawing of the next (256: a pair
-/// formed 20 % faster and an update 10 % faster than with 2048, measured with `--stream-only`).
-const BLOCK: usize = 256;
-
-/// The element types the fast stream handles, with its arithmetic.
-trait Value: Copy + Send + Sync {
-    /// θ + c z.
-    fn perturb(self, c: f64, z: f32) -> Self;
-    /// θ − η (a + λ θ).
-    fn update(self, a: f32, lr: f64, decay: f64) -> Self;
-}
-
-impl Value for f32 {
-    #[inline(always)]
-    fn perturb(self, c: f64, z: f32) -> f32 {
-        self + c as f32 * z
-    }
-    #[inline(always)]
-    fn update(self, a: f32, lr: f64, decay: f64) -> f32 {
-        let step = if decay != 0.0 { a + decay as f32 * self } else { a };
-        self - lr as f32 * step
-    }
-}
-
-impl Value for f64 {
-    #[inline(always)]
-    fn perturb(self, c: f64, z: f32) -> f64 {
-        self + c * f64::from(z)
-    }
-    #[inline(always)]
-    fn update(self, a: f32, lr: f64, decay: f64) -> f64 {
-        let step = if decay != 0.0 { f64::from(a) + decay * self } else { f64::from(a) };
-        self - lr * step
-    }
-}
-
-macro_rules! half_value {
-    ($t:ty) => {
-        impl Value for $t {
-            #[inline(always)]
-            fn perturb(self, c: f64, z: f32) -> $t {
-                <$t>::from_f32(self.to_f32().perturb(c, z))
-            }
-            #[inline(always)]
-            fn update(self, a: f32, lr: f64, decay: f64) -> $t {
-                <$t>::from_f32(self.to_f32().update(a, lr, decay))
-            }
-        }
-    };
-}
-half_value!(bf16);
-half_value!(f16);
-
-/// Runs `$body` with `$T` the Rust type of `$kind`.
-macro_rules! by_kind {
-    ($kind:expr, $T:ident => $body:expr) => {
-        match $kind {
-            Kind::Float => {
-                type $T = f32;
-                $body
-            }
-            Kind::Double => {
-                type $T = f64;
-                $body
-            }
-            Kind::BFloat16 => {
-                type $T = bf16;
-                $body
-            }
-            Kind::Half => {
-                type $T = f16;
-                $body
-            }
-            other => panic!("the fast stream perturbs floating-point tensors, not {other:?}"),
-        }
-    };
-}
-
-/// Defines `fn $name<T: Value>(..)` three times over, for AVX-512, AVX2 and the baseline, and
-/// calls the widest the CPU has.
-///
-/// The crate is built for the x86-64 baseline (SSE2), where the loops around the generator (θ ± c z
-/// over a block, the update's sum and write) ran four floats a step and cost about half as much
-/// again as drawing z; the same source compiled with AVX-512 enabled does sixteen. Rust never
-/// contracts a · b + c into a fused multiply-add, so every version computes the same bits (tested).
-macro_rules! widest {
-    ($(#[$doc:meta])* fn $name:ident<T: Value>($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
-        $(#[$doc])*
-        fn $name<T: Value>($($arg: $ty),*) {
-            #[inline(always)]
-            fn generic<T: Value>($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                fn avx512<T: Value>($($arg: $ty),*) {
-                    generic($($arg),*)
-                }
-                #[target_feature(enable = "avx2")]
-                fn avx2<T: Value>($($arg: $ty),*) {
-                    generic($($arg),*)
-                }
-                match philox::isa() {
-                    // SAFETY: the CPU has AVX-512F.
-                    philox::Isa::Avx512 => return unsafe { avx512($($arg),*) },
-                    // SAFETY: the CPU has AVX2.
-                    philox::Isa::Avx2 => return unsafe { avx2($($arg),*) },
-                    philox::Isa::Baseline => {}
-                }
-            }
-            generic($($arg),*)
-        }
-    };
-}
-
-widest! {
-    /// `dst = src + c z(first ..)`, block by block.
-    fn perturb_chunk<T: Value>(key: [u32; 2], first: usize, src: &[T], dst: &mut [T], c: f64) {
-        let mut z = [0f32; BLOCK];
-        for (bi, (dst, src)) in dst.chunks_mut(BLOCK).zip(src.chunks(BLOCK)).enumerate() {
-            let z = &mut z[..dst.len()];
-            philox::fill(key, (first + bi * BLOCK) as u64, z);
-            for ((d, s), z) in dst.iter_mut().zip(src).zip(z.iter()) {
-                *d = s.perturb(c, *z);
-            }
-        }
-    }
-}
-
-widest! {
-    /// `plus = src + a z(first ..)` and `minus = src + b z(first ..)` from one draw of z.
-    fn perturb_pair_chunk<T: Value>(
-        key: [u32; 2],
-        first: usize,
-        src: &[T],
-        plus: &mut [T],
-        minus: &mut [T],
-        a: f64,
-        b: f64,
-    ) {
-        let mut z = [0f32; BLOCK];
-        let blocks = plus.chunks_mut(BLOCK).zip(minus.chunks_mut(BLOCK)).zip(src.chunks(BLOCK));
-        for (bi, ((plus, minus), src)) in blocks.enumerate() {
-            let z = &mut z[..src.len()];
-            philox::fill(key, (first + bi * BLOCK) as u64, z);
-            for (((p, m), s), z) in plus.iter_mut().zip(minus.iter_mut()).zip(src).zip(z.iter()) {
-                *p = s.perturb(a, *z);
-                *m = s.perturb(b, *z);
-            }
-        }
-    }
-}
-
-widest! {
-    /// `rows` (whole rows of `width`, the first of them row `first_row` of the gathered batch)
-    /// plus c z of their stored rows `ids[r]`, c = `coeffs[r / part]`.
-    fn perturb_rows_chunk<T: Value>(
-        key: [u32; 2],
-        rows: &mut [T],
-        width: usize,
-        first_row: usize,
-        ids: &[i64],
-        coeffs: &[f64],
-        part: usize,
-    ) {
-        let mut z = [0f32; BLOCK];
-        for (ri, row) in rows.chunks_mut(width).enumerate() {
-            let r = first_row + ri;
-            let (id, c) = (ids[r] as usize, coeffs[r / part]);
-            for (bi, row) in row.chunks_mut(BLOCK).enumerate() {
-                let z = &mut z[..row.len()];
-                philox::fill(key, (id * width + bi * BLOCK) as u64, z);
-                for (v, z) in row.iter_mut().zip(z.iter()) {
-                    *v = v.perturb(c, *z);
-                }
-            }
-        }
-    }
-}
-
-widest! {
-    /// θ ← θ − η (Σ_j g_j z_j + λ θ) over `theta`, elements `first ..` of its tensor.
-    fn update_chunk<T: Value>(keyed: &[([u32; 2], f32)], first: usize, theta: &mut [T], lr: f64, lambda: f64) {
-        let (mut a, mut z) = ([0f32; BLOCK], [0f32; BLOCK]);
-        let Some((&(key, g), rest)) = keyed.split_first() else { return };
-        for (bi, theta) in theta.chunks_mut(BLOCK).enumerate() {
-            let start = (first + bi * BLOCK) as u64;
-            let (a, z) = (&mut a[..theta.len()], &mut z[..theta.len()]);
-            philox::fill(key, start, z);
-            // The sum a starts from +0, which its first term's rounding (and sign of zero) keeps.
-            if rest.is_empty() {
-                for (v, z) in theta.iter_mut().zip(z.iter()) {
-                    *v = v.update(0.0 + g * z, lr, lambda);
-                }
-                continue;
-            }
-            for (a, z) in a.iter_mut().zip(z.iter()) {
-                *a = 0.0 + g * z;
-            }
-            for &(key, g) in rest {
-                philox::fill(key, start, z);
-                for (a, z) in a.iter_mut().zip(z.iter()) {
-                    *a += g * z;
-                }
-            }
-            for (v, a) in theta.iter_mut().zip(a.iter()) {
-                *v = v.update(*a, lr, lambda);
-            }
-        }
-    }
-}
-
-/// The elements of a contiguous CPU tensor.
-///
-/// # Safety
-/// `t` must be a contiguous CPU tensor whose elements are `T`s, not aliased mutably elsewhere for the
-/// lifetime of the slice.
-// A tensor handle is a shared reference to storage that libtorch lets any handle write.
-#[allow(clippy::mut_from_ref)]
-unsafe fn slice_mut<T>(t: &Tensor) -> &mut [T] {
-    // (Not checked against tch's `Element::KIND`: tch 0.24 declares bf16 as Kind::Half.)
-    debug_assert!(t.is_contiguous() && t.device() == Device::Cpu);
-    let n = t.numel();
-    if n == 0 {
-        return &mut [];
-    }
-    std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, n)
-}
 
 /// A tensor's identity while the run lasts: its storage address.
 fn address(t: &Tensor) -> usize {
@@ -465,127 +229,6 @@ impl FastStream {
         let i = self.index_of(t)?;
         self.deferred.borrow_mut().catch_up(i, ids);
         Some(i)
-    }
-}
-
-/// Updates deferred by [`FastStream::apply_deferring`].
-#[derive(Default)]
-struct Deferred {
-    /// Stream indices of the tensors some forward pass used whole: updated at once, always.
-    read_whole: std::collections::HashSet<usize>,
-    /// Tensors whose rows take their updates when read, by stream index.
-    tensors: HashMap<usize, DeferredTensor>,
-    /// Every update since the first deferred one, in order.
-    log: Vec<Update>,
-    /// How many of `log` the weights stand at: all of it, except while an earlier copy of the
-    /// weights is swapped in ([`FastStream::restore`]).
-    upto: Option<usize>,
-}
-
-struct DeferredTensor {
-    tensor: Tensor,
-    /// Elements per row (first dimension).
-    width: usize,
-    /// Whether weight decay applies to it.
-    decays: bool,
-    /// Per row, how many updates of the log it has had.
-    applied: Vec<usize>,
-}
-
-/// One step's update: its directions (seed, g / n) and rates.
-struct Update {
-    directions: Vec<(u64, f32)>,
-    lr: f64,
-    weight_decay: f64,
-}
-
-/// A step's directions under one tensor's keys, with their g / n.
-type Keyed = Vec<([u32; 2], f32)>;
-
-impl Update {
-    fn keyed(&self, index: usize) -> Keyed {
-        self.directions.iter().map(|&(seed, g)| (philox::key(seed, index), g)).collect()
-    }
-}
-
-/// Where deferred rows stood when a copy of the weights was taken.
-pub struct DeferredState {
-    upto: usize,
-    applied: HashMap<usize, Vec<usize>>,
-}
-
-impl Deferred {
-    fn upto(&self) -> usize {
-        self.upto.unwrap_or(self.log.len())
-    }
-
-    /// Updates `from .. upto` of the log as tensor `i` takes them: keyed directions, η and λ.
-    fn pending(&self, i: usize, from: usize, upto: usize) -> Vec<(Keyed, f64, f64)> {
-        let decays = self.tensors[&i].decays;
-        self.log[from..upto]
-            .iter()
-            .map(|u| (u.keyed(i), u.lr, if decays { u.weight_decay } else { 0.0 }))
-            .collect()
-    }
-
-    /// A forward pass uses tensor `i` whole: it gets its pending updates (if it was ever
-    /// deferred) and is updated at once from now on.
-    fn read_whole(&mut self, i: usize) {
-        self.read_whole.insert(i);
-        self.flush(i);
-    }
-
-    /// Rows `ids` of tensor `i`, if deferred, get their pending updates.
-    fn catch_up(&mut self, i: usize, ids: &Tensor) {
-        let upto = self.upto();
-        let Some(t) = self.tensors.get(&i) else { return };
-        let ids: Vec<i64> = Vec::try_from(ids.flatten(0, -1).to_device(Device::Cpu).to_kind(Kind::Int64))
-            .expect("row ids are int64");
-        let mut rows: Vec<usize> = ids.iter().map(|&r| r as usize).filter(|&r| t.applied[r] < upto).collect();
-        let Some(oldest) = rows.iter().map(|&r| t.applied[r]).min() else { return };
-        rows.sort_unstable();
-        rows.dedup();
-        let pending = self.pending(i, oldest, upto);
-        let t = self.tensors.get_mut(&i).expect("deferred");
-        by_kind!(t.tensor.kind(), T => {
-            // SAFETY: a contiguous CPU tensor of kind T (FastStream::new), written only here
-            // while no forward pass reads it.
-            let theta = unsafe { slice_mut::<T>(&t.tensor) };
-            for &r in &rows {
-                let row = &mut theta[r * t.width..(r + 1) * t.width];
-                for (keyed, lr, lambda) in &pending[t.applied[r] - oldest..] {
-                    update_chunk(keyed, r * t.width, row, *lr, *lambda);
-                }
-                t.applied[r] = upto;
-            }
-        });
-    }
-
-    /// Every row of tensor `i` gets its pending updates, in parallel over rows.
-    fn flush(&mut self, i: usize) {
-        let upto = self.upto();
-        let Some(t) = self.tensors.get(&i) else { return };
-        let Some(&oldest) = t.applied.iter().min() else { return };
-        if oldest >= upto {
-            return;
-        }
-        let pending = self.pending(i, oldest, upto);
-        let t = self.tensors.get_mut(&i).expect("deferred");
-        let (width, applied) = (t.width, &t.applied);
-        by_kind!(t.tensor.kind(), T => {
-            // SAFETY: as in `catch_up`.
-            let theta = unsafe { slice_mut::<T>(&t.tensor) };
-            let rows_per_task = task_len(theta.len()).div_ceil(width).max(1);
-            for_chunks(theta, rows_per_task * width, |ti, rows| {
-                for (ri, row) in rows.chunks_mut(width).enumerate() {
-                    let r = ti * rows_per_task + ri;
-                    for (keyed, lr, lambda) in &pending[applied[r] - oldest..] {
-                        update_chunk(keyed, r * width, row, *lr, *lambda);
-                    }
-                }
-            });
-        });
-        t.applied.iter_mut().for_each(|a| *a = upto);
     }
 }
 

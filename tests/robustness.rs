@@ -576,3 +576,101 @@ fn checkpoints_with_non_finite_weights_are_refused() {
         .unwrap();
     refused(output, &format!("tensor {name} holds NaN"));
 }
+
+#[test]
+fn output_paths_that_cannot_be_written_are_input_errors_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = demo_split(dir.path(), 4, 42);
+    let eval = |out: &Path| {
+        mezo()
+            .args(["-q", "eval", "--task", "sst-2", "--model"])
+            .arg(repo("tests/fixtures/models/roberta"))
+            .arg("--data-dir")
+            .arg(&split)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    refused(eval(&dir.path().join("no/such/dir/r.json")), "does not exist");
+    refused(eval(dir.path()), "is a directory");
+    let kernels = dir.path().join("k.h5");
+    ok(kernel(&split, &kernels, &[]));
+    let solve = mezo().args(["-q", "solve", "--kernels"]).arg(&kernels).arg("--out").arg(dir.path()).output();
+    refused(solve.unwrap(), "is a directory");
+    assert!(!mezo::h5::partial_path(dir.path()).exists());
+
+    // A read-only file system (root writes anywhere else).
+    let disk = dir.path().join("ro");
+    let command = format!(
+        "mount -o remount,ro '{d}' && {MEZO} -q kernel --task sst-2 --model '{}' --data-dir '{}' --out '{d}/k.h5'",
+        repo("tests/fixtures/models/roberta").display(),
+        split.display(),
+        d = disk.display()
+    );
+    let output = on_small_disk(&disk, 1024, &command);
+    refused(output, "not writable");
+}
+
+#[test]
+fn kernel_resume_refuses_other_weights_under_the_same_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = demo_split(dir.path(), 4, 42);
+    let model = dir.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let source = repo("tests/fixtures/models/roberta");
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+    }
+    let out = dir.path().join("k.h5");
+    let run = |env: Option<&str>| {
+        let mut cmd = mezo();
+        cmd.args(["-q", "kernel", "--task", "sst-2", "--row-block", "1", "--model"])
+            .arg(&model)
+            .arg("--data-dir")
+            .arg(&split)
+            .arg("--out")
+            .arg(&out);
+        if let Some(blocks) = env {
+            cmd.env("MEZO_TEST_CRASH_AFTER_BLOCKS", blocks);
+        }
+        cmd.output().unwrap()
+    };
+    assert!(!run(Some("2")).status.success());
+    let mut tensors = tch::Tensor::read_safetensors(source.join("model.safetensors")).unwrap();
+    let (_, t) = tensors.iter_mut().find(|(n, _)| n.contains("layer.1.output.dense.weight")).unwrap();
+    let _ = t.get(0).get(0).fill_(0.125);
+    tch::Tensor::write_safetensors(&tensors, model.join("model.safetensors")).unwrap();
+    refused(run(None), "model_fingerprint");
+}
+
+#[test]
+fn kernels_of_strings_and_unclosed_mappings_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.h5");
+    {
+        let file = hdf5::File::create(&path).unwrap();
+        let text: hdf5::types::VarLenUnicode = "x".parse().unwrap();
+        for split in ["train", "dev", "test"] {
+            let values = ndarray::Array4::from_elem((1, 1, 1, 1), text.clone());
+            file.new_dataset_builder().with_data(&values).create(split).unwrap();
+            file.new_dataset::<i64>().shape([1]).create(format!("{split}_labels").as_str()).unwrap();
+        }
+        let task: hdf5::types::VarLenUnicode = "sst-2".parse().unwrap();
+        file.new_attr::<hdf5::types::VarLenUnicode>().create("task").unwrap().write_scalar(&task).unwrap();
+    }
+    let out = dir.path().join("r.json");
+    let solve = mezo().args(["-q", "solve", "--kernels"]).arg(&path).arg("--out").arg(&out).output().unwrap();
+    refused(solve, "dataset 'train' does not hold floating-point numbers");
+
+    let split = demo_split(dir.path(), 4, 42);
+    let encode = mezo()
+        .args(["-q", "encode", "--task", "sst-2", "--mapping", "{'0':'terrible','1':'great'", "--model"])
+        .arg(repo("tests/fixtures/models/roberta"))
+        .arg("--data-dir")
+        .arg(&split)
+        .output()
+        .unwrap();
+    refused(encode, "--mapping");
+}

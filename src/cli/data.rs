@@ -82,7 +82,15 @@ impl DataArgs {
     pub fn config(&self) -> Result<DataConfig, InputError> {
         let task = tasks::task(&self.task).map_err(|e| InputError(format!("--task: {e}")))?;
         let mapping = match &self.mapping {
-            Some(text) => template::parse_mapping(text).map_err(|e| InputError(format!("--mapping: {e}")))?,
+            Some(text) => {
+                let mapping =
+                    template::parse_mapping(text).map_err(|e| InputError(format!("--mapping: {e}")))?;
+                if !task.regression {
+                    template::label_words(&mapping, task.labels)
+                        .map_err(|e| InputError(format!("--mapping: {e}")))?;
+                }
+                mapping
+            }
             None => task.mapping.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         let mut lengths = task.lengths(self.preset);

@@ -380,7 +380,15 @@ fn label_word_id(tokenizer: &Tokenizer, word: &str) -> Result<i64, InputError> {
 pub fn parse_mapping(text: &str) -> Result<Vec<(String, String)>, InputError> {
     let bad = |why: String| InputError(format!("mapping '{text}': {why}"));
     let body = text.trim();
-    let body = body.strip_prefix('{').and_then(|b| b.strip_suffix('}')).unwrap_or(body);
+    let body = match (body.strip_prefix('{'), body.ends_with('}')) {
+        (Some(inner), true) => &inner[..inner.len() - 1],
+        (Some(_), false) => return Err(bad("a dict that is not closed (no final '}')".into())),
+        (None, true) => return Err(bad("a dict that is not opened (no first '{')".into())),
+        (None, false) => body,
+    };
+    if let Some(c) = split_quote_state(body) {
+        return Err(bad(format!("a quote ({c}) that is not closed")));
+    }
     let unquote = |s: &str| -> String {
         let s = s.trim();
         for q in ['\'', '"'] {
@@ -412,6 +420,19 @@ pub fn parse_mapping(text: &str) -> Result<Vec<(String, String)>, InputError> {
         return Err(bad("no label:word pairs".into()));
     }
     Ok(pairs)
+}
+
+/// The quote left open at the end of `s`, if any.
+fn split_quote_state(s: &str) -> Option<char> {
+    let mut quote = None;
+    for c in s.chars() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            _ => {}
+        }
+    }
+    quote
 }
 
 fn split_outside_quotes(s: &str, separator: char) -> Vec<String> {

@@ -1,6 +1,6 @@
 //! Makes the `mezo` binary (and test binaries) find libtorch and the CUDA libraries of the PyPI torch
 //! wheel at run time without LD_LIBRARY_PATH: tch's own rpath only applies to tch's targets, so we
-//! emit ours here (see ../shared/setup-notes.md §5 for each pitfall these lines avoid).
+//! emit ours here (each line below says what it avoids).
 use std::path::{Path, PathBuf};
 
 fn main() {

@@ -114,7 +114,12 @@ fn main() {
         "cuda" => Device::Cuda(0),
         other => panic!("--device cpu|cuda, not {other}"),
     };
-    let dtype: Dtype = arg(&args, "--dtype", "f32").parse().unwrap();
+    let dtype = match arg(&args, "--dtype", "f32").as_str() {
+        "f32" => Dtype::F32,
+        "bf16" => Dtype::Bf16,
+        "f16" => Dtype::F16,
+        other => panic!("--dtype f32|bf16|f16, not {other}"),
+    };
     mezo::dist::device::set_threads(threads as usize);
     let random = arg(&args, "--random-opt", "");
     let scratch = tempfile::tempdir().unwrap();

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Reference eNTK kernels for tests/kernel.rs, computed with torch.func the way LM-Kernel-FT defines
-them (spec kernel.md §1-§3), in float64.
+them (docs/reference.md §6), in float64.
 
     .venv/bin/python scripts/make_kernel_fixture.py target/debug/mezo
 

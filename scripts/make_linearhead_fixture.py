@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference linear probes for tests/linearhead.rs: LM-Kernel-FT's linear-head trainer (spec kernel.md
+"""Reference linear probes for tests/linearhead.rs: LM-Kernel-FT's linear-head trainer (docs/reference.md
 §8) with transformers features and scikit-learn's LogisticRegressionCV.
 
     .venv/bin/python scripts/make_linearhead_fixture.py target/debug/mezo

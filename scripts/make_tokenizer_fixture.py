@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes tests/fixtures/tokenizer/tokenizer.json: a RoBERTa-style byte-level BPE (ByteLevel
 pre-tokenizer without prefix space, <s>=0 <pad>=1 </s>=2 <unk>=3, <mask> last) trained on a corpus
-built so that the worked examples of the data spec (section 6) tokenize exactly as roberta-base
+built so that the worked examples the tests tokenize (LM-BFF's documented cases) tokenize exactly as roberta-base
 does. It checks those token sequences before writing, so a fixture that does not reproduce them
 is never committed.
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """An independent implementation of LM-BFF's tools/generate_k_shot_data.py (with the
 k-shot-1k-test mode of LM-Kernel-FT/MeZO) on numpy's global RandomState and pandas, written from
-the reference's behaviour (data spec section 2). It is the yardstick `mezo kshot` is compared
+the reference's behaviour (docs/reference.md §2). It is the yardstick `mezo kshot` is compared
 against: scripts/make_kshot_fixtures.py runs it to produce the expected files, and
 benches/kshot-real-sizes.sh times it beside mezo.
 

@@ -115,6 +115,32 @@ pub fn check_output(what: &str, path: &Path, is_dir: bool) -> Result<(), crate::
     Ok(())
 }
 
+/// Bytes free to unprivileged writers on the file system holding `path` (or its directory).
+pub fn free_space(path: &Path) -> Option<u64> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let c = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()).ok()?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a NUL-terminated path and a buffer of the struct's size.
+    if unsafe { libc::statvfs(c.as_ptr(), stats.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statvfs succeeded and filled it.
+    let stats = unsafe { stats.assume_init() };
+    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
+/// The process's file-size limit (RLIMIT_FSIZE, `ulimit -f`), if it has one.
+pub fn file_size_limit() -> Option<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit) } != 0
+        || limit.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    Some(limit.rlim_cur)
+}
+
 /// An exclusive advisory lock on a file (created if missing), held until dropped or until the
 /// process ends.
 #[derive(Debug)]

@@ -267,7 +267,30 @@ impl H5File {
             H5Pclose(dxpl);
             rc
         });
-        ensure!(rc >= 0, "HDF5 transfer failed: {failure}");
+        if rc < 0 {
+            // MPI-IO reports its own error classes, which seldom carry the OS error: say how much
+            // room the file system has, which tells a full disk at once.
+            if let Some(limit) = crate::fsio::file_size_limit() {
+                let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+                let needed = count.iter().product::<u64>() * std::mem::size_of::<T>() as u64;
+                if size + needed > limit {
+                    failure +=
+                        &format!(" (File too large: the file-size limit, ulimit -f, is {limit} bytes)");
+                }
+            }
+            if !failure.contains("No space left") && !failure.contains("File too large") {
+                if let Some(free) = crate::fsio::free_space(&self.path) {
+                    let needed = count.iter().product::<u64>() * std::mem::size_of::<T>() as u64;
+                    failure += &format!(" ({free} bytes free on the file system of {}", self.path.display());
+                    failure += &if free < needed {
+                        format!(", this write needs {needed}: No space left on device)")
+                    } else {
+                        ")".to_string()
+                    };
+                }
+            }
+            bail!("HDF5 transfer failed: {failure}");
+        }
         Ok(match mode {
             H5D_mpio_actual_io_mode_t::H5D_MPIO_NO_COLLECTIVE => TransferMode::Independent,
             _ => TransferMode::Collective,

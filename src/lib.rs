@@ -13,8 +13,11 @@
 //! model    RoBERTa/BERT prompt models, OPT and Llama-family causal LMs on tch; HF checkpoints
 //!          in and out; parameters in HF order, freezing rules, LoRA and prefix adapters
 //! optim    zeroth-order SGD (MeZO): the reference's random stream, and the fast counter-based
-//!          stream (Philox, perturbed weights formed just in time, NVRTC kernels on GPUs)
-//! train    the training loop: data-parallel steps, dev evaluation, best-dev weights, run directory
+//!          stream (Philox, perturbed weights formed just in time, NVRTC kernels on GPUs); `Mezo`,
+//!          the optimiser object that owns a stream, its update rule and its pending rows
+//! train    the training loop between two objects, the optimiser and the run (trajectory,
+//!          metrics, best-dev weights); run directories owned by one configuration and one writer;
+//!          checksummed trajectories that resume and replay
 //! eval     task metrics of a model on dev/test, features sharded over ranks
 //! kernel   eNTK kernels: per-example gradients computed once per row block (vocabulary rows kept
 //!          sparse), f64 products, row blocks over ranks into one HDF5 file, resumable
@@ -39,7 +42,7 @@
 //! ```
 //!
 //! A [`dist::Dist`] is created once per process and passed down; no module reaches for a global
-//! communicator. The design this grows along is `../shared/design.md` in the project workspace.
+//! communicator. The reference behaviours the code reproduces are described in `docs/reference.md`.
 
 pub mod check;
 pub mod cli;

@@ -1,4 +1,4 @@
-//! Linear probing (LM-Kernel-FT's `linearhead_trainer.py`, spec kernel.md §8): fit a linear model
+//! Linear probing (LM-Kernel-FT's `linearhead_trainer.py`, docs/reference.md §8): fit a linear model
 //! on the frozen input of the model's output layer and write it into that layer, so that the
 //! model itself then predicts with the probe, and `mezo kernel --few-shot-type finetune` can
 //! differentiate around a trained head as the reference's `--from_linearhead` does.

@@ -1,4 +1,4 @@
-//! Task metrics as LM-BFF computes them (data spec §1.4), on class ids or scores.
+//! Task metrics as LM-BFF computes them (docs/reference.md §1.3), on class ids or scores.
 
 use std::collections::BTreeMap;
 

@@ -74,7 +74,7 @@ fn kernels_match_torch_func_and_the_spec_facts() {
             assert_eq!(ours.size(), reference.size(), "{name} {split}");
             if *name == "signgd" {
                 // Sign kernels count the coordinates whose true gradient is 0 but whose computed
-                // one is rounding noise with a random sign (spec §2): the attention key biases,
+                // one is rounding noise with a random sign (docs/reference.md §6.2): the attention key biases,
                 // 2 layers × 32 here, each changing an entry by at most 2.
                 let d = (&ours - reference).abs().max().double_value(&[]);
                 assert!(d <= 2.0 * 64.0, "signgd {split}: entries differ by up to {d} from torch.func");

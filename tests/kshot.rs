@@ -1,4 +1,5 @@
-//! The k-shot generator against the reference tool's toy runs (data spec §6, facts 6-8).
+//! The k-shot generator against the reference tool's toy runs (docs/reference.md §2): outputs
+//! recorded from the reference on small inputs.
 
 use mezo::data::kshot::{generate, KshotConfig, Mode};
 use std::path::Path;

@@ -130,7 +130,11 @@ fn features_match_transformers() {
             task,
             data_dir: split_dir(case, work.path()),
             tokenizer: repo(MODEL).join("tokenizer.json"),
-            few_shot_type: case["few_shot_type"].as_str().unwrap().parse().unwrap(),
+            few_shot_type: match case["few_shot_type"].as_str().unwrap() {
+                "prompt" => mezo::data::dataset::FewShotType::Prompt,
+                "finetune" => mezo::data::dataset::FewShotType::Finetune,
+                other => panic!("few_shot_type {other}"),
+            },
             template: task.template.to_string(),
             mapping: task.mapping.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             lengths: task.lengths(Preset::Mezo),

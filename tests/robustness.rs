@@ -444,24 +444,59 @@ fn solve_refuses_non_finite_kernels() {
     }
 }
 
-/// Runs `command` (a shell command line) with `dir` a tmpfs of `kib` KiB, in a mount namespace of
-/// its own (root: `unshare -m`; otherwise a user namespace too).
-fn on_small_disk(dir: &Path, kib: usize, command: &str) -> Output {
-    std::fs::create_dir_all(dir).unwrap();
-    let script = format!("mount -t tmpfs -o size={kib}k tmpfs '{}' && {command}", dir.display());
+/// Whether this machine lets the tests mount a tmpfs in a mount namespace of their own (root:
+/// `unshare -m`, otherwise a user namespace too). A chroot whose root is no mount point does not.
+fn tmpfs_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        if std::env::var_os("MEZO_TEST_NO_TMPFS").is_some() {
+            return false; // to run the fallback where a tmpfs could be had
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let script = format!("mount -t tmpfs -o size=64k tmpfs '{0}' && umount '{0}'", dir.path().display());
+        unshare().args(["sh", "-c", &script]).output().is_ok_and(|o| o.status.success())
+    })
+}
+
+fn unshare() -> Command {
     // SAFETY: getuid has no preconditions.
     let root = unsafe { libc::getuid() } == 0;
     let mut cmd = Command::new("unshare");
-    cmd.arg(if root { "-m" } else { "-rm" }).args(["sh", "-c", &script]);
-    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1").env_remove("RUST_LOG");
-    let output = cmd.output().unwrap();
-    let err = stderr(&output);
-    assert!(!err.contains("mount:") && !err.contains("unshare:"), "no tmpfs for the disk-full test: {err}");
-    output
+    cmd.arg(if root { "-m" } else { "-rm" });
+    cmd
 }
 
-/// Lists what a command left in a tmpfs (listed inside the same namespace, as it goes with it).
-const LIST: &str = "; status=$?; ls -a \"$D\" | sed 's/^/left: /'; exit $status";
+/// The messages of a write that found no room: a full tmpfs, or the file-size limit that stands in
+/// for one where no tmpfs can be mounted.
+const NO_ROOM: [&str; 2] = ["No space left on device", "File too large"];
+
+/// Runs the shell command `limited` where mezo's writes under `dir` (`$D` in the commands) find no
+/// room past `kib` KiB, then `then` with room again. A disk-full where the machine allows it:
+/// `dir` a tmpfs of that size in a mount namespace of the test's own, remounted larger for `then`.
+/// Otherwise an injected write error: `$LIMIT` before mezo in `limited` puts it under a file-size
+/// limit (RLIMIT_FSIZE; mezo ignores SIGXFSZ, so a write past it fails with EFBIG as a full disk
+/// fails with ENOSPC), which is empty with a tmpfs.
+fn on_small_disk(dir: &Path, kib: usize, limited: &str, then: &str) -> Output {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut cmd = if tmpfs_available() {
+        let mut cmd = unshare();
+        cmd.args(["sh", "-c"]).arg(format!(
+            "mount -t tmpfs -o size={kib}k tmpfs \"$D\" || exit 97; sh -c \"$LIMITED\"; \
+             mount -o remount,size=64m \"$D\"; sh -c \"$THEN\""
+        ));
+        cmd
+    } else {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sh -c \"$LIMITED\"; sh -c \"$THEN\""]);
+        cmd.env("LIMIT", format!("prlimit --fsize={}", kib * 1024));
+        cmd
+    };
+    cmd.env("D", dir).env("LIMITED", limited).env("THEN", then);
+    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1").env_remove("RUST_LOG");
+    let output = cmd.output().unwrap();
+    assert_ne!(output.status.code(), Some(97), "mounting the tmpfs failed: {}", stderr(&output));
+    output
+}
 
 #[test]
 fn a_full_disk_never_yields_a_final_kernel_file_and_ends_every_rank() {
@@ -476,19 +511,21 @@ fn a_full_disk_never_yields_a_final_kernel_file_and_ends_every_rank() {
             format!("timeout 120 mpirun --oversubscribe -np {ranks} ")
         };
         let command = format!(
-            "D='{disk}'; {launcher}{MEZO} -q kernel --task sst-2 --model '{}' --data-dir '{}' --out \"$D/k.h5\" \
-             --row-block 2{LIST}",
+            "{launcher}$LIMIT {MEZO} -q kernel --task sst-2 --model '{}' --data-dir '{}' --out \"$D/k.h5\" --row-block 2; \
+             echo \"status=$?\"; ls -a \"$D\" | sed 's/^/left: /'",
             model.display(),
             split.display(),
-            disk = disk.display()
         );
         let start = Instant::now();
-        let output = on_small_disk(&disk, 96, &command);
+        let output = on_small_disk(&disk, 96, &command, "");
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         let err = stderr(&output);
         assert!(start.elapsed() < Duration::from_secs(100), "{ranks} rank(s): did not end promptly: {err}");
-        assert!(!output.status.success(), "{ranks} rank(s): a full disk exited 0: {stdout}{err}");
-        assert_ne!(output.status.code(), Some(124), "{ranks} rank(s): hung until the timeout: {err}");
+        assert!(stdout.contains("status=1"), "{ranks} rank(s): not exit 1 on a full disk: {stdout}{err}");
+        assert!(
+            NO_ROOM.iter().any(|m| err.contains(m)),
+            "{ranks} rank(s): no OS error in the message: {err}"
+        );
         assert!(!stdout.lines().any(|l| l == "left: k.h5"), "{ranks} rank(s): a final-named file: {stdout}");
         assert!(err.contains("k.h5"), "{ranks} rank(s): the message does not name the file: {err}");
         assert!(!err.contains("panicked"), "{err}");
@@ -505,18 +542,17 @@ fn a_full_disk_leaves_a_run_that_resumes_to_the_uninterrupted_result() {
     let args: Vec<String> =
         train_args(&split, &[]).iter().map(|a| format!("'{}'", a.to_string_lossy())).collect();
     let train = format!("{MEZO} {}", args.join(" "));
-    let command = format!(
-        "D='{disk}'; {train} --out \"$D/run\"; echo \"first=$?\"; ls -a \"$D/run\" | sed 's/^/left: /'; \
-         mount -o remount,size=8m \"$D\" && {train} --resume \"$D/run\" >/dev/null; echo \"second=$?\"; \
-         cp -r \"$D/run\" '{kept}'",
-        disk = disk.display(),
-        kept = kept.display()
+    let limited =
+        format!("$LIMIT {train} --out \"$D/run\"; echo \"first=$?\"; ls -a \"$D/run\" | sed 's/^/left: /'");
+    let then = format!(
+        "{train} --resume \"$D/run\" >/dev/null; echo \"second=$?\"; cp -r \"$D/run\" '{}'",
+        kept.display()
     );
-    let output = on_small_disk(&disk, 160, &command);
+    let output = on_small_disk(&disk, 160, &limited, &then);
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let err = stderr(&output);
     assert!(stdout.contains("first=1"), "{stdout}{err}");
-    assert!(err.contains("No space left on device") && err.contains("model"), "{err}");
+    assert!(NO_ROOM.iter().any(|m| err.contains(m)) && err.contains("model"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     for name in ["results.json", "model", "model.partial"] {
         assert!(
@@ -600,15 +636,15 @@ fn output_paths_that_cannot_be_written_are_input_errors_before_any_work() {
     refused(solve.unwrap(), "is a directory");
     assert!(!mezo::h5::partial_path(dir.path()).exists());
 
-    // A read-only file system (root writes anywhere else).
-    let disk = dir.path().join("ro");
-    let command = format!(
-        "mount -o remount,ro '{d}' && {MEZO} -q kernel --task sst-2 --model '{}' --data-dir '{}' --out '{d}/k.h5'",
-        repo("tests/fixtures/models/roberta").display(),
-        split.display(),
-        d = disk.display()
-    );
-    let output = on_small_disk(&disk, 1024, &command);
+    // A directory nobody may write, root included: immutable (a read-only file system takes the
+    // same path through access(2)).
+    let locked = dir.path().join("locked");
+    std::fs::create_dir_all(&locked).unwrap();
+    let chattr =
+        |flag: &str| Command::new("chattr").arg(flag).arg(&locked).status().is_ok_and(|s| s.success());
+    assert!(chattr("+i"), "chattr +i failed on {}", locked.display());
+    let output = kernel(&split, &locked.join("k.h5"), &[]);
+    chattr("-i");
     refused(output, "not writable");
 }
 

@@ -84,7 +84,7 @@ fn close(a: f64, b: f64, rel: f64) -> bool {
     (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-12)
 }
 
-/// The worked example of spec §10: train g₁ = (1,2,0) (y = +1), g₂ = (−1,1,1) (y = −1), test
+/// A worked example small enough to solve by hand: train g₁ = (1,2,0) (y = +1), g₂ = (−1,1,1) (y = −1), test
 /// g₃ = (2,0,−1). Dev repeats train, so dev reports the in-sample fit.
 fn worked_example(dir: &Path, formula: &'static str, test_label: i64) -> PathBuf {
     let g = [[1.0, 2.0, 0.0], [-1.0, 1.0, 1.0], [2.0, 0.0, -1.0]];

@@ -1,3 +1,4 @@
+use super::choices::DtypeArg;
 use super::{on_root, Context};
 use crate::model::{self, Dtype, LoadOptions};
 use anyhow::Result;
@@ -14,7 +15,7 @@ pub struct ConvertArgs {
     out: PathBuf,
     /// Parameter type of the written model: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
-    dtype: Dtype,
+    dtype: DtypeArg,
     /// Files above this many bytes are split into model-0000i-of-0000n.safetensors shards.
     #[arg(long, default_value_t = model::MAX_SHARD_BYTES, value_name = "BYTES")]
     max_shard_size: usize,
@@ -24,10 +25,15 @@ pub struct ConvertArgs {
 pub fn run(ctx: &Context, args: &ConvertArgs) -> Result<()> {
     crate::fsio::check_output("--out", &args.out, true)?;
     on_root(ctx.dist, || {
-        let options = LoadOptions::new(tch::Device::Cpu, args.dtype);
+        let options = LoadOptions::new(tch::Device::Cpu, Dtype::from(args.dtype));
         let m = model::load(&args.model, &options)?;
         m.save(&args.out, args.max_shard_size)?;
-        log::info!("wrote {} ({} tensors, {:?})", args.out.display(), m.params.len(), args.dtype);
+        log::info!(
+            "wrote {} ({} tensors, {:?})",
+            args.out.display(),
+            m.params.len(),
+            Dtype::from(args.dtype)
+        );
         Ok(())
     })?;
     Ok(())

@@ -1,7 +1,8 @@
 //! Flags shared by every command that reads a task's data.
 
-use crate::data::dataset::{DataConfig, FewShotType};
-use crate::data::tasks::{self, Preset};
+use super::choices::{FewShotTypeArg, PresetArg};
+use crate::data::dataset::DataConfig;
+use crate::data::tasks;
 use crate::data::template;
 use crate::error::InputError;
 use clap::Args;
@@ -24,7 +25,7 @@ pub struct DataArgs {
     tokenizer: Option<PathBuf>,
     /// prompt, prompt-demo (one demonstration per label) or finetune (no template).
     #[arg(long, default_value = "prompt", value_name = "TYPE")]
-    few_shot_type: FewShotType,
+    few_shot_type: FewShotTypeArg,
     /// Template [default: the task's, as in the reference run scripts].
     #[arg(long)]
     template: Option<String>,
@@ -34,7 +35,7 @@ pub struct DataArgs {
     mapping: Option<String>,
     /// Length settings of which reference scripts: mezo, kernel-ft or lm-bff.
     #[arg(long, default_value = "mezo")]
-    preset: Preset,
+    preset: PresetArg,
     #[arg(long, value_name = "N")]
     max_seq_length: Option<usize>,
     /// Token limit of sentence 0.
@@ -93,7 +94,7 @@ impl DataArgs {
             }
             None => task.mapping.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
-        let mut lengths = task.lengths(self.preset);
+        let mut lengths = task.lengths(self.preset.into());
         if let Some(n) = self.max_seq_length {
             lengths.max_seq_length = n;
         }
@@ -113,7 +114,7 @@ impl DataArgs {
             task,
             data_dir: self.data_dir.clone(),
             tokenizer,
-            few_shot_type: self.few_shot_type,
+            few_shot_type: self.few_shot_type.into(),
             template: self.template.clone().unwrap_or_else(|| task.template.to_string()),
             mapping,
             lengths,

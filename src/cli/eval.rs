@@ -1,9 +1,10 @@
+use super::choices::DtypeArg;
 use super::data::DataArgs;
 use super::Context;
 use crate::data::dataset::{FewShotType, TaskData};
 use crate::error::input_error;
 use crate::eval::evaluate;
-use crate::model::{self, Dtype, LoadOptions};
+use crate::model::{self, LoadOptions};
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ pub struct EvalArgs {
     data: DataArgs,
     /// Parameter and activation type: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
-    dtype: Dtype,
+    dtype: DtypeArg,
     /// Features per forward pass on each rank.
     #[arg(long, default_value_t = 32, value_name = "N")]
     batch_size: usize,
@@ -40,7 +41,7 @@ pub fn run(ctx: &Context, args: &EvalArgs) -> Result<()> {
     let finetune = config.few_shot_type == FewShotType::Finetune;
     let options = LoadOptions {
         device,
-        dtype: args.dtype,
+        dtype: args.dtype.into(),
         num_labels: Some(config.task.labels.len() as i64),
         init_seed: config.seed as i64,
         lora: None,

@@ -1,23 +1,13 @@
+use super::choices::{DtypeArg, FormulaArg};
 use super::data::DataArgs;
 use super::Context;
 use crate::data::dataset::{FewShotType, TaskData};
 use crate::error::input_error;
-use crate::kernel::{compute, Formula, KernelConfig};
+use crate::kernel::{compute, KernelConfig};
 use crate::model::{self, Dtype, FreezeRules, LoadOptions, Scope};
 use anyhow::Result;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use std::path::PathBuf;
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum FormulaArg {
-    /// ⟨g(a), g(b)⟩.
-    Sgd,
-    /// ⟨sign g(a), sign g(b)⟩ (exact integers).
-    Signgd,
-    /// ⟨sign g(a), g(b)⟩ and ⟨g(a), sign g(b)⟩ (needs --binary).
-    #[value(name = "asymmetric_signgd", alias = "asymmetric-signgd")]
-    AsymmetricSigngd,
-}
 
 #[derive(Args, Debug)]
 pub struct KernelArgs {
@@ -49,7 +39,7 @@ pub struct KernelArgs {
     column_batch: usize,
     /// Parameter type (the reference computes kernels in f32).
     #[arg(long, default_value = "f32")]
-    dtype: Dtype,
+    dtype: DtypeArg,
     /// The kernel file (HDF5). Until it is complete it is FILE.partial, and running the same
     /// command again continues it.
     #[arg(long, value_name = "FILE.h5")]
@@ -66,7 +56,7 @@ pub fn run(ctx: &Context, args: &KernelArgs) -> Result<()> {
     let mut data_config = args.data.config()?;
     let options = LoadOptions {
         device: ctx.device.resolve(dist.local_rank())?,
-        dtype: args.dtype,
+        dtype: args.dtype.into(),
         num_labels: Some(data_config.task.labels.len() as i64),
         init_seed: data_config.seed as i64,
         lora: None,
@@ -101,16 +91,12 @@ pub fn run(ctx: &Context, args: &KernelArgs) -> Result<()> {
         "template": data_config.template,
         "label_words": data_config.mapping.iter().map(|(k, v)| serde_json::json!([k, v])).collect::<Vec<_>>(),
         "max_seq_length": data_config.lengths.max_seq_length,
-        "dtype": args.dtype,
+        "dtype": Dtype::from(args.dtype),
     });
     let mut data = TaskData::load(data_config)?;
     crate::eval::check_lengths(&model, &data)?;
     let config = KernelConfig {
-        formula: match args.formula {
-            FormulaArg::Sgd => Formula::Sgd,
-            FormulaArg::Signgd => Formula::SignGd,
-            FormulaArg::AsymmetricSigngd => Formula::AsymmetricSignGd,
-        },
+        formula: args.formula.into(),
         binary: args.binary,
         freeze: FreezeRules {
             scope: Scope::Full,

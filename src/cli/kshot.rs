@@ -1,3 +1,4 @@
+use super::choices::ModeArg;
 use super::{on_root, Context};
 use crate::data::kshot::{self, KshotConfig, Mode};
 use anyhow::Result;
@@ -15,7 +16,7 @@ pub struct KshotArgs {
     /// k-shot (dev: k per label), k-shot-10x (dev: 10k per label) or k-shot-1k-test (test sets over
     /// 1000 items cut to a seed-42 random 1000, as LM-Kernel-FT and MeZO use).
     #[arg(long, default_value = "k-shot", value_name = "MODE")]
-    mode: Mode,
+    mode: ModeArg,
     /// Training examples per label.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     k: u32,
@@ -32,7 +33,7 @@ pub fn run(ctx: &Context, args: &KshotArgs) -> Result<()> {
     let config = KshotConfig {
         data_dir: args.data_dir.clone(),
         out_dir: args.out.clone(),
-        mode: args.mode,
+        mode: args.mode.into(),
         k: args.k as usize,
         tasks: if args.tasks.is_empty() {
             kshot::DEFAULT_TASKS.iter().map(|t| t.to_string()).collect()
@@ -49,7 +50,7 @@ pub fn run(ctx: &Context, args: &KshotArgs) -> Result<()> {
         println!(
             "{} split directories written under {}",
             dirs.len(),
-            args.out.join(args.mode.dir_name()).display()
+            args.out.join(Mode::from(args.mode).dir_name()).display()
         );
     }
     Ok(())

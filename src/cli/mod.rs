@@ -2,6 +2,7 @@
 //! of the library modules. Nothing outside this module knows a flag.
 
 mod check;
+mod choices;
 mod convert;
 mod data;
 mod demo;

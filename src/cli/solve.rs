@@ -1,8 +1,9 @@
+use super::choices::SolverArg;
 use super::{on_root, Context};
 use crate::error::{self, input_error, InputError};
 use crate::solve::{self, SolveConfig, SolverKind};
 use anyhow::{Context as _, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -14,7 +15,7 @@ pub struct SolveArgs {
     /// lstsq (gelsy least squares), logistic (L2 logistic regression on kernel rows with 5-fold
     /// CV), svr, svc (SVMs on the precomputed kernel), asym (asymmetric_signgd kernels).
     #[arg(long, value_enum, default_value = "logistic")]
-    solver: Solver,
+    solver: SolverArg,
     /// Results JSON (written by rank 0): config, dev and test metrics at the best dev.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
@@ -38,25 +39,10 @@ pub struct SolveArgs {
     kernel_lambda: Option<f64>,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Solver {
-    Lstsq,
-    Logistic,
-    Svr,
-    Svc,
-    Asym,
-}
-
 pub fn run(ctx: &Context, args: &SolveArgs) -> Result<()> {
     crate::fsio::check_output("--out", &args.out, false)?;
     let dist = ctx.dist;
-    let solver = match args.solver {
-        Solver::Lstsq => SolverKind::Lstsq,
-        Solver::Logistic => SolverKind::Logistic,
-        Solver::Svr => SolverKind::Svr,
-        Solver::Svc => SolverKind::Svc,
-        Solver::Asym => SolverKind::Asym,
-    };
+    let solver = SolverKind::from(args.solver);
     if solver != SolverKind::Asym && (args.kernel_gamma.is_some() || args.kernel_lambda.is_some()) {
         return Err(input_error("--kernel-gamma and --kernel-lambda belong to --solver asym"));
     }

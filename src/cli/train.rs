@@ -1,95 +1,24 @@
+use super::choices::{
+    DecayRuleArg, DtypeArg, ObjectiveArg, OptimizerArg, ParallelArg, RngArg, ScheduleArg, StashArg,
+    ZoOptimizerArg,
+};
 use super::data::DataArgs;
 use super::Context;
 use crate::data::dataset::{FewShotType, TaskData};
 use crate::error::input_error;
-use crate::model::{self, Dtype, FreezeRules, LoadOptions, LoraConfig, Scope};
-use crate::optim::zo::{Rng, ZoOptimizer};
-use crate::optim::WeightDecay;
+use crate::model::{self, FreezeRules, LoadOptions, LoraConfig, Scope};
 use crate::train::run_dir::{DataRecord, Intent, LoadRecord, RunConfig, RunDir, State};
-use crate::train::Stash;
-use crate::train::{
-    train_first_order, train_mezo, FirstOrder, LrSchedule, Objective, Outcome, Parallel, TrainConfig,
-};
+use crate::train::{train_first_order, train_mezo, FirstOrder, Outcome, TrainConfig};
 use anyhow::Result;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use std::path::PathBuf;
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Optimizer {
-    /// Zeroth-order SGD (MeZO); --rng picks the perturbation stream.
-    Mezo,
-    /// Backpropagation with AdamW: the papers' fine-tuning baseline.
-    Adam,
-    /// Backpropagation with plain SGD.
-    Sgd,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Schedule {
-    Constant,
-    Linear,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum DecayRule {
-    /// Every trained tensor (MeZO medium, RoBERTa).
-    All,
-    /// Not biases and LayerNorms (MeZO large, OPT).
-    NoBiasNorm,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum ParallelArg {
-    /// Ranks split each batch and evaluate every direction.
-    Data,
-    /// Each rank evaluates its own direction on the whole batch (n-SPSA with n = ranks).
-    Directions,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum ZoOptimizerArg {
-    /// ZO-SGD, the reference update.
-    Sgd,
-    /// ZO-SGD with heavy-ball momentum (--momentum).
-    Momentum,
-    /// ZO-Adam.
-    Adam,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum RngArg {
-    /// Counter-based Philox normals, perturbed weights formed just in time: exact restore in
-    /// every dtype, no z in memory, one pass per update.
-    Fast,
-    /// MeZO's PyTorch stream (libtorch's generator, in-place perturbations): the trajectory of
-    /// the reference implementation with the same libtorch.
-    Reference,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum StashArg {
-    Memory,
-    /// In the run directory, for models whose extra copy would not fit in memory.
-    Disk,
-    /// Disk above 1 GiB of trained values.
-    Auto,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum ObjectiveArg {
-    Loss,
-    /// −accuracy of the batch.
-    Accuracy,
-    /// −binary F1 of the batch.
-    F1,
-}
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
     #[arg(long, value_enum, default_value = "mezo")]
-    optimizer: Optimizer,
+    optimizer: OptimizerArg,
     /// Run directory: config.json, metrics.jsonl, trajectory.jsonl, results.json, model/.
     #[arg(long, value_name = "DIR", required_unless_present = "resume")]
     out: Option<PathBuf>,
@@ -115,9 +44,9 @@ pub struct TrainArgs {
     weight_decay: f64,
     /// Which tensors weight decay applies to.
     #[arg(long, value_enum, default_value = "all")]
-    weight_decay_rule: DecayRule,
+    weight_decay_rule: DecayRuleArg,
     #[arg(long, value_enum, default_value = "constant")]
-    lr_schedule: Schedule,
+    lr_schedule: ScheduleArg,
     /// Evaluate on dev every N steps (and after the last); 0: only after the last.
     #[arg(long, default_value_t = 100)]
     eval_every: usize,
@@ -125,7 +54,7 @@ pub struct TrainArgs {
     eval_batch_size: usize,
     /// Parameter and activation type: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
-    dtype: Dtype,
+    dtype: DtypeArg,
     /// Save the final weights to RUN_DIR/model (a Hugging Face directory).
     #[arg(long)]
     save_model: bool,
@@ -222,14 +151,8 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
         lr: args.lr,
         eps: args.eps,
         weight_decay: args.weight_decay,
-        decay_rule: match args.weight_decay_rule {
-            DecayRule::All => WeightDecay::AllTensors,
-            DecayRule::NoBiasNorm => WeightDecay::ExcludeBiasAndNorm,
-        },
-        lr_schedule: match args.lr_schedule {
-            Schedule::Constant => LrSchedule::Constant,
-            Schedule::Linear => LrSchedule::Linear,
-        },
+        decay_rule: args.weight_decay_rule.into(),
+        lr_schedule: args.lr_schedule.into(),
         seed: data_config.seed,
         eval_every: args.eval_every,
         eval_batch_size: args.eval_batch_size,
@@ -242,36 +165,18 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
         out_dir: out_dir.clone(),
         save_model: args.save_model,
         zo_samples: args.zo_samples,
-        parallel: match args.parallel {
-            ParallelArg::Data => Parallel::Data,
-            ParallelArg::Directions => Parallel::Directions,
-        },
-        objective: match args.objective {
-            ObjectiveArg::Loss => Objective::Loss,
-            ObjectiveArg::Accuracy => Objective::Accuracy,
-            ObjectiveArg::F1 => Objective::F1,
-        },
+        parallel: args.parallel.into(),
+        objective: args.objective.into(),
         check_every: args.check_every,
-        zo_optimizer: match args.zo_optimizer {
-            ZoOptimizerArg::Sgd => ZoOptimizer::Sgd,
-            ZoOptimizerArg::Momentum => ZoOptimizer::Momentum { beta: args.momentum },
-            ZoOptimizerArg::Adam => ZoOptimizer::Adam,
-        },
+        zo_optimizer: args.zo_optimizer.with_momentum(args.momentum),
         micro_batch_size: args.micro_batch_size,
         paired_pass: !args.no_paired_pass,
-        rng: match args.rng {
-            RngArg::Fast => Rng::Fast,
-            RngArg::Reference => Rng::Reference,
-        },
-        stash: match args.best_weights {
-            StashArg::Memory => Stash::Memory,
-            StashArg::Disk => Stash::Disk,
-            StashArg::Auto => Stash::Auto,
-        },
+        rng: args.rng.into(),
+        stash: args.best_weights.into(),
     };
     let options = LoadOptions {
         device: ctx.device.resolve(dist.local_rank())?,
-        dtype: args.dtype,
+        dtype: args.dtype.into(),
         num_labels: Some(data_config.task.labels.len() as i64),
         init_seed: data_config.seed as i64,
         lora,
@@ -291,7 +196,7 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
     let run_config = RunConfig {
         program: format!("mezo {}", env!("CARGO_PKG_VERSION")),
         optimizer: format!("{:?}", args.optimizer).to_lowercase(),
-        rng: matches!(args.optimizer, Optimizer::Mezo).then_some(config.rng),
+        rng: matches!(args.optimizer, OptimizerArg::Mezo).then_some(config.rng),
         ranks: dist.size(),
         load: LoadRecord {
             model: model_dir.clone(),
@@ -326,7 +231,7 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
             }
             Outcome::Finished(read_summary(&out_dir)?)
         }
-        (state, Optimizer::Mezo) => {
+        (state, OptimizerArg::Mezo) => {
             if state == State::Unfinished {
                 log::info!("continuing the run in {}", out_dir.display());
             }
@@ -334,8 +239,8 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
             discard_if_unstarted(dist, &run, &trained);
             trained?
         }
-        (_, Optimizer::Adam) => train_first_order(&model, &mut data, dist, &config, FirstOrder::AdamW)?,
-        (_, Optimizer::Sgd) => train_first_order(&model, &mut data, dist, &config, FirstOrder::Sgd)?,
+        (_, OptimizerArg::Adam) => train_first_order(&model, &mut data, dist, &config, FirstOrder::AdamW)?,
+        (_, OptimizerArg::Sgd) => train_first_order(&model, &mut data, dist, &config, FirstOrder::Sgd)?,
     };
     if dist.is_root() {
         match outcome {
@@ -405,10 +310,10 @@ fn validate(args: &TrainArgs) -> Result<()> {
     if args.num_prefix.is_some_and(|m| m <= 0) {
         return Err(input_error("--num-prefix must be positive"));
     }
-    if !matches!(args.optimizer, Optimizer::Mezo) && !matches!(args.zo_optimizer, ZoOptimizerArg::Sgd) {
+    if !matches!(args.optimizer, OptimizerArg::Mezo) && !matches!(args.zo_optimizer, ZoOptimizerArg::Sgd) {
         return Err(input_error("--zo-optimizer is a MeZO option (use --optimizer adam for backprop Adam)"));
     }
-    if !matches!(args.optimizer, Optimizer::Mezo)
+    if !matches!(args.optimizer, OptimizerArg::Mezo)
         && (args.zo_samples != 1
             || !matches!(args.parallel, ParallelArg::Data)
             || !matches!(args.objective, ObjectiveArg::Loss))
@@ -420,7 +325,7 @@ fn validate(args: &TrainArgs) -> Result<()> {
             "--parallel directions evaluates one direction per rank: leave --zo-samples at 1",
         ));
     }
-    if args.resume.is_some() && !matches!(args.optimizer, Optimizer::Mezo) {
+    if args.resume.is_some() && !matches!(args.optimizer, OptimizerArg::Mezo) {
         return Err(input_error("--resume continues MeZO runs (their trajectory is the checkpoint)"));
     }
     Ok(())

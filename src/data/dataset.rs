@@ -21,18 +21,6 @@ pub enum FewShotType {
     Finetune,
 }
 
-impl std::str::FromStr for FewShotType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "prompt" => Ok(FewShotType::Prompt),
-            "prompt-demo" => Ok(FewShotType::PromptDemo),
-            "finetune" => Ok(FewShotType::Finetune),
-            _ => Err(format!("unknown few-shot type '{s}': expected prompt, prompt-demo or finetune")),
-        }
-    }
-}
-
 /// Everything that decides the model inputs of a task.
 #[derive(Debug, Clone)]
 pub struct DataConfig {

@@ -1,4 +1,4 @@
-//! Demonstrations (`prompt-demo`, data spec §4): each query is followed by one training example
+//! Demonstrations (`prompt-demo`, docs/reference.md §4): each query is followed by one training example
 //! per label, drawn at random, filled into a copy of the template with the label word in place of
 //! the mask.
 //!

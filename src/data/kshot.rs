@@ -1,5 +1,5 @@
 //! The k-shot split generator, byte-identical to LM-BFF's `tools/generate_k_shot_data.py`
-//! (and its `k-shot-1k-test` mode from LM-Kernel-FT/MeZO); data spec §2.
+//! (and its `k-shot-1k-test` mode from LM-Kernel-FT/MeZO); docs/reference.md §2.
 //!
 //! For each seed (outer loop, in the given order) and task (inner loop): shuffle the train pool
 //! with MT19937 seeded by the seed, write the test files (capped to a seed-42 random 1000 in
@@ -38,18 +38,6 @@ impl Mode {
             Mode::KShot => "k-shot",
             Mode::KShot10x => "k-shot-10x",
             Mode::KShot1kTest => "k-shot-1k-test",
-        }
-    }
-}
-
-impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "k-shot" => Ok(Mode::KShot),
-            "k-shot-10x" => Ok(Mode::KShot10x),
-            "k-shot-1k-test" => Ok(Mode::KShot1kTest),
-            _ => Err(format!("unknown mode '{s}': expected k-shot, k-shot-10x or k-shot-1k-test")),
         }
     }
 }
@@ -262,7 +250,7 @@ fn csv_label(path: &Path, record: &CsvRecord, task: &str) -> Result<i64, InputEr
     Ok(label)
 }
 
-/// The label used for balanced sampling: the label field of the stripped line (spec §2.3).
+/// The label used for balanced sampling: the label field of the stripped line (docs/reference.md §2.2).
 fn glue_label(
     path: &Path,
     line_no: usize,

@@ -1,5 +1,5 @@
 //! The registry of few-shot tasks: where their files are, how to read them, their labels,
-//! templates, label words, length settings and metrics (data spec §1), exactly as the LM-BFF,
+//! templates, label words, length settings and metrics (docs/reference.md §1), exactly as the LM-BFF,
 //! LM-Kernel-FT and MeZO run scripts set them.
 
 use crate::error::InputError;
@@ -29,7 +29,7 @@ impl Column {
     }
 }
 
-/// Which published run scripts' length settings to use (data spec §1.3).
+/// Which published run scripts' length settings to use (docs/reference.md §1.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Preset {
     LmBff,
@@ -37,18 +37,6 @@ pub enum Preset {
     /// MeZO's `medium_models/run_fewshot.sh`: the default.
     #[default]
     Mezo,
-}
-
-impl std::str::FromStr for Preset {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "lm-bff" => Ok(Preset::LmBff),
-            "kernel-ft" => Ok(Preset::KernelFt),
-            "mezo" => Ok(Preset::Mezo),
-            _ => Err(format!("unknown preset '{s}': expected lm-bff, kernel-ft or mezo")),
-        }
-    }
 }
 
 /// Length settings of one task under one preset.
@@ -463,6 +451,5 @@ mod tests {
         assert_eq!(task("sts-b").unwrap().selection_metric(), "pearson");
         assert_eq!(task("mnli-mm").unwrap().selection_metric(), "mnli-mm/acc");
         assert_eq!(task("trec").unwrap().selection_metric(), "acc");
-        assert_eq!("kernel-ft".parse::<Preset>().unwrap(), Preset::KernelFt);
     }
 }

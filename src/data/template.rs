@@ -1,4 +1,4 @@
-//! Prompt encoding: LM-BFF's template language (data spec §3) on a Hugging Face `tokenizers`
+//! Prompt encoding: LM-BFF's template language (docs/reference.md §3) on a Hugging Face `tokenizers`
 //! tokenizer, and the plain `finetune` encoding (§3.6).
 //!
 //! A template such as `*cls**sent_0*_It_was*mask*.*sep+*` is split on `*` into parts, each
@@ -354,7 +354,7 @@ impl Encoder {
     }
 }
 
-/// The id of one label word (data spec §3.3).
+/// The id of one label word (docs/reference.md §3.3).
 fn label_word_id(tokenizer: &Tokenizer, word: &str) -> Result<i64, InputError> {
     if word.starts_with(['<', '[', '.', ',']) {
         return tokenizer

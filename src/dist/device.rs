@@ -2,7 +2,7 @@
 //!
 //! One rank per GPU: rank `local_rank` of a node takes GPU `local_rank % gpus` (under Slurm with
 //! `--gpus-per-task=1` each rank sees one GPU, index 0). Threads are set explicitly because
-//! libtorch picks one intra-op thread under `mpirun` (setup-notes pitfall 11).
+//! libtorch picks one intra-op thread under `mpirun`.
 
 use anyhow::{bail, Result};
 use std::fmt;

@@ -344,7 +344,7 @@ impl PromptEncoder {
         self.flavor == Flavor::Roberta
     }
 
-    /// Prefix tuning's real-activation initialisation (MeZO spec §3.5, as for the causal LMs):
+    /// Prefix tuning's real-activation initialisation (docs/reference.md §5.2, as for the causal LMs):
     /// `m` token ids drawn uniformly from the vocabulary with `seed` run through the encoder
     /// without prefixes; each layer's keys and values become its prefix.
     pub fn init_prefix_from_activations(&self, seed: i64) {

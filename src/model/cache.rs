@@ -72,7 +72,7 @@ pub trait CausalLm {
     fn set_prefix_active(&self, _active: bool) {}
 }
 
-/// Prefix tuning's real-activation initialisation (MeZO spec §3.5): `m` token ids drawn
+/// Prefix tuning's real-activation initialisation (docs/reference.md §5.2): `m` token ids drawn
 /// uniformly from the vocabulary (libtorch's generator seeded with `seed`) run through the model
 /// without prefixes, and each layer's cached keys and values become its prefix.
 pub fn init_prefix_from_activations(model: &dyn CausalLm, vocab_size: i64, seed: i64) {

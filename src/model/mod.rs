@@ -55,18 +55,6 @@ impl Dtype {
     }
 }
 
-impl std::str::FromStr for Dtype {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "f32" => Ok(Dtype::F32),
-            "bf16" => Ok(Dtype::Bf16),
-            "f16" => Ok(Dtype::F16),
-            _ => Err(format!("unknown dtype '{s}': expected f32, bf16 or f16")),
-        }
-    }
-}
-
 /// How to load a model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -102,7 +90,7 @@ impl LoadOptions {
     }
 }
 
-/// Which parameters an optimiser changes (MeZO spec §2, LM-Kernel-FT's exclusion flags).
+/// Which parameters an optimiser changes (docs/reference.md §5.1, LM-Kernel-FT's exclusion flags).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct FreezeRules {
     pub scope: Scope,

@@ -1,7 +1,7 @@
 //! Reading a kernel file (the HDF5 layout of `mezo kernel`, or `.pt` files imported with
 //! `scripts/convert_published_kernels.py`) into the flattened matrices the solvers work on.
 //!
-//! Layout (spec §3, design "Kernel file"):
+//! Layout (docs/reference.md §6.3, and the README's "Kernel files"):
 //!
 //! | name | type, shape | meaning |
 //! |---|---|---|
@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 pub use crate::kernel::Formula;
 
-/// One split X ∈ {train, dev, test} of a kernel file, flattened as spec §5.1.
+/// One split X ∈ {train, dev, test} of a kernel file, flattened as docs/reference.md §7.1.
 #[derive(Debug, Clone)]
 pub struct Split {
     /// K[t·C + c, x·C + c'], [N·C, M·C]; index 0 for asymmetric kernels.

@@ -36,7 +36,7 @@ pub fn sigma_max(a: &Array2<f64>) -> Result<f64> {
     Ok(s.max().double_value(&[]))
 }
 
-/// `a + lambda · sigma_max(a) · I` (spec §5.3); `a` itself when lambda is 0.
+/// `a + lambda · sigma_max(a) · I` (docs/reference.md §7.3); `a` itself when lambda is 0.
 pub fn regularized(a: &Array2<f64>, lambda: f64, sigma_max: f64) -> Array2<f64> {
     let mut out = a.clone();
     if lambda != 0.0 {

@@ -1,5 +1,5 @@
 //! The `logistic` solver: scikit-learn 0.24's `LogisticRegressionCV(max_iter=10000,
-//! random_state=0)` on kernel rows (spec §5.4), i.e. plain L2 logistic regression whose features
+//! random_state=0)` on kernel rows (docs/reference.md §7.4), i.e. plain L2 logistic regression whose features
 //! are the rows of the train×train kernel, with the penalty picked by cross-validation.
 //!
 //! Each fit is argmin's L-BFGS (memory 10, More–Thuente line search, as scipy's L-BFGS-B without

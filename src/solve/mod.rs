@@ -1,5 +1,5 @@
 //! Kernel solvers: from a kernel file to dev and test metrics, exactly as LM-Kernel-FT's
-//! `evaluate` (spec §5), so that a kernel gives the paper's numbers.
+//! `evaluate` (docs/reference.md §7), so that a kernel gives the paper's numbers.
 //!
 //! Why the pipeline is shaped the way it is:
 //! * **One scalar problem.** The reference flattens [N, C, M, C] to [N·C, M·C] and one-hot
@@ -33,7 +33,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-/// The solvers of spec §5.4.
+/// The solvers of docs/reference.md §7.4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SolverKind {

@@ -26,13 +26,22 @@ lint: setup
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 
+# Starting Slurm's daemons needs root.
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
 # The whole test suite, as CI runs it: cargo's tests (no Python needed), then the checks that
 # need transformers: models mezo saves load back in transformers with the same outputs; and
-# LM-Kernel-FT's .pt kernel files convert to kernel files that mezo solves as the reference does.
+# LM-Kernel-FT's .pt kernel files convert to kernel files that mezo solves as the reference does;
+# then the sbatch templates on a single-node Slurm started here (and stopped again, unless it was
+# running before).
 test: lint
 	cargo test
 	.venv/bin/python scripts/check_transformers_roundtrip.py target/debug/mezo
 	.venv/bin/python scripts/check_kernel_converter.py target/debug/mezo
+	@if bash scripts/slurm-local.sh status >/dev/null 2>&1; then started=""; else \
+	  $(SUDO) bash scripts/slurm-local.sh start || exit 1; started=yes; fi; \
+	cargo test --test slurm -- --ignored; status=$$?; \
+	if [ -n "$$started" ]; then $(SUDO) bash scripts/slurm-local.sh stop; fi; exit $$status
 
 # Binary + shared libraries for a GPU node without a Rust toolchain (see benches/gpu-check.sh).
 gpu-bundle: build

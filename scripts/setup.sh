@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine lacks to build, test and run mezo:
 #   1. Debian packages: the C and C++ compilers (crates build C and C++ code), make, pkg-config,
-#      OpenMPI, parallel HDF5 (OpenMPI flavour), libclang for bindgen, h5dump.
+#      OpenMPI, parallel HDF5 (OpenMPI flavour), libclang for bindgen, h5dump; and a single-node
+#      Slurm (slurmctld, slurmd, client, MUNGE, PMIx) for the tests of the sbatch templates.
 #   2. A Python venv with the PyPI torch 2.11.0 wheel (libtorch for tch 0.24) and the packages the
 #      test-fixture scripts need (transformers, numpy, pandas, h5py).
 #   3. Two links in the repository root: `.venv` (the venv, for fixture scripts) and `.libtorch`
@@ -36,28 +37,39 @@ apt_packages=(gcc g++ make pkg-config git libopenmpi-dev openmpi-bin libhdf5-ope
 say() { printf 'setup: %s\n' "$*"; }
 
 # --- 1. Debian packages -------------------------------------------------------------------------
-missing=()
-for p in "${apt_packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  sudo=""
+# install_missing WHAT [apt-get flags] -- PACKAGES: installs those of PACKAGES that are missing.
+install_missing() {
+  local what="$1" flags=() missing=() p sudo=""
+  shift
+  while [[ "$1" != "--" ]]; do flags+=("$1"); shift; done
+  shift
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]} == 0)); then
+    say "$what present"
+    return
+  fi
   if [[ $(id -u) -ne 0 ]]; then
     command -v sudo >/dev/null || { say "need root to install: ${missing[*]}"; exit 1; }
     sudo="sudo"
   fi
-  say "installing Debian packages: ${missing[*]}"
+  say "installing $what: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive DEBCONF_NOWARNINGS=yes
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-else
-  say "Debian packages present"
-fi
+  $sudo apt-get install -y -qq "${flags[@]}" "${missing[@]}" >/dev/null
+}
+install_missing "Debian packages" -- "${apt_packages[@]}"
+# A single-node Slurm for the template tests (scripts/slurm-local.sh); --no-install-recommends
+# keeps it to the daemons, the client and MUNGE. libpmix-dev ships the library srun's PMIx plug-in
+# loads.
+install_missing "Slurm (for the template tests)" --no-install-recommends -- \
+  slurmctld slurmd slurm-client munge libpmix-dev
 
 # Every tool the build calls, checked after the install so that a machine without apt (or a package
 # that installed no binary) says what is missing instead of failing deep in a crate's build script.
 tools_missing=()
-for tool in cc c++ make git pkg-config mpicc; do
+for tool in cc c++ make git pkg-config mpicc sbatch; do
   command -v "$tool" >/dev/null 2>&1 || tools_missing+=("$tool")
 done
 command -v cargo >/dev/null 2>&1 || tools_missing+=("cargo (the Rust toolchain, from rustup)")

@@ -53,6 +53,13 @@ pub fn run(ctx: &Context, args: &KernelArgs) -> Result<()> {
     crate::fsio::check_output("--out", &args.out, false)?;
     let dist = ctx.dist;
     let model_dir = args.data.model_dir().ok_or_else(|| input_error("mezo kernel needs --model DIR"))?;
+    if args.column_batch == 0
+        || args.row_block == Some(0)
+        || !args.block_memory.is_finite()
+        || args.block_memory <= 0.0
+    {
+        return Err(input_error("--row-block, --column-batch and --block-memory must be positive"));
+    }
     let mut data_config = args.data.config()?;
     let options = LoadOptions {
         device: ctx.device.resolve(dist.local_rank())?,
@@ -68,13 +75,6 @@ pub fn run(ctx: &Context, args: &KernelArgs) -> Result<()> {
         args.data.check_classifier(&model, &model_dir)?;
     }
     data_config.causal = model.causal_lm().is_some();
-    if args.column_batch == 0
-        || args.row_block == Some(0)
-        || args.block_memory.is_nan()
-        || args.block_memory <= 0.0
-    {
-        return Err(input_error("--row-block, --column-batch and --block-memory must be positive"));
-    }
     let k = data_config
         .data_dir
         .file_name()

@@ -66,6 +66,17 @@ fn train(split: &Path, flag: &str, run: &Path, changes: &[&str]) -> Output {
     mezo().args(train_args(split, changes)).arg(flag).arg(run).output().unwrap()
 }
 
+/// A copy of the test RoBERTa in `dir/model`, to damage.
+fn copy_test_model(dir: &Path) -> PathBuf {
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for entry in std::fs::read_dir(repo("tests/fixtures/models/roberta")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+    }
+    model
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -315,13 +326,7 @@ fn degenerate_flags_are_input_errors_without_panics() {
 fn broken_model_configs_and_overlong_inputs_are_input_errors() {
     let dir = tempfile::tempdir().unwrap();
     let split = demo_split(dir.path(), 4, 42);
-    let model = dir.path().join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    let source = repo("tests/fixtures/models/roberta");
-    for entry in std::fs::read_dir(&source).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
-    }
+    let (source, model) = (repo("tests/fixtures/models/roberta"), copy_test_model(dir.path()));
     let config = read(&source.join("config.json"));
     let mut json: serde_json::Value = serde_json::from_str(&config).unwrap();
     for (key, value, needle) in
@@ -590,13 +595,7 @@ fn two_rank_training_refuses_a_locked_directory_on_every_rank() {
 fn checkpoints_with_non_finite_weights_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let split = demo_split(dir.path(), 4, 42);
-    let model = dir.path().join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    let source = repo("tests/fixtures/models/roberta");
-    for entry in std::fs::read_dir(&source).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
-    }
+    let (source, model) = (repo("tests/fixtures/models/roberta"), copy_test_model(dir.path()));
     let mut tensors = tch::Tensor::read_safetensors(source.join("model.safetensors")).unwrap();
     let (name, t) =
         tensors.iter_mut().find(|(n, _)| n.contains("layer.0.attention.self.query.weight")).unwrap();
@@ -652,13 +651,7 @@ fn output_paths_that_cannot_be_written_are_input_errors_before_any_work() {
 fn kernel_resume_refuses_other_weights_under_the_same_path() {
     let dir = tempfile::tempdir().unwrap();
     let split = demo_split(dir.path(), 4, 42);
-    let model = dir.path().join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    let source = repo("tests/fixtures/models/roberta");
-    for entry in std::fs::read_dir(&source).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
-    }
+    let (source, model) = (repo("tests/fixtures/models/roberta"), copy_test_model(dir.path()));
     let out = dir.path().join("k.h5");
     let run = |env: Option<&str>| {
         let mut cmd = mezo();

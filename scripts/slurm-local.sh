@@ -45,7 +45,7 @@ write_conf() {
   cat > "$conf.tmp" <<EOF
 $mark
 ClusterName=mezo-local
-SlurmctldHost=$(hostname -s)
+SlurmctldHost=$(hostname -s)(127.0.0.1)
 SlurmUser=slurm
 AuthType=auth/munge
 ProctrackType=proctrack/linuxproc
@@ -65,10 +65,26 @@ StateSaveLocation=$state/ctld
 SlurmdSpoolDir=$state/d
 SlurmctldLogFile=$logs/slurmctld.log
 SlurmdLogFile=$logs/slurmd.log
-$node State=UNKNOWN
+$node NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=local Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
   mv "$conf.tmp" "$conf"
+}
+
+# slurmd initialises its cgroup plugin even when no cgroup feature is configured, and fails where
+# nothing is mounted on /sys/fs/cgroup (a chroot, a bare container): mount the cgroup v1
+# hierarchies it probes, as a systemd-less Debian would have them.
+mount_cgroups() {
+  [[ -n "$(ls -A /sys/fs/cgroup 2>/dev/null)" ]] && return
+  say "nothing is mounted on /sys/fs/cgroup: mounting the cgroup v1 hierarchies slurmd needs"
+  mount -t tmpfs cgroup_root /sys/fs/cgroup || die "cannot mount /sys/fs/cgroup"
+  local c
+  for c in cpuset memory devices freezer; do
+    mkdir -p "/sys/fs/cgroup/$c"
+    mount -t cgroup -o "$c" cgroup "/sys/fs/cgroup/$c" || die "cannot mount the $c cgroup"
+  done
+  mkdir -p /sys/fs/cgroup/systemd
+  mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd || die "cannot mount a named cgroup"
 }
 
 start() {
@@ -81,6 +97,7 @@ start() {
     return
   fi
   write_conf
+  mount_cgroups
   mkdir -p /run/munge "$run" "$state/ctld" "$state/d" "$logs"
   chown munge:munge /run/munge
   chown slurm:slurm "$run" "$state" "$state/ctld" "$logs"

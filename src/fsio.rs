@@ -78,7 +78,7 @@ pub fn sync_parent(path: &Path) -> Result<()> {
 
 /// Checks, before any work, that an output named by the user (`what`, e.g. `--out FILE`) can be
 /// written: its directory exists and is writable, and a file output is not a directory. Problems
-/// with the path are the user's to fix (an [`InputError`]); a disk that fills up later is not.
+/// with the path are the user's to fix (an [`crate::error::InputError`]); a disk that fills up later is not.
 pub fn check_output(what: &str, path: &Path, is_dir: bool) -> Result<(), crate::error::InputError> {
     let bad = |why: String| crate::error::InputError(format!("{what} {}: {why}", path.display()));
     if !is_dir && path.is_dir() {

@@ -66,7 +66,7 @@ pub struct Batch {
     pub attention_mask: Tensor,
     /// [B, 1] int64 (prompt mode).
     pub mask_pos: Option<Tensor>,
-    /// [B] int64 class ids, or float32 scores for regression.
+    /// `[B]` int64 class ids, or float32 scores for regression.
     pub labels: Tensor,
 }
 

@@ -112,7 +112,7 @@ fn fire(mut args: cudarc::driver::LaunchArgs<'_>, name: &str, threads: u64) {
     unsafe { args.launch(grid(threads)) }.unwrap_or_else(|e| panic!("launching {name}: {e}"));
 }
 
-/// θ + c z(key) as a new tensor on θ's device for `coeffs` = [c]; for [a, b], both stacked,
+/// θ + c z(key) as a new tensor on θ's device for `coeffs` = `[c]`; for `[a, b]`, both stacked,
 /// `[2, ..θ]`, from one read of θ and one z.
 pub fn perturbed(t: &Tensor, key: [u32; 2], coeffs: &[f64]) -> Tensor {
     let k = loaded(t);

@@ -62,7 +62,7 @@ impl Perturbations {
 
     /// One SPSA direction without the update: ℓ+ at θ + ε z, ℓ− at θ − ε z, θ restored; returns
     /// (ℓ+, g = (ℓ+ − ℓ−) / 2ε). `loss(sides)` scores the step's batch under the weights the
-    /// forward pass sees: with `sides` 1 it returns [ℓ]; with 2 it scores the batch twice over
+    /// forward pass sees: with `sides` 1 it returns `[ℓ]`; with 2 it scores the batch twice over
     /// in one forward pass (the first copy seeing θ + ε z, the second θ − ε z, see
     /// [`crate::model::nn::WeightView`]) and returns [ℓ+, ℓ−]. With `evaluate` false nothing is
     /// evaluated (another rank evaluates this direction) and the weights go through what

@@ -2,7 +2,7 @@
 //! the best-dev weights kept and used for test, and the run directory.
 //!
 //! Two objects do the work: the optimiser ([`crate::optim::mezo::Mezo`], or libtorch's AdamW/SGD
-//! in [`first_order`]) changes the weights; the run ([`run::Run`]) writes what happens to them and
+//! in `first_order`) changes the weights; the run (`run::Run`) writes what happens to them and
 //! keeps copies. The loop in [`train_mezo`] only draws batches and seeds, asks the optimiser for
 //! each direction's losses, and hands each step to both.
 //!
@@ -14,7 +14,7 @@
 //! `config.json` (the resolved run config), `metrics.jsonl` (one object per step and per
 //! evaluation), `trajectory.jsonl` (a fingerprint of the initial trainable weights, then per step
 //! the seed, projected gradient and learning rate, each line checksummed and synced: the run
-//! resumes and replays from it, [`trajectory`]), `results.json` (best dev and its test metrics),
+//! resumes and replays from it, `trajectory`), `results.json` (best dev and its test metrics),
 //! and `model/` (the final weights, a Hugging Face directory) with `save_model`.
 
 use crate::data::batch::{shard, BatchSampler};

@@ -45,8 +45,8 @@
 //! in each; on a GPU the same operations run in the NVRTC kernels of `fast_cuda`.
 
 //!
-//! The module's parts: [`loops`] (the CPU loops over elements, one copy per instruction set),
-//! [`deferred`] (the pending row updates and where each row stands), and here the stream, the
+//! The module's parts: `loops` (the CPU loops over elements, one copy per instruction set),
+//! `deferred` (the pending row updates and where each row stands), and here the stream, the
 //! weight views forward passes read through, and the entry points over whole tensors.
 
 mod deferred;

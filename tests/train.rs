@@ -440,3 +440,47 @@ fn best_weights_on_disk_match_memory() {
         assert!(t.equal(&b[name]), "{name}: the final weights are restored exactly");
     }
 }
+
+/// Every MeZO step logs where its time went, and the run ends with each rank's totals (what a
+/// scaling study reads); two ranks.
+#[test]
+fn steps_log_where_their_time_went_on_every_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = demo_split(dir.path(), 16, 42);
+    let run = dir.path().join("run");
+    let output = mpirun(2)
+        .args(["-q", "train", "--task", "sst-2", "--steps", "6", "--batch-size", "4", "--eval-every", "3"])
+        .arg("--model")
+        .arg(repo("tests/fixtures/models/roberta"))
+        .arg("--data-dir")
+        .arg(&split)
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let phases = ["batch", "forward", "collective", "update", "io", "step"];
+    let steps: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("loss").is_some()).collect();
+    assert_eq!(steps.len(), 6);
+    for line in &steps {
+        let seconds = &line["seconds"];
+        for phase in phases {
+            assert!(seconds[phase].as_f64().is_some_and(|s| s >= 0.0), "{phase} in {line}");
+        }
+        assert!(seconds["step"].as_f64() >= seconds["forward"].as_f64(), "{line}");
+    }
+    assert_eq!(lines.iter().filter(|l| l["seconds"]["eval"].is_number()).count(), 2);
+    let by_rank = lines.last().unwrap()["seconds_by_rank"].as_array().expect("per-rank totals last").clone();
+    assert_eq!(by_rank.len(), 2);
+    for (rank, totals) in by_rank.iter().enumerate() {
+        assert_eq!(totals["rank"], rank);
+        for phase in phases {
+            assert!(totals[phase].as_f64().is_some_and(|s| s >= 0.0), "{phase} of rank {rank}");
+        }
+    }
+}

@@ -27,11 +27,13 @@ use crate::optim::zo::{Rng, StepSeeds, ZoOptimizer};
 use crate::optim::{Trainable, Trained, WeightDecay};
 use anyhow::{bail, Context, Result};
 use objective::{objective_sums, objective_value, step_batch};
+use run::Seconds;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tch::Kind;
 
 mod first_order;
@@ -297,6 +299,8 @@ pub fn train_mezo(
     progress.set_position(recorded.len() as u64);
     let by_directions = config.parallel == Parallel::Directions;
     for step in recorded.len() + 1..=config.steps {
+        let mut spent = Seconds::default();
+        let step_started = Instant::now();
         let batch = sampler.next_batch();
         // Data parallel: this rank's share; direction parallel: the whole batch on every rank.
         let rows: Vec<usize> = if by_directions {
@@ -305,15 +309,20 @@ pub fn train_mezo(
             batch[shard(batch.len(), dist.rank(), dist.size())].to_vec()
         };
         let step_data = step_batch(model, data, &rows, config.micro_batch_size)?;
+        spent.add("batch", step_started);
         let n = if by_directions { dist.size() } else { config.zo_samples };
         let step_seeds: Vec<u64> = (0..n).map(|_| seeds.next_seed()).collect();
         let mut results = vec![(0.0, 0.0); n];
         for (j, &seed) in step_seeds.iter().enumerate() {
             let mine = !by_directions || j == dist.rank();
             results[j] = optimiser.direction(seed, mine, |sides| {
+                let clock = Instant::now();
                 let mut sums = objective_sums(model, data, &step_data, config.objective, sides)?;
+                spent.add("forward", clock);
                 if !by_directions {
+                    let clock = Instant::now();
                     dist.all_reduce(&mut sums, Reduce::Sum);
+                    spent.add("collective", clock);
                 }
                 Ok(sums
                     .chunks(sums.len() / sides as usize)
@@ -323,11 +332,13 @@ pub fn train_mezo(
         }
         if by_directions {
             // Each rank evaluated one direction: gather (ℓ+, g) so that all apply all.
+            let clock = Instant::now();
             let mut gathered: Vec<f64> = vec![0.0; 2 * n];
             gathered[2 * dist.rank()] = results[dist.rank()].0;
             gathered[2 * dist.rank() + 1] = results[dist.rank()].1;
             dist.all_reduce(&mut gathered, Reduce::Sum);
             results = gathered.chunks(2).map(|c| (c[0], c[1])).collect();
+            spent.add("collective", clock);
         }
         let directions: Vec<(u64, f64)> =
             step_seeds.iter().zip(&results).map(|(&s, &(_, g))| (s, g)).collect();
@@ -343,9 +354,13 @@ pub fn train_mezo(
             );
         }
         let lr = config.lr_at(step);
+        let clock = Instant::now();
         optimiser.apply(&directions, lr);
+        spent.add("update", clock);
         last_loss = plus;
-        run.record_step(step, &directions, lr, plus, projected_grad)?;
+        // The forward passes' time includes forming the perturbed weights they read.
+        spent.add("step", step_started);
+        run.record_step(step, &directions, lr, plus, projected_grad, spent)?;
         if config.check_every > 0 && step % config.check_every == 0 {
             check_replicas(dist, &optimiser, step)?;
         }

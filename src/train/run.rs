@@ -108,6 +108,37 @@ impl Snapshot {
     }
 }
 
+/// Where a step's time went, by phase, in seconds, on this rank: `batch` (drawing and encoding it),
+/// `forward` (the passes, perturbed weights included), `collective` (waiting in all-reduces),
+/// `update`, `io` (the trajectory line, synced), and `step` (the whole step but its `io`).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Seconds(BTreeMap<&'static str, f64>);
+
+impl Seconds {
+    /// Adds the time since `since` to `phase`.
+    pub(super) fn add(&mut self, phase: &'static str, since: std::time::Instant) {
+        *self.0.entry(phase).or_default() += since.elapsed().as_secs_f64();
+    }
+
+    fn absorb(&mut self, other: &Seconds) {
+        for (phase, seconds) in &other.0 {
+            *self.0.entry(phase).or_default() += seconds;
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        self.0.iter().map(|(k, v)| (k.to_string(), microseconds(*v))).collect()
+    }
+}
+
+/// Seconds rounded to microseconds, all that a step's timing can tell apart.
+fn microseconds(seconds: f64) -> serde_json::Value {
+    ((seconds * 1e6).round() / 1e6).into()
+}
+
+/// The phases whose per-rank totals end a MeZO run's metrics log, in this order.
+const PHASES: [&str; 6] = ["batch", "forward", "collective", "update", "io", "step"];
+
 /// The best dev evaluation so far: its step, metrics and a copy of the trained tensors.
 type Best = Option<(usize, BTreeMap<String, f64>, Snapshot)>;
 
@@ -122,6 +153,8 @@ pub(super) struct Run<'a> {
     best: Best,
     /// The dev metric that selects the best weights (`eval_acc`, `eval_f1`, ...).
     selection: String,
+    /// This rank's time by phase over the steps this process ran.
+    spent: Seconds,
 }
 
 impl<'a> Run<'a> {
@@ -129,7 +162,7 @@ impl<'a> Run<'a> {
     pub(super) fn first_order(dist: &'a Dist, config: &'a TrainConfig, selection: String) -> Result<Run<'a>> {
         create_dir(dist, &config.out_dir)?;
         let metrics = JsonLines::open(dist, config.out_dir.join(run_dir::METRICS), false)?;
-        Ok(Run { dist, config, trajectory: None, metrics, best: None, selection })
+        Ok(Run { dist, config, trajectory: None, metrics, best: None, selection, spent: Seconds::default() })
     }
 
     /// A MeZO run: a new trajectory starting with `header`, or (`resume`) the recorded one,
@@ -170,11 +203,15 @@ impl<'a> Run<'a> {
             (Vec::new(), TrajectoryWriter::create(dist, &config.out_dir, header)?)
         };
         let metrics = JsonLines::open(dist, config.out_dir.join(run_dir::METRICS), resume)?;
-        Ok((Run { dist, config, trajectory: Some(trajectory), metrics, best: None, selection }, recorded))
+        let spent = Seconds::default();
+        Ok((
+            Run { dist, config, trajectory: Some(trajectory), metrics, best: None, selection, spent },
+            recorded,
+        ))
     }
 
     /// Records a MeZO step: its trajectory line (synced: the step is done once this returns),
-    /// then its metrics.
+    /// then its metrics, with where its time went on this rank (`seconds`).
     pub(super) fn record_step(
         &mut self,
         step: usize,
@@ -182,7 +219,9 @@ impl<'a> Run<'a> {
         lr: f64,
         loss: f64,
         projected_grad: f64,
+        mut spent: Seconds,
     ) -> Result<()> {
+        let clock = std::time::Instant::now();
         let record = if let [(seed, g)] = directions {
             serde_json::json!({"step": step, "seed": seed, "projected_grad": g, "lr": lr})
         } else {
@@ -191,7 +230,11 @@ impl<'a> Run<'a> {
         if let Some(trajectory) = &mut self.trajectory {
             trajectory.record(&record)?;
         }
-        self.log(&serde_json::json!({"step": step, "loss": loss, "projected_grad": projected_grad, "lr": lr}))
+        spent.add("io", clock);
+        self.spent.absorb(&spent);
+        self.log(&serde_json::json!({
+            "step": step, "loss": loss, "projected_grad": projected_grad, "lr": lr, "seconds": spent.json(),
+        }))
     }
 
     /// Appends a line to the metrics log.
@@ -208,8 +251,10 @@ impl<'a> Run<'a> {
         step: usize,
         trained: &dyn Trained,
     ) -> Result<()> {
+        let clock = std::time::Instant::now();
         let dev = evaluate(model, data, &data.dev, self.dist, self.config.eval_batch_size)?;
-        self.log(&serde_json::json!({"step": step, "dev": dev}))?;
+        let seconds = clock.elapsed().as_secs_f64();
+        self.log(&serde_json::json!({"step": step, "dev": dev, "seconds": {"eval": microseconds(seconds)}}))?;
         let score = dev.get(&self.selection).copied().unwrap_or(f64::NAN);
         log::info!("step {step}: dev {} {score:.4}", self.selection);
         if self.best.as_ref().is_none_or(|(_, b, _)| score > b[&self.selection]) {
@@ -263,6 +308,25 @@ impl<'a> Run<'a> {
         final_weights.discard(dist);
         let summary = Summary { best_step, best_dev, test, final_train_loss: last_loss };
         self.log(&serde_json::json!({"best_step": best_step, "test": summary.test}))?;
+        if self.trajectory.is_some() {
+            // Every rank's totals, for a scaling study: where the time went on each.
+            let mine: Vec<f64> = PHASES.iter().map(|p| self.spent.0.get(p).copied().unwrap_or(0.0)).collect();
+            let by_rank: Vec<serde_json::Value> = dist
+                .all_gather(&mine)
+                .iter()
+                .enumerate()
+                .map(|(rank, totals)| {
+                    let mut entry: serde_json::Map<String, serde_json::Value> = PHASES
+                        .iter()
+                        .zip(totals)
+                        .map(|(p, v)| (p.to_string(), ((v * 1e6).round() / 1e6).into()))
+                        .collect();
+                    entry.insert("rank".into(), rank.into());
+                    serde_json::Value::Object(entry)
+                })
+                .collect();
+            self.log(&serde_json::json!({"seconds_by_rank": by_rank}))?;
+        }
         if dist.is_root() {
             let path = config.out_dir.join(run_dir::RESULTS);
             crate::fsio::write_atomic(&path, serde_json::to_string_pretty(&summary)?.as_bytes())?;

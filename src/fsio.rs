@@ -18,8 +18,13 @@ use std::path::{Path, PathBuf};
 
 /// The name a file or directory has until it is complete: `kernels.h5` -> `kernels.h5.partial`.
 pub fn partial_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".partial")
+}
+
+/// `path` with `suffix` appended to its last component: `k.h5` -> `k.h5.lock`.
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
-    name.push(".partial");
+    name.push(suffix);
     PathBuf::from(name)
 }
 

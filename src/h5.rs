@@ -203,17 +203,10 @@ impl H5File {
         if failed[0] != 0 {
             bail!(crate::error::all_ranks_error(format!("another rank could not close {}", path.display())));
         }
-        let mut message = Vec::new();
-        if dist.is_root() && done != path {
-            if let Err(e) =
+        if done != path {
+            dist.on_root(|| {
                 crate::fsio::sync_file(&path).and_then(|()| crate::fsio::rename_synced(&path, &done))
-            {
-                message = format!("{e:#}").into_bytes();
-            }
-        }
-        dist.broadcast_bytes(&mut message, 0);
-        if !message.is_empty() {
-            bail!(crate::error::all_ranks_error(String::from_utf8_lossy(&message)));
+            })?;
         }
         Ok(done)
     }
@@ -270,9 +263,9 @@ impl H5File {
         if rc < 0 {
             // MPI-IO reports its own error classes, which seldom carry the OS error: say how much
             // room the file system has, which tells a full disk at once.
+            let needed = count.iter().product::<u64>() * std::mem::size_of::<T>() as u64;
             if let Some(limit) = crate::fsio::file_size_limit() {
                 let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
-                let needed = count.iter().product::<u64>() * std::mem::size_of::<T>() as u64;
                 if size + needed > limit {
                     failure +=
                         &format!(" (File too large: the file-size limit, ulimit -f, is {limit} bytes)");
@@ -280,7 +273,6 @@ impl H5File {
             }
             if !failure.contains("No space left") && !failure.contains("File too large") {
                 if let Some(free) = crate::fsio::free_space(&self.path) {
-                    let needed = count.iter().product::<u64>() * std::mem::size_of::<T>() as u64;
                     failure += &format!(" ({free} bytes free on the file system of {}", self.path.display());
                     failure += &if free < needed {
                         format!(", this write needs {needed}: No space left on device)")

@@ -337,7 +337,9 @@ fn read_results(path: &Path) -> Result<Option<Run>> {
     Ok(Some(Run { path: path.to_owned(), task, config: flat, dev: metrics(dev), test: metrics(test) }))
 }
 
-fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, Value>) {
+/// Adds the leaves of `value` to `out` under dotted names below `prefix` (`{"a": {"b": 1}}` gives
+/// `a.b`); arrays and scalars are leaves.
+pub(crate) fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, Value>) {
     match value {
         Value::Object(map) => {
             for (k, v) in map {

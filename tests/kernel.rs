@@ -4,25 +4,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use tch::{Kind, Tensor};
 
 mod common;
-use common::{demo_split, mpirun, ok, repo, MEZO};
-
-fn kernel(ranks: usize, split: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut cmd = if ranks == 1 { Command::new(MEZO) } else { mpirun(ranks) };
-    cmd.args(["-q", "kernel", "--task", "sst-2"])
-        .arg("--model")
-        .arg(repo("tests/fixtures/models/roberta"))
-        .arg("--data-dir")
-        .arg(split)
-        .arg("--out")
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap()
-}
+use common::{demo_split, kernel, ok, repo, MEZO};
 
 fn read(path: &Path, name: &str) -> Tensor {
     let file = hdf5::File::open(path).unwrap();

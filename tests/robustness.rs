@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{demo_split, mpirun, ok, repo, MEZO};
+use common::{demo_split, kernel, mpirun, ok, repo, MEZO};
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -364,20 +364,6 @@ fn broken_model_configs_and_overlong_inputs_are_input_errors() {
     refused(output, "positions");
 }
 
-/// `mezo kernel` into a fresh file of the demo split; returns its path.
-fn kernel(split: &Path, out: &Path, extra: &[&str]) -> Output {
-    mezo()
-        .args(["-q", "kernel", "--task", "sst-2", "--model"])
-        .arg(repo("tests/fixtures/models/roberta"))
-        .arg("--data-dir")
-        .arg(split)
-        .arg("--out")
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn kernel_partials_are_fingerprinted_and_unreadable_ones_set_aside() {
     let dir = tempfile::tempdir().unwrap();
@@ -385,7 +371,7 @@ fn kernel_partials_are_fingerprinted_and_unreadable_ones_set_aside() {
     let out = dir.path().join("k.h5");
     // Killed before HDF5 wrote anything readable.
     std::fs::write(mezo::h5::partial_path(&out), b"\x89HDF\r\n").unwrap();
-    let stdout = ok(kernel(&split, &out, &["--row-block", "1"]));
+    let stdout = ok(kernel(1, &split, &out, &["--row-block", "1"]));
     assert!(stdout.contains("k.h5"), "{stdout}");
     assert!(out.is_file() && !mezo::h5::partial_path(&out).exists());
     let aside = std::fs::read_dir(dir.path())
@@ -411,7 +397,7 @@ fn kernel_partials_are_fingerprinted_and_unreadable_ones_set_aside() {
     let test = split.join("test.tsv");
     let text = read(&test);
     std::fs::write(&test, text.replacen("\t0\n", "\t1\n", 1)).unwrap();
-    refused(kernel(&split, &crashed, &["--row-block", "1"]), "data_fingerprint");
+    refused(kernel(1, &split, &crashed, &["--row-block", "1"]), "data_fingerprint");
     // solve refuses the unfinished file.
     let results = dir.path().join("r.json");
     let partial = mezo::h5::partial_path(&crashed);
@@ -427,7 +413,7 @@ fn solve_refuses_non_finite_kernels() {
     let dir = tempfile::tempdir().unwrap();
     let split = demo_split(dir.path(), 4, 42);
     let out = dir.path().join("k.h5");
-    ok(kernel(&split, &out, &[]));
+    ok(kernel(1, &split, &out, &[]));
     {
         let file = hdf5::File::open_rw(&out).unwrap();
         let ds = file.dataset("dev").unwrap();
@@ -630,7 +616,7 @@ fn output_paths_that_cannot_be_written_are_input_errors_before_any_work() {
     refused(eval(&dir.path().join("no/such/dir/r.json")), "does not exist");
     refused(eval(dir.path()), "is a directory");
     let kernels = dir.path().join("k.h5");
-    ok(kernel(&split, &kernels, &[]));
+    ok(kernel(1, &split, &kernels, &[]));
     let solve = mezo().args(["-q", "solve", "--kernels"]).arg(&kernels).arg("--out").arg(dir.path()).output();
     refused(solve.unwrap(), "is a directory");
     assert!(!mezo::h5::partial_path(dir.path()).exists());
@@ -642,7 +628,7 @@ fn output_paths_that_cannot_be_written_are_input_errors_before_any_work() {
     let chattr =
         |flag: &str| Command::new("chattr").arg(flag).arg(&locked).status().is_ok_and(|s| s.success());
     assert!(chattr("+i"), "chattr +i failed on {}", locked.display());
-    let output = kernel(&split, &locked.join("k.h5"), &[]);
+    let output = kernel(1, &split, &locked.join("k.h5"), &[]);
     chattr("-i");
     refused(output, "not writable");
 }

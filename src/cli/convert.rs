@@ -1,5 +1,5 @@
 use super::choices::DtypeArg;
-use super::{on_root, Context};
+use super::Context;
 use crate::model::{self, Dtype, LoadOptions};
 use anyhow::Result;
 use clap::Args;
@@ -24,7 +24,7 @@ pub struct ConvertArgs {
 /// Reads a model and writes it back (another dtype, resharded): what mezo saves after training.
 pub fn run(ctx: &Context, args: &ConvertArgs) -> Result<()> {
     crate::fsio::check_output("--out", &args.out, true)?;
-    on_root(ctx.dist, || {
+    ctx.dist.on_root(|| {
         let options = LoadOptions::new(tch::Device::Cpu, Dtype::from(args.dtype));
         let m = model::load(&args.model, &options)?;
         m.save(&args.out, args.max_shard_size)?;

@@ -1,4 +1,4 @@
-use super::{on_root, Context};
+use super::Context;
 use crate::data::dataset::{DataConfig, FewShotType, TaskData};
 use crate::data::kshot::{self, KshotConfig, Mode};
 use crate::data::tasks::{self, Preset};
@@ -40,7 +40,7 @@ pub fn run(ctx: &Context, args: &DemoArgs) -> Result<()> {
         tasks: vec!["SST-2".into()],
         seeds: vec![42],
     };
-    on_root(dist, || kshot::generate(&kshot_config, &|_| {}))?;
+    dist.on_root(|| kshot::generate(&kshot_config, &|_| {}))?;
     dist.barrier();
     let task = tasks::task("sst-2")?;
     let model_dir = args.demo_dir.join("model");

@@ -1,5 +1,5 @@
 use super::data::DataArgs;
-use super::{on_root, Context};
+use super::Context;
 use crate::data::dataset::{Feature, TaskData};
 use crate::data::examples::{Label, Split};
 use anyhow::Result;
@@ -22,7 +22,7 @@ pub struct EncodeArgs {
 
 pub fn run(ctx: &Context, args: &EncodeArgs) -> Result<()> {
     let config = args.data.config()?;
-    on_root(ctx.dist, || {
+    ctx.dist.on_root(|| {
         let mut data = TaskData::load(config)?;
         let split = match args.split.as_str() {
             "train" => Split::Train,

@@ -1,4 +1,4 @@
-use super::{on_root, Context};
+use super::Context;
 use crate::error::input_error;
 use crate::report::{self, GatherConfig, Group};
 use anyhow::Result;
@@ -36,7 +36,7 @@ pub fn run(ctx: &Context, args: &GatherArgs) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let config = GatherConfig { paths: args.paths.clone(), conditions, grid_keys: args.grid_keys.clone() };
-    on_root(ctx.dist, || {
+    ctx.dist.on_root(|| {
         let groups = report::gather(&config)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&groups)?);

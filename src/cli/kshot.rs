@@ -1,5 +1,5 @@
 use super::choices::ModeArg;
-use super::{on_root, Context};
+use super::Context;
 use crate::data::kshot::{self, KshotConfig, Mode};
 use anyhow::Result;
 use clap::Args;
@@ -44,7 +44,7 @@ pub fn run(ctx: &Context, args: &KshotArgs) -> Result<()> {
     };
     let splits = (config.seeds.len() * config.tasks.len()) as u64;
     let progress = crate::logging::progress_bar(ctx.dist, splits, "splits");
-    let done = on_root(ctx.dist, || kshot::generate(&config, &|_| progress.inc(1)));
+    let done = ctx.dist.on_root(|| kshot::generate(&config, &|_| progress.inc(1)));
     progress.finish_and_clear();
     if let Some(dirs) = done? {
         println!(

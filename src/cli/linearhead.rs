@@ -1,5 +1,5 @@
 use super::data::DataArgs;
-use super::{on_root, Context};
+use super::Context;
 use crate::data::dataset::TaskData;
 use crate::error::input_error;
 use crate::linearhead::{self, LinearHeadConfig};
@@ -51,7 +51,7 @@ pub fn run(ctx: &Context, args: &LinearHeadArgs) -> Result<()> {
     crate::eval::check_lengths(&model, &data)?;
     let report =
         linearhead::run(&mut model, &mut data, dist, &LinearHeadConfig { batch_size: args.batch_size })?;
-    on_root(dist, || {
+    dist.on_root(|| {
         model
             .save(&args.out, model::MAX_SHARD_BYTES)
             .with_context(|| format!("saving {}", args.out.display()))?;

@@ -145,31 +145,6 @@ struct Context<'a> {
     threads: usize,
 }
 
-/// Runs `work` on rank 0 only (file generation, reports) while the other ranks wait; every rank
-/// returns the same outcome, so a failure ends the job normally.
-fn on_root<T>(dist: &Dist, work: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<Option<T>> {
-    let outcome = if dist.is_root() { Some(work()) } else { None };
-    let mut code = [match &outcome {
-        Some(Err(e)) => error::exit_code(e) as u8,
-        _ => 0,
-    }];
-    dist.broadcast(&mut code, 0);
-    let mut message = match &outcome {
-        Some(Err(e)) => format!("{e:#}").into_bytes(),
-        _ => Vec::new(),
-    };
-    dist.broadcast_bytes(&mut message, 0);
-    match outcome {
-        Some(Ok(value)) => Ok(Some(value)),
-        _ if code[0] == 0 => Ok(None),
-        _ => Err(error::AllRanksError {
-            message: String::from_utf8_lossy(&message).into_owned(),
-            code: code[0].into(),
-        }
-        .into()),
-    }
-}
-
 /// A panic on one rank would leave the others blocked in their next collective forever.
 fn install_panic_abort(dist: &Dist) {
     if dist.size() > 1 {

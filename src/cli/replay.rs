@@ -1,4 +1,4 @@
-use super::{on_root, Context};
+use super::Context;
 use crate::error::input_error;
 use crate::model::{self, FreezeRules, LoadOptions};
 use crate::optim::mezo::Mezo;
@@ -21,7 +21,7 @@ pub struct ReplayArgs {
 /// three perturbations and the update, regenerated from the seed; no data, no forward pass.
 pub fn run(ctx: &Context, args: &ReplayArgs) -> Result<()> {
     crate::fsio::check_output("--out", &args.out, true)?;
-    on_root(ctx.dist, || {
+    ctx.dist.on_root(|| {
         let same = |a: &std::path::Path, b: &std::path::Path| {
             a.canonicalize().ok().zip(b.canonicalize().ok()).is_some_and(|(a, b)| b.starts_with(a))
         };

@@ -1,5 +1,5 @@
 use super::choices::SolverArg;
-use super::{on_root, Context};
+use super::Context;
 use crate::error::{self, input_error, InputError};
 use crate::solve::{self, SolveConfig, SolverKind};
 use anyhow::{Context as _, Result};
@@ -78,7 +78,7 @@ pub fn run(ctx: &Context, args: &SolveArgs) -> Result<()> {
         "task": report.task, "formula": report.formula, "selection_metric": report.selection_metric,
         "best_reg": report.best_reg, "best_index": report.best, "best_dev": report.best_dev, "test": report.test, "grid": report.grid,
     });
-    on_root(dist, || {
+    dist.on_root(|| {
         print_table(&report, solver, dist.size());
         crate::fsio::write_atomic(&args.out, serde_json::to_string_pretty(&results)?.as_bytes())
             .context("--out")?;

@@ -46,6 +46,33 @@ struct MpiWorld {
 }
 
 impl Dist {
+    /// Runs `work` on rank 0 only (files, reports, locks) while the other ranks wait; every rank
+    /// returns the same outcome, `work`'s value on rank 0 and `None` elsewhere, or its error as
+    /// an [`crate::error::AllRanksError`] with its exit code, so that a failure ends the job
+    /// normally instead of leaving ranks in a collective.
+    pub fn on_root<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
+        let outcome = if self.is_root() { Some(work()) } else { None };
+        let mut code = [match &outcome {
+            Some(Err(e)) => crate::error::exit_code(e) as u8,
+            _ => 0,
+        }];
+        self.broadcast(&mut code, 0);
+        let mut message = match &outcome {
+            Some(Err(e)) => format!("{e:#}").into_bytes(),
+            _ => Vec::new(),
+        };
+        self.broadcast_bytes(&mut message, 0);
+        match outcome {
+            Some(Ok(value)) => Ok(Some(value)),
+            _ if code[0] == 0 => Ok(None),
+            _ => Err(crate::error::AllRanksError {
+                message: String::from_utf8_lossy(&message).into_owned(),
+                code: code[0].into(),
+            }
+            .into()),
+        }
+    }
+
     /// One process, no MPI.
     pub fn single() -> Dist {
         Dist {

@@ -335,35 +335,16 @@ fn data_fingerprint(columns: &[Vec<Feature>; 3]) -> String {
 /// `FILE.lock` beside the kernel file, held by rank 0 for the whole computation; every rank
 /// fails together when another process holds it.
 fn lock(dist: &Dist, out: &std::path::Path) -> Result<Option<crate::fsio::Lock>> {
-    let path = {
-        let mut name = out.as_os_str().to_owned();
-        name.push(".lock");
-        PathBuf::from(name)
-    };
-    let mut message = Vec::new();
-    let mut lock = None;
-    if dist.is_root() {
-        match crate::fsio::Lock::try_acquire(&path) {
-            Ok(Some(l)) => lock = Some(l.removed_on_release()),
-            Ok(None) => {
-                message = format!(
-                "{} is being computed by another process (it holds {}); wait for it, or choose another --out",
-                out.display(),
-                path.display()
-            )
-                .into_bytes()
-            }
-            Err(e) => message = format!("--out {}: {e:#}", out.display()).into_bytes(),
-        }
-    }
-    dist.broadcast_bytes(&mut message, 0);
-    if !message.is_empty() {
-        bail!(crate::error::AllRanksError {
-            message: String::from_utf8_lossy(&message).into_owned(),
-            code: 2
-        });
-    }
-    Ok(lock)
+    let path = crate::fsio::with_suffix(out, ".lock");
+    dist.on_root(|| match crate::fsio::Lock::try_acquire(&path) {
+        Ok(Some(lock)) => Ok(lock.removed_on_release()),
+        Ok(None) => bail!(InputError(format!(
+            "{} is being computed by another process (it holds {}); wait for it, or choose another --out",
+            out.display(),
+            path.display()
+        ))),
+        Err(e) => bail!(InputError(format!("--out {}: {e:#}", out.display()))),
+    })
 }
 
 /// The keys of two descriptions whose values differ, for the message that refuses a resume.
@@ -382,24 +363,15 @@ fn differing_keys(found: &str, wanted: &serde_json::Value) -> Vec<String> {
 /// Moves an unreadable `.partial` (killed before HDF5 wrote its first complete metadata) out of
 /// the way, so that the computation starts over instead of failing on every rerun.
 fn set_aside(dist: &Dist, partial: &std::path::Path, why: &anyhow::Error) -> Result<()> {
-    let mut message = Vec::new();
-    if dist.is_root() {
-        let mut aside = partial.as_os_str().to_owned();
-        aside.push(format!(".unreadable-{}", std::process::id()));
-        let aside = PathBuf::from(aside);
+    dist.on_root(|| {
+        let aside = crate::fsio::with_suffix(partial, &format!(".unreadable-{}", std::process::id()));
         log::warn!(
             "{} cannot be read ({why:#}): moved to {}; computing the kernels from the start",
             partial.display(),
             aside.display()
         );
-        if let Err(e) = std::fs::rename(partial, &aside) {
-            message = format!("moving {} aside: {e}", partial.display()).into_bytes();
-        }
-    }
-    dist.broadcast_bytes(&mut message, 0);
-    if !message.is_empty() {
-        bail!(crate::error::all_ranks_error(String::from_utf8_lossy(&message)));
-    }
+        std::fs::rename(partial, &aside).with_context(|| format!("moving {} aside", partial.display()))
+    })?;
     Ok(())
 }
 

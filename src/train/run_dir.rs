@@ -17,7 +17,7 @@
 //! numbers a run produces, or change them only by rounding ([`MAY_DIFFER`]).
 
 use crate::dist::Dist;
-use crate::error::{AllRanksError, InputError};
+use crate::error::InputError;
 use crate::fsio::Lock;
 use crate::model::nn::LoraConfig;
 use crate::model::Dtype;
@@ -121,25 +121,8 @@ impl RunConfig {
 
 /// `{"a": {"b": 1}}` -> `{"a.b": 1}`; arrays and scalars are leaves.
 fn flatten(value: &serde_json::Value) -> std::collections::BTreeMap<String, serde_json::Value> {
-    fn walk(
-        prefix: &str,
-        v: &serde_json::Value,
-        out: &mut std::collections::BTreeMap<String, serde_json::Value>,
-    ) {
-        match v {
-            serde_json::Value::Object(fields) => {
-                for (k, v) in fields {
-                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                    walk(&key, v, out);
-                }
-            }
-            leaf => {
-                out.insert(prefix.to_string(), leaf.clone());
-            }
-        }
-    }
     let mut out = std::collections::BTreeMap::new();
-    walk("", value, &mut out);
+    crate::report::flatten("", value, &mut out);
     out
 }
 
@@ -180,25 +163,14 @@ impl RunDir {
     /// Opens `path` for `config` (collective: rank 0 looks at the directory and takes the lock,
     /// every rank returns the same outcome).
     pub fn open(dist: &Dist, path: &Path, config: &RunConfig, intent: Intent) -> Result<RunDir> {
-        let mut lock = None;
-        let outcome = if dist.is_root() {
-            match claim(path, config, intent) {
-                Ok((state, created, l)) => {
-                    lock = Some(l);
-                    Ok((state, created))
-                }
-                Err(e) => Err((crate::error::exit_code(&e), format!("{e:#}"))),
-            }
-        } else {
-            Ok((State::Fresh, false))
+        let claimed = dist.on_root(|| claim(path, config, intent))?;
+        let mut bytes = match &claimed {
+            Some((state, created, _)) => serde_json::to_vec(&(state, created))?,
+            None => Vec::new(),
         };
-        let mut bytes = if dist.is_root() { serde_json::to_vec(&outcome)? } else { Vec::new() };
         dist.broadcast_bytes(&mut bytes, 0);
-        let shared: std::result::Result<(State, bool), (i32, String)> = serde_json::from_slice(&bytes)?;
-        match shared {
-            Ok((state, created)) => Ok(RunDir { path: path.to_owned(), state, created, _lock: lock }),
-            Err((code, message)) => Err(AllRanksError { message, code }.into()),
-        }
+        let (state, created): (State, bool) = serde_json::from_slice(&bytes)?;
+        Ok(RunDir { path: path.to_owned(), state, created, _lock: claimed.map(|(_, _, lock)| lock) })
     }
 }
 
@@ -273,18 +245,13 @@ fn decide(path: &Path, config: &RunConfig, intent: Intent) -> Result<State> {
     }
     let differences = config.differences(&recorded);
     if !differences.is_empty() {
+        let (run, now) = (flatten(&recorded), flatten(&serde_json::to_value(config)?));
+        let show = |fields: &std::collections::BTreeMap<String, serde_json::Value>, k: &str| {
+            fields.get(k).map_or("absent".into(), |v| v.to_string())
+        };
         let fields: Vec<String> = differences
             .iter()
-            .map(|k| {
-                let show = |v: &serde_json::Value| {
-                    k.split('.').try_fold(v, |v, part| v.get(part)).map_or("absent".into(), |v| v.to_string())
-                };
-                format!(
-                    "{k}: run {} / now {}",
-                    show(&recorded),
-                    show(&serde_json::to_value(config).unwrap_or_default())
-                )
-            })
+            .map(|k| format!("{k}: run {} / now {}", show(&run, k), show(&now, k)))
             .collect();
         let hint = match intent {
             Intent::Resume => "resume it with the settings it was started with",

@@ -43,3 +43,19 @@ pub fn ok(output: Output) -> String {
     assert!(output.status.success(), "mezo failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).unwrap()
 }
+
+/// `mezo kernel` of the sst-2 split `split` with the test RoBERTa into `out`, as `ranks` ranks.
+pub fn kernel(ranks: usize, split: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut cmd = if ranks == 1 { Command::new(MEZO) } else { mpirun(ranks) };
+    cmd.env_remove("RUST_LOG")
+        .args(["-q", "kernel", "--task", "sst-2"])
+        .arg("--model")
+        .arg(repo("tests/fixtures/models/roberta"))
+        .arg("--data-dir")
+        .arg(split)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}

@@ -27,6 +27,8 @@ py_packages=(
   # scripts/make_solver_fixture.py: the reference kernel solvers (LogisticRegressionCV, SVR, SVC).
   "scikit-learn==1.7.2"
   "scipy==1.17.1"
+  # scripts/make_large_fixtures.py: the large-model tasks' Parquet shards.
+  "pyarrow==22.0.0"
 )
 # patchelf is for benches/gpu-check.sh, which bundles the binary for GPU nodes.
 # gcc and g++ (`cc`, `c++`): torch-sys compiles its C++ wrapper of libtorch, and tokenizers' onig

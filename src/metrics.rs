@@ -1,4 +1,5 @@
-//! Task metrics as LM-BFF computes them (docs/reference.md §1.3), on class ids or scores.
+//! Task metrics as LM-BFF computes them (docs/reference.md §1.3), on class ids or scores, and
+//! SQuAD's answer F1 as MeZO's large-model tasks compute it (§7.4).
 
 use std::collections::BTreeMap;
 
@@ -106,6 +107,56 @@ pub fn regression(predictions: &[f64], labels: &[f64]) -> BTreeMap<String, f64> 
     BTreeMap::from([("pearson".into(), p), ("spearmanr".into(), s), ("corr".into(), (p + s) / 2.0)])
 }
 
+/// SQuAD's answer normalisation: lower case, no ASCII punctuation, no articles, single spaces.
+pub fn normalize_answer(text: &str) -> String {
+    static ARTICLES: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"\b(a|an|the)\b").expect("valid regex"));
+    let lower = text.to_lowercase();
+    let no_punctuation: String = lower.chars().filter(|c| !c.is_ascii_punctuation()).collect();
+    let no_articles = ARTICLES.replace_all(&no_punctuation, " ");
+    no_articles
+        .split(crate::data::large::prompt::is_python_space)
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The best token F1 of `prediction` against any of `golds` (multiset overlap of normalised
+/// words). No overlap scores 0, even an empty answer against an empty gold; a first gold of
+/// "CANNOTANSWER" or "no answer" asks for an exact match instead.
+pub fn squad_f1(prediction: &str, golds: &[String]) -> f64 {
+    let Some(first) = golds.first() else { return 0.0 };
+    let predicted = normalize_answer(prediction);
+    if first == "CANNOTANSWER" || first == "no answer" {
+        return f64::from(u8::from(normalize_answer(first) == predicted));
+    }
+    let predicted: Vec<&str> = predicted.split(' ').filter(|w| !w.is_empty()).collect();
+    golds
+        .iter()
+        .map(|gold| {
+            let gold = normalize_answer(gold);
+            let gold: Vec<&str> = gold.split(' ').filter(|w| !w.is_empty()).collect();
+            let mut counts: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+            for w in &gold {
+                *counts.entry(w).or_default() += 1;
+            }
+            let mut same = 0;
+            for w in &predicted {
+                if let Some(n) = counts.get_mut(w).filter(|n| **n > 0) {
+                    *n -= 1;
+                    same += 1;
+                }
+            }
+            if same == 0 {
+                return 0.0;
+            }
+            let precision = same as f64 / predicted.len() as f64;
+            let recall = same as f64 / gold.len() as f64;
+            2.0 * precision * recall / (precision + recall)
+        })
+        .fold(f64::NEG_INFINITY, f64::max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +181,24 @@ mod tests {
         assert!((spearman(&[1.0, 2.0, 2.0, 3.0], &[1.0, 3.0, 2.0, 4.0]) - 0.9486832980505138).abs() < 1e-12);
         let m = classification(&["acc", "f1", "acc_and_f1"], &p, &l);
         assert_eq!(m["acc_and_f1"], 0.75);
+    }
+
+    #[test]
+    fn squad_f1_on_hand_made_answers() {
+        let golds = |g: &[&str]| g.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(normalize_answer("The  Cat, a dog!"), "cat dog");
+        assert_eq!(normalize_answer("Theater"), "theater");
+        assert_eq!(squad_f1("the cat", &golds(&["A cat."])), 1.0);
+        // 1 of 2 predicted words, 1 of 1 gold word: P 0.5, R 1.
+        assert!((squad_f1("black cat", &golds(&["cat"])) - 2.0 / 3.0).abs() < 1e-12);
+        // The best of several golds.
+        assert_eq!(squad_f1("Paris", &golds(&["London", "paris"])), 1.0);
+        // Empty against empty is 0, as in the reference.
+        assert_eq!(squad_f1("", &golds(&[""])), 0.0);
+        assert_eq!(squad_f1("the", &golds(&["a"])), 0.0);
+        assert_eq!(squad_f1("No answer.", &golds(&["no answer"])), 1.0);
+        assert_eq!(squad_f1("nothing", &golds(&["CANNOTANSWER"])), 0.0);
+        // Repeated words count as often as both sides have them.
+        assert!((squad_f1("cat cat cat", &golds(&["cat cat"])) - 0.8).abs() < 1e-12);
     }
 }

@@ -8,6 +8,7 @@
 
 use crate::data::dataset::FewShotType;
 use crate::data::kshot::Mode;
+use crate::data::large::prompt::OptBos;
 use crate::data::tasks::Preset;
 use crate::kernel::Formula;
 use crate::model::Dtype;
@@ -55,6 +56,16 @@ choice! {
         PromptDemo => FewShotType::PromptDemo,
         /// No template: a classifier on the first token.
         Finetune => FewShotType::Finetune,
+    }
+}
+
+choice! {
+    /// `--opt-bos`: the first token of an OPT prompt.
+    OptBosArg => OptBos {
+        /// Id 0 (`<s>`), as MeZO's large-model code sets it for every OPT model.
+        Reference => OptBos::Reference,
+        /// The tokenizer's own BOS (`</s>`, id 2), as transformers encodes and OPT was trained.
+        Tokenizer => OptBos::Tokenizer,
     }
 }
 

@@ -10,11 +10,16 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct DataArgs {
-    /// Task name (sst-2, sst-5, mr, cr, mpqa, subj, trec, cola, mnli, mnli-mm, snli, qnli, rte,
-    /// mrpc, qqp, sts-b, ag_news), case-insensitive.
+    /// Task name, case-insensitive: LM-BFF's (sst-2, sst-5, mr, cr, mpqa, subj, trec, cola, mnli,
+    /// mnli-mm, snli, qnli, rte, mrpc, qqp, sts-b, ag_news) with a k-shot --data-dir, or MeZO's
+    /// large-model tasks (SST2, RTE, CB, BoolQ, WSC, WIC, MultiRC, Copa, ReCoRD, SQuAD, DROP) with
+    /// a directory of Hugging Face splits (RTE is the latter when --data-dir holds
+    /// validation.jsonl or Parquet files).
     #[arg(long)]
     task: String,
-    /// The k-shot directory of one split, e.g. data/k-shot-1k-test/SST-2/16-42.
+    /// The k-shot directory of one split, e.g. data/k-shot-1k-test/SST-2/16-42; for a large-model
+    /// task, the dataset's train and validation splits (train.jsonl + validation.jsonl, or the
+    /// Hub's Parquet files).
     #[arg(long, value_name = "DIR")]
     data_dir: PathBuf,
     /// Hugging Face model directory; its tokenizer.json is used.
@@ -74,6 +79,40 @@ impl DataArgs {
             ))),
             _ => Ok(()),
         }
+    }
+
+    /// The large-model task named by --task, if it is one: a name only MeZO's large-model code
+    /// knows, or a name both know (RTE) with a --data-dir of Hugging Face splits.
+    pub fn large_task(&self) -> Option<crate::data::large::Task> {
+        let task = crate::data::large::Task::parse(&self.task)?;
+        (tasks::task(&self.task).is_err() || crate::data::large::has_hf_splits(&self.data_dir))
+            .then_some(task)
+    }
+
+    /// The LM-BFF flags given (meaningless for a large-model task).
+    pub fn lmbff_flags_given(&self) -> Vec<&'static str> {
+        [
+            (self.tokenizer.is_some(), "--tokenizer"),
+            (self.template.is_some(), "--template"),
+            (self.mapping.is_some(), "--mapping"),
+            (self.max_seq_length.is_some(), "--max-seq-length"),
+            (self.first_sent_limit.is_some(), "--first-sent-limit"),
+            (self.other_sent_limit.is_some(), "--other-sent-limit"),
+            (self.truncate_head, "--truncate-head"),
+            (self.num_sample.is_some(), "--num-sample"),
+            (self.double_demo.is_some(), "--double-demo"),
+        ]
+        .into_iter()
+        .filter_map(|(given, name)| given.then_some(name))
+        .collect()
+    }
+
+    pub fn task_name(&self) -> &str {
+        &self.task
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
     }
 
     pub fn model_dir(&self) -> Option<PathBuf> {

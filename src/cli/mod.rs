@@ -12,6 +12,7 @@ mod gather;
 mod info;
 mod kernel;
 mod kshot;
+mod large;
 mod linearhead;
 mod replay;
 mod solve;

@@ -12,6 +12,7 @@
 //! demo       demonstrations: template expansion, sampling, sentence order
 //! dataset    all of the above for one task: encoded dev/test, training features on access
 //! batch      seeded batch sampler, padding, data-parallel shards
+//! large      MeZO's large-model tasks (SuperGLUE, SQuAD, DROP): HF splits, sampling, prompts
 //! ```
 //!
 //! Random streams, each from an explicit seed:
@@ -33,6 +34,7 @@ pub mod dataset;
 pub mod demo;
 pub mod examples;
 pub mod kshot;
+pub mod large;
 pub mod mt19937;
 pub mod tasks;
 pub mod template;

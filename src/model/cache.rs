@@ -23,6 +23,17 @@ impl KvCache {
         self.len() == 0
     }
 
+    /// The cache of the batch rows `index` `[R]` (int64, on the cache's device), in that order:
+    /// rows may repeat, so one prompt's cache serves several continuations.
+    pub fn select_rows(&self, index: &Tensor) -> KvCache {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| l.as_ref().map(|(k, v)| (k.index_select(0, index), v.index_select(0, index))))
+            .collect();
+        KvCache { layers }
+    }
+
     /// Appends this step's keys and values of `layer`; returns the full ones.
     pub fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
         let slot = &mut self.layers[layer];
@@ -233,4 +244,64 @@ pub fn greedy_generate(
         input = Tensor::from_slice(&[next]).view([1, 1]).to_device(device);
     }
     Tensor::from_slice(&tokens).view([1, -1])
+}
+
+/// Greedy decoding of a batch of prompts of any lengths, as `transformers`' `generate` decodes
+/// each alone: prompts are left-padded (positions and attention come from the mask), each row
+/// gets at most `limits[i]` new tokens and ends at the first token in `stop` (kept), and finished
+/// rows leave the batch. Returns the new tokens of each prompt.
+pub fn greedy_generate_batch(
+    model: &dyn CausalLm,
+    prompts: &[Vec<i64>],
+    limits: &[usize],
+    stop: &[i64],
+    pad: i64,
+    device: tch::Device,
+) -> Vec<Vec<i64>> {
+    let _guard = tch::no_grad_guard();
+    let mut outputs: Vec<Vec<i64>> = vec![Vec::new(); prompts.len()];
+    let mut active: Vec<usize> =
+        (0..prompts.len()).filter(|&i| limits[i] > 0 && !prompts[i].is_empty()).collect();
+    if active.is_empty() {
+        return outputs;
+    }
+    let width = active.iter().map(|&i| prompts[i].len()).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(active.len() * width);
+    let mut mask = Vec::with_capacity(active.len() * width);
+    for &i in &active {
+        let p = &prompts[i];
+        ids.extend(std::iter::repeat_n(pad, width - p.len()).chain(p.iter().copied()));
+        mask.extend(std::iter::repeat_n(0i64, width - p.len()).chain(std::iter::repeat_n(1, p.len())));
+    }
+    let rows = active.len() as i64;
+    let input = Tensor::from_slice(&ids).view([rows, width as i64]).to_device(device);
+    let mut mask = Tensor::from_slice(&mask).view([rows, width as i64]).to_device(device);
+    let mut cache = KvCache::new(model.num_layers());
+    let mut hidden = model.hidden_states(&input, &mask, Some(&mut cache));
+    loop {
+        let last = hidden.select(1, -1);
+        let next: Vec<i64> = Vec::try_from(model.logits(&last).argmax(-1, false).to_device(tch::Device::Cpu))
+            .expect("argmax gives int64");
+        let mut keep = Vec::new();
+        for (row, (&i, &token)) in active.iter().zip(&next).enumerate() {
+            outputs[i].push(token);
+            if !stop.contains(&token) && outputs[i].len() < limits[i] {
+                keep.push(row as i64);
+            }
+        }
+        if keep.is_empty() {
+            return outputs;
+        }
+        let tokens: Vec<i64> = keep.iter().map(|&r| next[r as usize]).collect();
+        if keep.len() < active.len() {
+            let index = Tensor::from_slice(&keep).to_device(device);
+            cache = cache.select_rows(&index);
+            mask = mask.index_select(0, &index);
+            active = keep.iter().map(|&r| active[r as usize]).collect();
+        }
+        let n = tokens.len() as i64;
+        mask = Tensor::cat(&[mask, Tensor::ones([n, 1], (Kind::Int64, device))], 1);
+        let input = Tensor::from_slice(&tokens).view([n, 1]).to_device(device);
+        hidden = model.hidden_states(&input, &mask, Some(&mut cache));
+    }
 }

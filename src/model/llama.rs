@@ -147,12 +147,12 @@ impl Llama {
         })
     }
 
-    /// cos and sin `[1, 1, T, D]` of positions `start..start + t`, in f32 then cast, as transformers.
-    fn rotary(&self, start: i64, t: i64, kind: Kind) -> (Tensor, Tensor) {
-        let positions = Tensor::arange_start(start, start + t, (Kind::Float, self.inv_freq.device()));
-        let freqs = positions.unsqueeze(1) * self.inv_freq.unsqueeze(0);
+    /// cos and sin `[B, 1, T, D]` of `positions` `[B, T]`, in f32 then cast, as transformers.
+    fn rotary(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+        let (b, t) = positions.size2().expect("positions are [B, T]");
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(2) * self.inv_freq.view([1, 1, -1]);
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
-        (emb.cos().to_kind(kind).view([1, 1, t, -1]), emb.sin().to_kind(kind).view([1, 1, t, -1]))
+        (emb.cos().to_kind(kind).view([b, 1, t, -1]), emb.sin().to_kind(kind).view([b, 1, t, -1]))
     }
 }
 
@@ -178,15 +178,18 @@ impl CausalLm for Llama {
         mut cache: Option<&mut KvCache>,
     ) -> Tensor {
         let (_, t) = input_ids.size2().expect("input_ids is [B, T]");
-        // Positions come from the mask: the cache may also hold prefix slots.
-        let past = attention_mask.size()[1] - t;
+        // Positions count the real tokens before each one (transformers' generate does so for
+        // padded batches); prefix slots are not in the mask and take no position.
+        let s = attention_mask.size()[1];
+        let positions =
+            (attention_mask.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0).narrow(1, s - t, t);
         let first_step = cache.as_deref().is_none_or(KvCache::is_empty);
         let prefix_len = match &self.layers[0].prefix {
             Some(p) if self.prefix_active.get() => p.len(),
             _ => 0,
         };
         let mut x = rows(&self.embed_tokens, input_ids);
-        let (cos, sin) = self.rotary(past, t, x.kind());
+        let (cos, sin) = self.rotary(&positions.to_device(x.device()), x.kind());
         let (attend, is_causal) = attention_for(attention_mask, t, prefix_len);
         let rep = self.heads / self.kv_heads;
         for (i, layer) in self.layers.iter().enumerate() {

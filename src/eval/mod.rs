@@ -1,6 +1,12 @@
 //! Evaluation of a model on a task's dev and test sets: scores of every feature, computed on
 //! each rank's contiguous share of the features and gathered, averaged over demonstration
 //! samples, and turned into the task's metrics (keys with LM-BFF's `eval_` prefix).
+//!
+//! MeZO's large-model tasks are scored differently (each candidate's option tokens after its
+//! prompt, or a generated answer): [`large`], on the batched scoring of [`options`].
+
+pub mod large;
+pub mod options;
 
 use crate::data::batch::{collate, shard};
 use crate::data::dataset::{EvalSet, FewShotType, TaskData};

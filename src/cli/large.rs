@@ -1,0 +1,110 @@
+//! Flags of MeZO's large-model tasks (SST2, SuperGLUE, SQuAD, DROP), shared by `eval` and
+//! `train`, and the run they configure.
+
+use super::choices::OptBosArg;
+use crate::data::large::prompt::{OptBos, PromptConfig};
+use crate::data::large::sampling::SamplingConfig;
+use crate::error::InputError;
+use crate::eval::large::Calibration;
+use clap::Args;
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    next_help_heading = "Large-model tasks (SST2, RTE, CB, BoolQ, WSC, WIC, MultiRC, Copa, ReCoRD, SQuAD, DROP)"
+)]
+pub struct LargeArgs {
+    /// Training examples (demonstrations when evaluating) per train set.
+    #[arg(long, value_name = "N")]
+    pub num_train: Option<usize>,
+    /// Dev examples, the tail of each train set's sample (training only).
+    #[arg(long, value_name = "N")]
+    pub num_dev: Option<usize>,
+    /// Test examples sampled from the validation split [default: all, unpermuted].
+    #[arg(long, value_name = "N")]
+    pub num_eval: Option<usize>,
+    /// Seed of the one train set (and of its test sample).
+    #[arg(long, value_name = "SEED")]
+    pub train_set_seed: Option<u32>,
+    /// Train sets with seeds 0..N. Without this and --train-set-seed, every test example gets its
+    /// own demonstration set (in-context learning, as MeZO's icl.sh).
+    #[arg(long, value_name = "N")]
+    pub num_train_sets: Option<usize>,
+    /// Tokens of a prompt; longer ones lose their first tokens after BOS [default: 2048].
+    #[arg(long, value_name = "N")]
+    pub max_length: Option<usize>,
+    /// Tokens generated at most for SQuAD and DROP [default: 50].
+    #[arg(long, value_name = "N")]
+    pub max_new_tokens: Option<usize>,
+    /// Calibrate candidate scores: log p(option | prompt) − log p(option | calibration prompt),
+    /// summed over the option's tokens.
+    #[arg(long)]
+    pub sfc: bool,
+    /// As --sfc, the calibration prompt after the demonstrations.
+    #[arg(long, conflicts_with = "sfc")]
+    pub icl_sfc: bool,
+    /// First token of OPT prompts [default: reference].
+    #[arg(long, value_name = "BOS")]
+    pub opt_bos: Option<OptBosArg>,
+    /// Tokens per forward pass when scoring candidates, padding included.
+    #[arg(long, default_value_t = 16384, value_name = "N")]
+    pub batch_tokens: usize,
+}
+
+impl LargeArgs {
+    /// The large-task flags given, by name (refused for LM-BFF tasks).
+    pub fn given(&self) -> Vec<&'static str> {
+        let mut given = Vec::new();
+        let mut flag = |set: bool, name| {
+            if set {
+                given.push(name)
+            }
+        };
+        flag(self.num_train.is_some(), "--num-train");
+        flag(self.num_dev.is_some(), "--num-dev");
+        flag(self.num_eval.is_some(), "--num-eval");
+        flag(self.train_set_seed.is_some(), "--train-set-seed");
+        flag(self.num_train_sets.is_some(), "--num-train-sets");
+        flag(self.max_length.is_some(), "--max-length");
+        flag(self.max_new_tokens.is_some(), "--max-new-tokens");
+        flag(self.sfc, "--sfc");
+        flag(self.icl_sfc, "--icl-sfc");
+        flag(self.opt_bos.is_some(), "--opt-bos");
+        given
+    }
+
+    pub fn sampling(&self) -> SamplingConfig {
+        SamplingConfig {
+            num_train: self.num_train.unwrap_or(0),
+            num_dev: self.num_dev,
+            num_eval: self.num_eval,
+            train_set_seed: self.train_set_seed,
+            num_train_sets: self.num_train_sets,
+        }
+    }
+
+    pub fn prompt(&self) -> Result<PromptConfig, InputError> {
+        let config = PromptConfig {
+            max_length: self.max_length.unwrap_or(2048),
+            max_new_tokens: self.max_new_tokens.unwrap_or(50),
+        };
+        if config.max_length < 2 {
+            return Err(InputError("--max-length must be at least 2 (BOS and one token)".into()));
+        }
+        if self.batch_tokens == 0 {
+            return Err(InputError("--batch-tokens must be positive".into()));
+        }
+        Ok(config)
+    }
+
+    pub fn calibration(&self) -> Calibration {
+        match (self.sfc, self.icl_sfc) {
+            (true, _) => Calibration::Sfc,
+            (_, true) => Calibration::IclSfc,
+            _ => Calibration::None,
+        }
+    }
+
+    pub fn opt_bos(&self) -> OptBos {
+        self.opt_bos.map(OptBos::from).unwrap_or_default()
+    }
+}

@@ -233,7 +233,7 @@ def verbalize_sfc(task, s, c):
 
 
 def encode_prompt(task, train_samples, eval_sample, tok, max_length, sfc=False, icl_sfc=False, generation=False,
-                  max_new_tokens=None):
+                  max_new_tokens=None, generation_with_gold=False):
     train_prompts = [verbalize(task, s, s.correct_candidate).strip() for s in train_samples]
     train_prompts = "\n\n".join(train_prompts).strip()
     enc_fn, verb_fn = ((lambda s: encode_sfc(task, s)), (lambda s, c: verbalize_sfc(task, s, c))) if (sfc or icl_sfc) \
@@ -244,6 +244,10 @@ def encode_prompt(task, train_samples, eval_sample, tok, max_length, sfc=False, 
         base = len(tok.encode(unverbalized))
         option_lens = [len(tok.encode(v)) - base for v in verbalized]
         final = verbalized if sfc else [(train_prompts + "\n\n" + v).lstrip().strip(' ') for v in verbalized]
+    elif generation_with_gold:
+        verbalized = verb_fn(eval_sample, eval_sample.correct_candidate)
+        option_lens = [len(tok.encode(verbalized)) - len(tok.encode(unverbalized))]
+        final = [(train_prompts + "\n\n" + verbalized).lstrip().strip(' ')]
     else:
         option_lens = [0]
         final = [(train_prompts + "\n\n" + unverbalized).lstrip().strip(' ')]
@@ -356,6 +360,70 @@ def run_case(model, tok, task, splits, args):
     return predictions, float(np.mean(values))
 
 
+def correct_id(task, s):
+    if task in ("SQuAD", "DROP"):
+        return 0
+    if isinstance(s.correct_candidate, list):
+        return s.candidates.index(s.correct_candidate[0])
+    return s.candidates.index(s.correct_candidate)
+
+
+def token_log_probs(model, tok, ids, option_len, mask_pad):
+    """The reference's forward_wrap_with_option_len, one unpadded sequence: log p of each kept
+    target (the last option_len, all for 0; pad-id targets dropped when mask_pad)."""
+    t = torch.tensor([ids])
+    with torch.inference_mode():
+        logits = model(input_ids=t).logits[0, :-1].float()
+    labels = t[0, 1:]
+    lp = F.log_softmax(logits, dim=-1)[torch.arange(len(labels)), labels]
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    if option_len > 0:
+        keep[:-option_len] = False
+    if mask_pad:
+        keep &= labels != tok.pad_token_id
+    return lp[keep]
+
+
+def reference_eval_loss(model, tok, task, dev, loss, batch_size, max_new_tokens):
+    """The Trainer's eval_loss on dev: batches of batch_size in order, each batch's loss (the
+    wrapped forward's, or the plain LM loss) weighted by its examples."""
+    generation = task in ("SQuAD", "DROP")
+    total = 0.0
+    for start in range(0, len(dev), batch_size):
+        batch = dev[start:start + batch_size]
+        losses, nll, count = [], 0.0, 0
+        for s in batch:
+            enc, lens = encode_prompt(task, [], s, tok, 2048, generation=generation, generation_with_gold=True,
+                                      max_new_tokens=max_new_tokens)
+            cid = correct_id(task, s)
+            if loss == "classification":
+                means = torch.stack([token_log_probs(model, tok, e, n, True).mean() for e, n in zip(enc, lens)])
+                losses.append((torch.logsumexp(means, 0) - means[cid]).item())
+            else:
+                lp = token_log_probs(model, tok, enc[cid], lens[cid] if loss == "option" else 0, loss == "option")
+                nll -= lp.sum().item()
+                count += len(lp)
+        batch_loss = float(np.mean(losses)) if loss == "classification" else nll / count
+        total += batch_loss * len(batch)
+    return total / len(dev)
+
+
+def train_case(model, tok, task, splits, args):
+    """Dev loss and dev metric of an untrained model as the reference's training path sees them."""
+    train = [build_sample(task, e, i) for i, e in enumerate(splits["train"])]
+    valid = [build_sample(task, e, i) for i, e in enumerate(splits["validation"])]
+    seed, num_train, num_dev = args["train_set_seed"], args["num_train"], args["num_dev"]
+    sample = sample_subset(train, seed, num_train + num_dev)
+    dev = sample[-num_dev:]
+    test = sample_subset(valid, seed, args["num_eval"])
+    max_new = args.get("max_new_tokens", 50)
+    eval_loss = reference_eval_loss(model, tok, task, dev, args["loss"], args["eval_batch_size"], max_new)
+    pred_args = {"max_length": 2048, "max_new_tokens": max_new}
+    dev_metric = float(np.mean([one_step_pred(model, tok, task, [], s, pred_args)[1] for s in dev]))
+    test_metric = float(np.mean([one_step_pred(model, tok, task, [], s, pred_args)[1] for s in test]))
+    return eval_loss, dev_metric, test_metric
+
+
 # --- models ---------------------------------------------------------------------------------------
 
 def save_model(name, model, config, tokenizer_files):
@@ -454,6 +522,33 @@ def main():
                          "metric": metric, "predictions": predictions})
         print(f"{model_name:10} {task:8} {' '.join(flags):60} metric {metric:.3f}")
     json.dump(expected, open(os.path.join(OUT, "expected.json"), "w"), indent=1, ensure_ascii=False)
+
+    train_cases = [
+        ("opt", "BoolQ", {"loss": "classification", "num_train": 6, "num_dev": 5, "num_eval": 4, "eval_batch_size": 2}),
+        ("opt", "Copa", {"loss": "option", "num_train": 4, "num_dev": 5, "num_eval": 3, "eval_batch_size": 3}),
+        ("opt", "ReCoRD", {"loss": "classification", "num_train": 3, "num_dev": 4, "num_eval": 3, "eval_batch_size": 3}),
+        ("opt", "SQuAD", {"loss": "option", "num_train": 4, "num_dev": 4, "num_eval": 3, "eval_batch_size": 3,
+                          "max_new_tokens": 8}),
+        ("opt", "DROP", {"loss": "sequence", "num_train": 4, "num_dev": 3, "num_eval": 3, "eval_batch_size": 2,
+                         "max_new_tokens": 6}),
+        ("llama", "SST2", {"loss": "classification", "num_train": 4, "num_dev": 4, "num_eval": 4,
+                           "eval_batch_size": 3}),
+    ]
+    expected_train = []
+    for model_name, task, args in train_cases:
+        model, tok = {"opt": (opt, opt_tok), "llama": (llama, llama_tok)}[model_name]
+        seed = 2
+        eval_loss, dev_metric, test_metric = train_case(model, tok, task, data[task], dict(args, train_set_seed=seed))
+        flags = ["--train-set-seed", str(seed)]
+        for k in ["num_train", "num_dev", "num_eval", "eval_batch_size", "max_new_tokens"]:
+            if k in args:
+                flags += ["--" + k.replace("_", "-"), str(args[k])]
+        flags += {"classification": ["--train-as-classification"], "option": [],
+                  "sequence": ["--only-train-option", "false"]}[args["loss"]]
+        expected_train.append({"model": model_name, "task": task, "flags": flags, "eval_loss": eval_loss,
+                               "dev_metric": dev_metric, "test_metric": test_metric})
+        print(f"train {model_name:6} {task:8} {' '.join(flags):70} loss {eval_loss:.5f} dev {dev_metric:.3f}")
+    json.dump(expected_train, open(os.path.join(OUT, "expected_train.json"), "w"), indent=1, ensure_ascii=False)
 
 
 if __name__ == "__main__":

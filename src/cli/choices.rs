@@ -243,3 +243,13 @@ mod tests {
         );
     }
 }
+
+choice! {
+    /// `--select-by`: which dev value picks the best weights of a large-model task.
+    SelectByArg => crate::train::large::SelectBy {
+        /// The dev loss, lowest.
+        Loss => crate::train::large::SelectBy::Loss,
+        /// The task's dev metric (accuracy or F1), highest.
+        Metric => crate::train::large::SelectBy::Metric,
+    }
+}

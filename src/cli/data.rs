@@ -107,6 +107,12 @@ impl DataArgs {
         .collect()
     }
 
+    /// `--seed`: the demonstration sampler's (LM-BFF) or, for a large-model task, the run's (the
+    /// reference's `--seed`, 42 as in Hugging Face's `TrainingArguments`).
+    pub fn seed(&self) -> u32 {
+        self.seed
+    }
+
     pub fn task_name(&self) -> &str {
         &self.task
     }

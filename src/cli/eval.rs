@@ -121,15 +121,15 @@ fn run_large(ctx: &Context, args: &EvalArgs, task: large::Task) -> Result<()> {
     }
     let dist = ctx.dist;
     let model_dir = args.data.model_dir().ok_or_else(|| input_error("mezo eval needs --model DIR"))?;
+    let device = ctx.device.resolve(dist.local_rank())?;
     let config = EvalConfig {
         prompt: args.large.prompt()?,
         calibration: args.large.calibration(),
-        batch_tokens: args.large.batch_tokens,
+        batch_tokens: args.large.batch_tokens(device)?,
         generation_batch: args.batch_size,
     };
     let splits = large::load(task, args.data.data_dir())?;
     let plan = sampling::plan(&args.large.sampling(), splits.train.len(), splits.valid.len())?;
-    let device = ctx.device.resolve(dist.local_rank())?;
     let mut options = LoadOptions::new(device, args.dtype.into());
     options.adapter = args.adapter.clone();
     let model = model::load(&model_dir, &options)?;

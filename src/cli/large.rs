@@ -45,9 +45,10 @@ pub struct LargeArgs {
     /// First token of OPT prompts [default: reference].
     #[arg(long, value_name = "BOS")]
     pub opt_bos: Option<OptBosArg>,
-    /// Tokens per forward pass when scoring candidates, padding included.
-    #[arg(long, default_value_t = 16384, value_name = "N")]
-    pub batch_tokens: usize,
+    /// Tokens per forward pass when scoring candidates, padding included [default: 2048 on CPU,
+    /// where larger batches only add padding, 16384 on CUDA].
+    #[arg(long, value_name = "N")]
+    pub batch_tokens: Option<usize>,
 }
 
 impl LargeArgs {
@@ -69,6 +70,7 @@ impl LargeArgs {
         flag(self.sfc, "--sfc");
         flag(self.icl_sfc, "--icl-sfc");
         flag(self.opt_bos.is_some(), "--opt-bos");
+        flag(self.batch_tokens.is_some(), "--batch-tokens");
         given
     }
 
@@ -90,10 +92,17 @@ impl LargeArgs {
         if config.max_length < 2 {
             return Err(InputError("--max-length must be at least 2 (BOS and one token)".into()));
         }
-        if self.batch_tokens == 0 {
-            return Err(InputError("--batch-tokens must be positive".into()));
-        }
         Ok(config)
+    }
+
+    /// Tokens per scoring pass on `device`.
+    pub fn batch_tokens(&self, device: tch::Device) -> Result<usize, InputError> {
+        match self.batch_tokens {
+            Some(0) => Err(InputError("--batch-tokens must be positive".into())),
+            Some(n) => Ok(n),
+            None if device.is_cuda() => Ok(16384),
+            None => Ok(2048),
+        }
     }
 
     pub fn calibration(&self) -> Calibration {

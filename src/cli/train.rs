@@ -1,14 +1,21 @@
+use super::choices::SelectByArg;
 use super::choices::{
     DecayRuleArg, DtypeArg, ObjectiveArg, OptimizerArg, ParallelArg, RngArg, ScheduleArg, StashArg,
     ZoOptimizerArg,
 };
 use super::data::DataArgs;
+use super::large::LargeArgs;
 use super::Context;
 use crate::data::dataset::{FewShotType, TaskData};
+use crate::data::large;
+use crate::data::large::prompt::PromptTokenizer;
+use crate::data::large::sampling::{self, Plan};
 use crate::error::input_error;
+use crate::eval::large::{Calibration, EvalConfig};
 use crate::model::{self, FreezeRules, LoadOptions, LoraConfig, Scope};
+use crate::train::large::{LargeLoss, LargeTask, SelectBy};
 use crate::train::run_dir::{DataRecord, Intent, LoadRecord, RunConfig, RunDir, State};
-use crate::train::{train_first_order, train_mezo, FirstOrder, Outcome, TrainConfig};
+use crate::train::{train_first_order, train_mezo, FirstOrder, Outcome, TrainConfig, TrainTask};
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -107,6 +114,21 @@ pub struct TrainArgs {
     /// Do not train the LM head (names containing "head").
     #[arg(long)]
     exclude_head: bool,
+    #[command(flatten)]
+    large: LargeArgs,
+    /// Large-model tasks: cross-entropy over the candidates, their mean option
+    /// log-probabilities as logits (the reference's --train_as_classification), instead of the
+    /// LM loss on the gold candidate.
+    #[arg(long)]
+    train_as_classification: bool,
+    /// Large-model tasks: the LM loss on the gold candidate's option tokens only (true, the
+    /// reference's default) or on its whole sequence (false) [default: true].
+    #[arg(long, value_name = "BOOL", conflicts_with = "train_as_classification")]
+    only_train_option: Option<bool>,
+    /// Large-model tasks: pick the weights test is evaluated with by the dev loss (lowest, as the
+    /// reference's Trainer) or the dev metric (highest) [default: loss].
+    #[arg(long, value_enum, value_name = "BY")]
+    select_by: Option<SelectByArg>,
 }
 
 pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
@@ -122,8 +144,9 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
         (None, None) => unreachable!("clap requires --out or --resume"),
     };
     validate(args)?;
-    let mut data_config = args.data.config()?;
-    let finetune = data_config.few_shot_type == FewShotType::Finetune;
+    let large_task = args.data.large_task();
+    check_family_flags(args, large_task)?;
+    let seed = args.data.seed();
     let encoder = model::read_json(&model_dir.join("config.json"))
         .map(|c| matches!(c["model_type"].as_str(), Some("roberta" | "bert")))
         .unwrap_or(false);
@@ -135,7 +158,7 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
         } else {
             vec!["q_proj".into(), "v_proj".into()]
         },
-        seed: data_config.seed as i64,
+        seed: seed as i64,
     });
     let scope = match (&lora, args.num_prefix) {
         (Some(_), Some(_)) => return Err(input_error("--lora-r and --num-prefix: choose one")),
@@ -153,7 +176,7 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
         weight_decay: args.weight_decay,
         decay_rule: args.weight_decay_rule.into(),
         lr_schedule: args.lr_schedule.into(),
-        seed: data_config.seed,
+        seed,
         eval_every: args.eval_every,
         eval_batch_size: args.eval_batch_size,
         freeze: FreezeRules {
@@ -174,15 +197,23 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
         rng: args.rng.into(),
         stash: args.best_weights.into(),
     };
-    let options = LoadOptions {
+    let mut options = LoadOptions {
         device: ctx.device.resolve(dist.local_rank())?,
         dtype: args.dtype.into(),
-        num_labels: Some(data_config.task.labels.len() as i64),
-        init_seed: data_config.seed as i64,
+        num_labels: None,
+        init_seed: seed as i64,
         lora,
         num_prefix: args.num_prefix,
         adapter: None,
     };
+    if let Some(task) = large_task {
+        let model = model::load(&model_dir, &options)?;
+        let (mut data, record) = large_data(args, task, &model, &model_dir, options.device)?;
+        return train(ctx, args, &model, &mut data, &config, &options, record, intent);
+    }
+    let mut data_config = args.data.config()?;
+    let finetune = data_config.few_shot_type == FewShotType::Finetune;
+    options.num_labels = Some(data_config.task.labels.len() as i64);
     let model = model::load(&model_dir, &options)?;
     if finetune {
         args.data.check_classifier(&model, &model_dir)?;
@@ -193,13 +224,164 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
     }
     let mut data = TaskData::load(data_config)?;
     crate::eval::check_lengths(&model, &data)?;
+    let record = DataRecord {
+        task: data.config.task.name.to_string(),
+        data_dir: data.config.data_dir.clone(),
+        fingerprint: Some(data.fingerprint()),
+        tokenizer: data.config.tokenizer.clone(),
+        few_shot_type: format!("{:?}", data.config.few_shot_type),
+        template: data.config.template.clone(),
+        mapping: data.config.mapping.clone(),
+        lengths: format!("{:?}", data.config.lengths),
+        truncate_head: data.config.truncate_head,
+        seed: data.config.seed,
+        large: None,
+    };
+    train(ctx, args, &model, &mut data, &config, &options, record, intent)
+}
+
+/// Refuses the flags of the other task family.
+fn check_family_flags(args: &TrainArgs, large: Option<large::Task>) -> Result<()> {
+    match large {
+        Some(task) => {
+            let lmbff = args.data.lmbff_flags_given();
+            if let Some(flag) = lmbff.first() {
+                return Err(input_error(format!(
+                    "{flag} is for LM-BFF tasks; {} is a large-model task",
+                    task.name()
+                )));
+            }
+            for (flag, given) in [("--sfc", args.large.sfc), ("--icl-sfc", args.large.icl_sfc)] {
+                if given {
+                    return Err(input_error(format!(
+                        "{flag} calibrates evaluation with demonstrations; training evaluates zero-shot"
+                    )));
+                }
+            }
+        }
+        None => {
+            let mut given = args.large.given();
+            given.extend(
+                [
+                    (args.train_as_classification, "--train-as-classification"),
+                    (args.only_train_option.is_some(), "--only-train-option"),
+                    (args.select_by.is_some(), "--select-by"),
+                ]
+                .into_iter()
+                .filter_map(|(set, name)| set.then_some(name)),
+            );
+            if let Some(flag) = given.first() {
+                return Err(input_error(format!(
+                    "{flag} is for MeZO's large-model tasks; --task {} is an LM-BFF task",
+                    args.data.task_name()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A large-model task's train, dev and test samples as the reference's training path draws
+/// them: one train set (`--train-set-seed`, 0 by default as in its scripts), dev its tail.
+fn large_data(
+    args: &TrainArgs,
+    task: large::Task,
+    model: &model::Model,
+    model_dir: &std::path::Path,
+    device: tch::Device,
+) -> Result<(LargeTask, DataRecord)> {
+    let mut sampling = args.large.sampling();
+    if sampling.num_train_sets.is_some_and(|n| n != 1) {
+        return Err(input_error(
+            "--num-train-sets: a run trains on one set (the reference trains the sets one after another on the \
+             same model); run one --train-set-seed per run, e.g. as a sweep",
+        ));
+    }
+    sampling.num_train_sets = None;
+    sampling.train_set_seed = Some(sampling.train_set_seed.unwrap_or(0));
+    if sampling.num_train == 0 {
+        return Err(input_error("--num-train: training needs at least one example"));
+    }
+    let splits = large::load(task, args.data.data_dir())?;
+    let Plan::Sets(sets) = sampling::plan(&sampling, splits.train.len(), splits.valid.len())? else {
+        unreachable!("a train set seed gives train sets")
+    };
+    let set = &sets[0];
+    let pick =
+        |rows: &[usize], from: &[large::Sample]| rows.iter().map(|&i| from[i].clone()).collect::<Vec<_>>();
+    let test = pick(&set.test, &splits.valid);
+    let dev = if sampling.num_dev.is_some() {
+        pick(&set.dev, &splits.train)
+    } else {
+        log::warn!(
+            "no --num-dev: as the reference, the test set selects the best weights (its numbers are then not \
+             held out)"
+        );
+        test.clone()
+    };
+    let loss = match (args.train_as_classification, args.only_train_option.unwrap_or(true)) {
+        (true, _) => LargeLoss::Classification,
+        (false, true) => LargeLoss::Option,
+        (false, false) => LargeLoss::Sequence,
+    };
+    let select_by = args.select_by.map_or(SelectBy::Loss, Into::into);
+    let eval = EvalConfig {
+        prompt: args.large.prompt()?,
+        calibration: Calibration::None,
+        batch_tokens: args.large.batch_tokens(device)?,
+        generation_batch: args.eval_batch_size,
+    };
+    let tokenizer = PromptTokenizer::load(model_dir, &model.model_type, args.large.opt_bos())?;
+    let data = LargeTask {
+        task,
+        tokenizer,
+        train: pick(&set.train, &splits.train),
+        dev,
+        test,
+        loss,
+        select_by,
+        eval,
+    };
+    let record = DataRecord {
+        task: task.name().to_string(),
+        data_dir: args.data.data_dir().to_path_buf(),
+        fingerprint: Some(data.fingerprint()),
+        tokenizer: model_dir.to_path_buf(),
+        few_shot_type: "large".into(),
+        template: String::new(),
+        mapping: Vec::new(),
+        lengths: String::new(),
+        truncate_head: false,
+        seed: args.data.seed(),
+        large: Some(serde_json::json!({
+            "sampling": sampling, "max_length": eval.prompt.max_length, "max_new_tokens": eval.prompt.max_new_tokens,
+            "opt_bos": format!("{:?}", args.large.opt_bos()), "loss": loss, "select_by": select_by,
+        })),
+    };
+    Ok((data, record))
+}
+
+/// Trains `data` with the optimiser of `args` in the run directory `config.out_dir`.
+#[allow(clippy::too_many_arguments)]
+fn train<T: TrainTask>(
+    ctx: &Context,
+    args: &TrainArgs,
+    model: &model::Model,
+    data: &mut T,
+    config: &TrainConfig,
+    options: &LoadOptions,
+    record: DataRecord,
+    intent: Intent,
+) -> Result<()> {
+    let dist = ctx.dist;
+    let out_dir = &config.out_dir;
     let run_config = RunConfig {
         program: format!("mezo {}", env!("CARGO_PKG_VERSION")),
         optimizer: format!("{:?}", args.optimizer).to_lowercase(),
         rng: matches!(args.optimizer, OptimizerArg::Mezo).then_some(config.rng),
         ranks: dist.size(),
         load: LoadRecord {
-            model: model_dir.clone(),
+            model: model.source.clone(),
             dtype: options.dtype,
             num_labels: options.num_labels,
             init_seed: options.init_seed,
@@ -207,20 +389,9 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
             num_prefix: options.num_prefix,
         },
         train: config.clone(),
-        data: DataRecord {
-            task: data.config.task.name.to_string(),
-            data_dir: data.config.data_dir.clone(),
-            fingerprint: Some(data.fingerprint()),
-            tokenizer: data.config.tokenizer.clone(),
-            few_shot_type: format!("{:?}", data.config.few_shot_type),
-            template: data.config.template.clone(),
-            mapping: data.config.mapping.clone(),
-            lengths: format!("{:?}", data.config.lengths),
-            truncate_head: data.config.truncate_head,
-            seed: data.config.seed,
-        },
+        data: record,
     };
-    let run = RunDir::open(dist, &out_dir, &run_config, intent)?;
+    let run = RunDir::open(dist, out_dir, &run_config, intent)?;
     let outcome = match (run.state, args.optimizer) {
         (State::Finished, _) => {
             if dist.is_root() {
@@ -229,18 +400,18 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
                     out_dir.display()
                 );
             }
-            Outcome::Finished(read_summary(&out_dir)?)
+            Outcome::Finished(read_summary(out_dir)?)
         }
         (state, OptimizerArg::Mezo) => {
             if state == State::Unfinished {
                 log::info!("continuing the run in {}", out_dir.display());
             }
-            let trained = train_mezo(&model, &mut data, dist, &config, state == State::Unfinished);
+            let trained = train_mezo(model, data, dist, config, state == State::Unfinished);
             discard_if_unstarted(dist, &run, &trained);
             trained?
         }
-        (_, OptimizerArg::Adam) => train_first_order(&model, &mut data, dist, &config, FirstOrder::AdamW)?,
-        (_, OptimizerArg::Sgd) => train_first_order(&model, &mut data, dist, &config, FirstOrder::Sgd)?,
+        (_, OptimizerArg::Adam) => train_first_order(model, data, dist, config, FirstOrder::AdamW)?,
+        (_, OptimizerArg::Sgd) => train_first_order(model, data, dist, config, FirstOrder::Sgd)?,
     };
     if dist.is_root() {
         match outcome {

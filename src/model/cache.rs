@@ -56,6 +56,19 @@ pub trait CausalLm {
         input_ids: &Tensor,
         attention_mask: &Tensor,
         cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        self.last_hidden_states(input_ids, attention_mask, cache, None)
+    }
+
+    /// [`CausalLm::hidden_states`] of the last `last` positions only, `[B, last, H]`: the last
+    /// layer computes every position's keys and values (for the cache) but its queries, attention
+    /// and MLP only on those positions. `Some(0)` fills the cache and computes no output.
+    fn last_hidden_states(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        cache: Option<&mut KvCache>,
+        last: Option<i64>,
     ) -> Tensor;
 
     /// The LM head's stored weight `[V, H]` (the word embeddings when tied).
@@ -189,7 +202,9 @@ pub fn next_token_targets(input_ids: &Tensor, attention_mask: &Tensor) -> Tensor
 }
 
 /// The boolean attention mask `[B, 1, T, S]` of T new positions after `past` cached ones: causal,
-/// and no padding keys.
+/// and no padding keys. A padding position sees itself, so that a left-padded row's first query
+/// has a key: an all-masked row is NaN on some attention backends, and NaN values would reach the
+/// real queries through the zero-weighted padding values.
 pub fn causal_mask(attention_mask: &Tensor, t: i64) -> Tensor {
     let (b, s) = attention_mask.size2().expect("attention_mask is [B, S]");
     let past = s - t;
@@ -197,7 +212,8 @@ pub fn causal_mask(attention_mask: &Tensor, t: i64) -> Tensor {
     let rows = Tensor::arange_start(past, s, (Kind::Int64, device)).view([t, 1]);
     let cols = Tensor::arange(s, (Kind::Int64, device)).view([1, s]);
     let causal = cols.le_tensor(&rows).view([1, 1, t, s]);
-    causal.logical_and(&attention_mask.to_kind(Kind::Bool).view([b, 1, 1, s]))
+    let itself = cols.eq_tensor(&rows).view([1, 1, t, s]);
+    causal.logical_and(&attention_mask.to_kind(Kind::Bool).view([b, 1, 1, s])).logical_or(&itself)
 }
 
 /// What `scaled_dot_product_attention` needs for T new positions after `prefix` always-visible
@@ -218,6 +234,17 @@ pub fn attention_for(attention_mask: &Tensor, t: i64, prefix: i64) -> (Option<Te
         (_, 0) => (None, true),
         _ => (Some(causal_mask(attention_mask, t)), false),
     }
+}
+
+/// The attention of the last `m` of `t` new positions' queries (see [`attention_for`]): the rows
+/// of the explicit mask, which a causal flag cannot express once queries and keys differ in number.
+pub fn attention_rows(attention_mask: &Tensor, t: i64, m: i64, attend: &Option<Tensor>) -> Option<Tensor> {
+    if m == t {
+        return attend.as_ref().map(Tensor::shallow_clone);
+    }
+    // With m < t there are at least two positions, so no mask means causal.
+    let full = attend.as_ref().map_or_else(|| causal_mask(attention_mask, t), Tensor::shallow_clone);
+    Some(full.narrow(2, t - m, m))
 }
 
 /// Greedy decoding of `max_new_tokens` after `prompt` `[1, P]` with a KV cache; stops early at

@@ -2,7 +2,7 @@
 //! `Qwen2ForCausalLM`): RMSNorm, rotary position embeddings, SwiGLU MLP, grouped-query attention,
 //! and q/k/v biases where the config (Qwen2, `attention_bias`) asks for them.
 
-use super::cache::{attention_for, CausalLm, KvCache};
+use super::cache::{attention_for, attention_rows, CausalLm, KvCache};
 use super::nn::{merge_heads, rows, Activation, Linear, Loader, Prefix, RmsNorm};
 use crate::error::InputError;
 use serde::Deserialize;
@@ -171,11 +171,12 @@ fn repeat_kv(x: &Tensor, n: i64) -> Tensor {
 }
 
 impl CausalLm for Llama {
-    fn hidden_states(
+    fn last_hidden_states(
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
         mut cache: Option<&mut KvCache>,
+        last: Option<i64>,
     ) -> Tensor {
         let (_, t) = input_ids.size2().expect("input_ids is [B, T]");
         // Positions count the real tokens before each one (transformers' generate does so for
@@ -192,16 +193,15 @@ impl CausalLm for Llama {
         let (cos, sin) = self.rotary(&positions.to_device(x.device()), x.kind());
         let (attend, is_causal) = attention_for(attention_mask, t, prefix_len);
         let rep = self.heads / self.kv_heads;
+        let layers = self.layers.len();
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer.input_norm.forward(&x);
+            let mut h = layer.input_norm.forward(&x);
             let split = |y: Tensor, n: i64| {
                 let (b, t, _) = y.size3().expect("[B, T, H]");
                 y.view([b, t, n, self.head_dim]).transpose(1, 2)
             };
-            let q = split(layer.q.forward(&h), self.heads);
             let k = split(layer.k.forward(&h), self.kv_heads);
             let v = split(layer.v.forward(&h), self.kv_heads);
-            let q = &q * &cos + rotate_half(&q) * &sin;
             let mut k = &k * &cos + rotate_half(&k) * &sin;
             let mut v = v;
             if let (Some(prefix), true, true) = (&layer.prefix, prefix_len > 0, first_step) {
@@ -210,6 +210,20 @@ impl CausalLm for Llama {
             if let Some(c) = cache.as_deref_mut() {
                 (k, v) = c.append(i, k, v);
             }
+            let (mut attend, mut is_causal) = (attend.as_ref().map(Tensor::shallow_clone), is_causal);
+            let (mut cos, mut sin) = (cos.shallow_clone(), sin.shallow_clone());
+            if let Some(m) = last.filter(|_| i + 1 == layers) {
+                if m == 0 {
+                    x = x.narrow(1, t, 0);
+                    break;
+                }
+                attend = attention_rows(attention_mask, t, m, &attend);
+                is_causal = is_causal && m == t;
+                (h, x) = (h.narrow(1, t - m, m), x.narrow(1, t - m, m));
+                (cos, sin) = (cos.narrow(2, t - m, m), sin.narrow(2, t - m, m));
+            }
+            let q = split(layer.q.forward(&h), self.heads);
+            let q = &q * &cos + rotate_half(&q) * &sin;
             let attended = Tensor::scaled_dot_product_attention(
                 &q,
                 &repeat_kv(&k, rep),

@@ -4,7 +4,7 @@
 //! per `do_layer_norm_before` (opt-350m is post-LN and projects 512 <-> 1024 at the ends); the
 //! LM head tied to `embed_tokens` unless the config unties it.
 
-use super::cache::{attention_for, CausalLm, KvCache};
+use super::cache::{attention_for, attention_rows, CausalLm, KvCache};
 use super::nn::{merge_heads, rows, split_heads, Activation, LayerNorm, Linear, Loader, Prefix};
 use crate::error::InputError;
 use serde::Deserialize;
@@ -128,11 +128,12 @@ impl Opt {
 }
 
 impl CausalLm for Opt {
-    fn hidden_states(
+    fn last_hidden_states(
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
         mut cache: Option<&mut KvCache>,
+        last: Option<i64>,
     ) -> Tensor {
         let (_, t) = input_ids.size2().expect("input_ids is [B, T]");
         let s = attention_mask.size()[1];
@@ -153,10 +154,10 @@ impl CausalLm for Opt {
         let heads = self.config.num_attention_heads;
         let scaling = ((self.config.hidden_size / heads) as f64).powf(-0.5);
         let pre = self.config.do_layer_norm_before;
+        let layers = self.layers.len();
         for (i, layer) in self.layers.iter().enumerate() {
-            let residual = x.shallow_clone();
-            let h = if pre { layer.attention_norm.forward(&x) } else { x.shallow_clone() };
-            let q = split_heads(&(layer.q.forward(&h) * scaling), heads);
+            let mut residual = x.shallow_clone();
+            let mut h = if pre { layer.attention_norm.forward(&x) } else { x.shallow_clone() };
             let mut k = split_heads(&layer.k.forward(&h), heads);
             let mut v = split_heads(&layer.v.forward(&h), heads);
             if let (Some(prefix), true, true) = (&layer.prefix, prefix_len > 0, first_step) {
@@ -165,6 +166,17 @@ impl CausalLm for Opt {
             if let Some(c) = cache.as_deref_mut() {
                 (k, v) = c.append(i, k, v);
             }
+            let (mut attend, mut is_causal) = (attend.as_ref().map(Tensor::shallow_clone), is_causal);
+            if let Some(m) = last.filter(|_| i + 1 == layers) {
+                if m == 0 {
+                    x = x.narrow(1, t, 0);
+                    break;
+                }
+                attend = attention_rows(attention_mask, t, m, &attend);
+                is_causal = is_causal && m == t;
+                (h, residual) = (h.narrow(1, t - m, m), residual.narrow(1, t - m, m));
+            }
+            let q = split_heads(&(layer.q.forward(&h) * scaling), heads);
             let attended =
                 Tensor::scaled_dot_product_attention(&q, &k, &v, attend.as_ref(), 0.0, is_causal, 1.0, false);
             x = residual + layer.out.forward(&merge_heads(&attended));

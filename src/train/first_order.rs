@@ -3,11 +3,9 @@
 //! sums gradients over the ranks: with NCCL, GPU to GPU, when the model is on GPUs; with an MPI
 //! all-reduce of host copies on CPUs.
 
-use super::objective::{loss_sum, step_batch};
 use super::run::Run;
-use super::{Outcome, TrainConfig};
+use super::{Objective, Outcome, TrainConfig, TrainTask};
 use crate::data::batch::{shard, BatchSampler};
-use crate::data::dataset::TaskData;
 use crate::dist::nccl::NcclComm;
 use crate::dist::{Dist, Reduce};
 use crate::error::InputError;
@@ -76,19 +74,14 @@ fn all_reduce_grads(dist: &Dist, nccl: Option<&NcclComm>, params: &[Tensor]) -> 
     Ok(())
 }
 
-pub fn train_first_order(
+pub fn train_first_order<T: TrainTask>(
     model: &Model,
-    data: &mut TaskData,
+    data: &mut T,
     dist: &Dist,
     config: &TrainConfig,
     optimizer: FirstOrder,
 ) -> Result<Outcome> {
-    if data.config.task.regression {
-        bail!(InputError(format!(
-            "training on the regression task {} is not supported",
-            data.config.task.name
-        )));
-    }
+    data.check(Objective::Loss, false)?;
     let trainable = super::trainable(model, &config.freeze);
     if trainable.is_empty() {
         bail!(InputError("the freezing rules leave no parameter to train".into()));
@@ -110,14 +103,14 @@ pub fn train_first_order(
     if exempt {
         opt.set_weight_decay_group(1, 0.0).map_err(|e| anyhow!("{e}"))?;
     }
-    let mut run = Run::first_order(dist, config, format!("eval_{}", data.config.task.selection_metric()))?;
+    let mut run = Run::first_order(dist, config, data.selection())?;
     let nccl = match params[0].device() {
         Device::Cuda(ordinal) if dist.size() > 1 => {
             Some(NcclComm::new(dist, &crate::cuda::context(ordinal)?).context("NCCL for the gradients")?)
         }
         _ => None,
     };
-    let mut sampler = BatchSampler::new(data.train.len(), config.batch_size, config.seed);
+    let mut sampler = BatchSampler::new(data.train_len(), config.batch_size, config.seed);
     let progress = crate::logging::progress_bar(dist, config.steps as u64, "steps");
     let mut last_loss = f64::NAN;
     for step in 1..=config.steps {
@@ -126,11 +119,14 @@ pub fn train_first_order(
         let lr = config.lr_at(step);
         opt.set_learning_rate(lr).map_err(|e| anyhow!("{e}"))?;
         opt.zero_grad().map_err(|e| anyhow!("{e}"))?;
-        // Each rank's share of the global mean: its summed loss over the global batch size.
-        // Micro-batches accumulate their gradients; peak memory is that of one.
+        // Each rank's share of the global mean: its summed loss over the global number of terms
+        // (examples, or option tokens). Micro-batches accumulate their gradients; peak memory is
+        // that of one.
+        let batches = data.step_batch(model, &mine, config.micro_batch_size)?;
+        let terms = dist.all_reduce_sum(batches.iter().map(|b| data.loss_terms(b)).sum::<f64>());
         let mut local = 0.0;
-        for b in step_batch(model, data, &mine, config.micro_batch_size)? {
-            let loss = loss_sum(model, data, &b)? / batch.len() as f64;
+        for b in batches {
+            let loss = data.loss_sum(model, &b)? / terms;
             loss.backward();
             local += loss.double_value(&[]);
         }

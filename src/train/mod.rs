@@ -18,7 +18,6 @@
 //! and `model/` (the final weights, a Hugging Face directory) with `save_model`.
 
 use crate::data::batch::{shard, BatchSampler};
-use crate::data::dataset::{FewShotType, TaskData};
 use crate::dist::{Dist, Reduce};
 use crate::error::InputError;
 use crate::model::{FreezeRules, Model};
@@ -26,7 +25,6 @@ use crate::optim::mezo::{Mezo, MezoSettings};
 use crate::optim::zo::{Rng, StepSeeds, ZoOptimizer};
 use crate::optim::{Trainable, Trained, WeightDecay};
 use anyhow::{bail, Context, Result};
-use objective::{objective_sums, objective_value, step_batch};
 use run::Seconds;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -37,12 +35,15 @@ use std::time::Instant;
 use tch::Kind;
 
 mod first_order;
+pub mod large;
 mod objective;
 mod run;
 pub mod run_dir;
+pub mod task;
 mod trajectory;
 pub use first_order::{train_first_order, FirstOrder};
 pub use run::Stash;
+pub use task::{Selection, Split, TrainTask};
 pub use trajectory::{read_trajectory, RecordedStep, TornTail, Trajectory, TrajectoryWriter};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -230,19 +231,14 @@ fn trajectory_header(config: &TrainConfig, trainable: &[Trainable]) -> serde_jso
 /// when the model is saved (`save_model`): without it, `model` is left with those rows as they
 /// were, a saving for runs that report results only
 /// ([`crate::optim::fast::FastStream::apply_deferring`]).
-pub fn train_mezo(
+pub fn train_mezo<T: TrainTask>(
     model: &Model,
-    data: &mut TaskData,
+    data: &mut T,
     dist: &Dist,
     config: &TrainConfig,
     resume: bool,
 ) -> Result<Outcome> {
-    if data.config.task.regression {
-        bail!(InputError(format!(
-            "training on the regression task {} is not supported",
-            data.config.task.name
-        )));
-    }
+    data.check(config.objective, config.paired_pass)?;
     if config.steps == 0 || config.batch_size == 0 {
         bail!(InputError("--steps and --batch-size must be positive".into()));
     }
@@ -251,13 +247,13 @@ pub fn train_mezo(
         bail!(InputError("the freezing rules leave no parameter to train".into()));
     }
     let header = trajectory_header(config, &trainable);
-    let selection = format!("eval_{}", data.config.task.selection_metric());
+    let selection = data.selection();
     let (mut run, recorded) = run::Run::mezo(dist, config, &header, resume, selection.clone())?;
     let mut optimiser = Mezo::new(trainable, config.mezo_settings())?;
     // From here on every forward pass outside a direction's sees pending rows brought up to date.
     let _current = optimiser.current_view();
     let mut seeds = StepSeeds::new(config.seed);
-    let mut sampler = BatchSampler::new(data.train.len(), config.batch_size, config.seed);
+    let mut sampler = BatchSampler::new(data.train_len(), config.batch_size, config.seed);
 
     let mut last_loss = f64::NAN;
     if resume {
@@ -265,11 +261,8 @@ pub fn train_mezo(
         let logged_best = run::best_logged_dev(&config.out_dir, &selection, recorded.len())?;
         for r in &recorded {
             let batch = sampler.next_batch();
-            if data.config.few_shot_type == FewShotType::PromptDemo {
-                // Demonstrations are drawn per training access: draw them again to stay on the stream.
-                let mine = &batch[shard(batch.len(), dist.rank(), dist.size())];
-                step_batch(model, data, mine, config.micro_batch_size)?;
-            }
+            let mine = &batch[shard(batch.len(), dist.rank(), dist.size())];
+            data.replay_batch(model, mine, config.micro_batch_size)?;
             let directions = r.directions();
             for (recorded_seed, _) in &directions {
                 let seed = seeds.next_seed();
@@ -308,7 +301,7 @@ pub fn train_mezo(
         } else {
             batch[shard(batch.len(), dist.rank(), dist.size())].to_vec()
         };
-        let step_data = step_batch(model, data, &rows, config.micro_batch_size)?;
+        let step_data = data.step_batch(model, &rows, config.micro_batch_size)?;
         spent.add("batch", step_started);
         let n = if by_directions { dist.size() } else { config.zo_samples };
         let step_seeds: Vec<u64> = (0..n).map(|_| seeds.next_seed()).collect();
@@ -317,7 +310,7 @@ pub fn train_mezo(
             let mine = !by_directions || j == dist.rank();
             results[j] = optimiser.direction(seed, mine, |sides| {
                 let clock = Instant::now();
-                let mut sums = objective_sums(model, data, &step_data, config.objective, sides)?;
+                let mut sums = data.objective_sums(model, &step_data, config.objective, sides)?;
                 spent.add("forward", clock);
                 if !by_directions {
                     let clock = Instant::now();
@@ -326,7 +319,7 @@ pub fn train_mezo(
                 }
                 Ok(sums
                     .chunks(sums.len() / sides as usize)
-                    .map(|s| objective_value(config.objective, s))
+                    .map(|s| data.objective_value(config.objective, s))
                     .collect())
             })?;
         }
@@ -401,8 +394,9 @@ mod tests {
         ], 0..8)) {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join(super::run_dir::METRICS), lines.join("\n")).unwrap();
-            match super::run::best_logged_dev(dir.path(), "eval_acc", 8) {
-                Ok(best) => prop_assert!(best.is_none_or(|(step, dev)| step <= 8 && dev.contains_key("eval_acc"))),
+            let selection = super::Selection { key: "eval_acc".into(), higher_is_better: true };
+            match super::run::best_logged_dev(dir.path(), &selection, 8) {
+                Ok(best) => prop_assert!(best.is_none_or(|(step, dev)| step <= 8 && dev.contains_key(&selection.key))),
                 Err(e) => prop_assert_eq!(crate::error::exit_code(&e), 2),
             }
             let _ = super::run::logged_dev_steps(dir.path());

@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 
 /// This rank's share of a step's batch, encoded once and used for both losses of the step (the
 /// reference fetches a batch once; with demonstrations, they are drawn once per step).
-pub(super) struct StepBatch {
+pub struct StepBatch {
     input_ids: Tensor,
     attention_mask: Tensor,
     mask_pos: Option<Tensor>,
@@ -19,6 +19,11 @@ pub(super) struct StepBatch {
 }
 
 impl StepBatch {
+    /// Examples in the batch.
+    pub(super) fn len(&self) -> usize {
+        self.labels.size()[0] as usize
+    }
+
     /// The batch `copies` times over, one copy after the other (the batch itself, not a copy,
     /// for one).
     pub(super) fn repeated(&self, copies: i64) -> StepBatch {

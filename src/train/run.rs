@@ -4,12 +4,11 @@
 //! restores them, through [`Trained`], which brings pending updates up to date first.
 
 use super::{
-    read_trajectory, run_dir, Outcome, RecordedStep, Summary, TornTail, TrainConfig, TrajectoryWriter,
+    read_trajectory, run_dir, Outcome, RecordedStep, Selection, Split, Summary, TornTail, TrainConfig,
+    TrainTask, TrajectoryWriter,
 };
-use crate::data::dataset::TaskData;
 use crate::dist::Dist;
 use crate::error::InputError;
-use crate::eval::evaluate;
 use crate::model::Model;
 use crate::optim::fast::DeferredState;
 use crate::optim::Trained;
@@ -151,15 +150,19 @@ pub(super) struct Run<'a> {
     trajectory: Option<TrajectoryWriter>,
     metrics: JsonLines,
     best: Best,
-    /// The dev metric that selects the best weights (`eval_acc`, `eval_f1`, ...).
-    selection: String,
+    /// The dev metric that selects the best weights.
+    selection: Selection,
     /// This rank's time by phase over the steps this process ran.
     spent: Seconds,
 }
 
 impl<'a> Run<'a> {
     /// A backpropagation run: a metrics log, no trajectory.
-    pub(super) fn first_order(dist: &'a Dist, config: &'a TrainConfig, selection: String) -> Result<Run<'a>> {
+    pub(super) fn first_order(
+        dist: &'a Dist,
+        config: &'a TrainConfig,
+        selection: Selection,
+    ) -> Result<Run<'a>> {
         create_dir(dist, &config.out_dir)?;
         let metrics = JsonLines::open(dist, config.out_dir.join(run_dir::METRICS), false)?;
         Ok(Run { dist, config, trajectory: None, metrics, best: None, selection, spent: Seconds::default() })
@@ -172,7 +175,7 @@ impl<'a> Run<'a> {
         config: &'a TrainConfig,
         header: &serde_json::Value,
         resume: bool,
-        selection: String,
+        selection: Selection,
     ) -> Result<(Run<'a>, Vec<RecordedStep>)> {
         let (recorded, trajectory) = if resume {
             let found = read_trajectory(&config.out_dir, TornTail::Repair)?;
@@ -244,20 +247,21 @@ impl<'a> Run<'a> {
 
     /// Evaluates on dev, logs it, and keeps a copy of the weights when the selection metric
     /// improves.
-    pub(super) fn evaluate_dev(
+    pub(super) fn evaluate_dev<T: TrainTask>(
         &mut self,
         model: &Model,
-        data: &TaskData,
+        data: &T,
         step: usize,
         trained: &dyn Trained,
     ) -> Result<()> {
         let clock = std::time::Instant::now();
-        let dev = evaluate(model, data, &data.dev, self.dist, self.config.eval_batch_size)?;
+        let dev = data.evaluate(model, Split::Dev, self.dist, self.config.eval_batch_size)?;
         let seconds = clock.elapsed().as_secs_f64();
         self.log(&serde_json::json!({"step": step, "dev": dev, "seconds": {"eval": microseconds(seconds)}}))?;
-        let score = dev.get(&self.selection).copied().unwrap_or(f64::NAN);
-        log::info!("step {step}: dev {} {score:.4}", self.selection);
-        if self.best.as_ref().is_none_or(|(_, b, _)| score > b[&self.selection]) {
+        let key = &self.selection.key;
+        let score = dev.get(key).copied().unwrap_or(f64::NAN);
+        log::info!("step {step}: dev {key} {score:.4}");
+        if self.best.as_ref().is_none_or(|(_, b, _)| self.selection.better(score, b[key])) {
             self.stash_best(step, dev, trained)?;
         }
         Ok(())
@@ -278,10 +282,10 @@ impl<'a> Run<'a> {
 
     /// The end of a run: the final model saved, test evaluated with the best-dev weights,
     /// `results.json` written.
-    pub(super) fn finish(
+    pub(super) fn finish<T: TrainTask>(
         mut self,
         model: &Model,
-        data: &TaskData,
+        data: &T,
         trained: &dyn Trained,
         last_loss: f64,
     ) -> Result<Outcome> {
@@ -301,7 +305,7 @@ impl<'a> Run<'a> {
         // Test with the best-dev weights: swap them in, evaluate, swap the final weights back.
         let final_weights = Snapshot::take(trained, config, dist, "final")?;
         snapshot.restore(trained)?;
-        let test = evaluate(model, data, &data.test, dist, config.eval_batch_size)?;
+        let test = data.evaluate(model, Split::Test, dist, config.eval_batch_size)?;
         final_weights.restore(trained)?;
         dist.barrier();
         snapshot.discard(dist);
@@ -409,7 +413,7 @@ pub(super) fn logged_dev_steps(run: &Path) -> Result<Vec<usize>> {
 /// The best dev evaluation logged in `metrics.jsonl` up to `steps`.
 pub(super) fn best_logged_dev(
     run: &Path,
-    selection: &str,
+    selection: &Selection,
     steps: usize,
 ) -> Result<Option<(usize, BTreeMap<String, f64>)>> {
     let path = run.join(run_dir::METRICS);
@@ -421,8 +425,9 @@ pub(super) fn best_logged_dev(
         let bad = |what: &str| InputError(format!("{} line {}: {what}", path.display(), number + 1));
         let dev: BTreeMap<String, f64> =
             serde_json::from_value(dev.clone()).map_err(|e| bad(&format!("dev metrics: {e}")))?;
-        let score = *dev.get(selection).ok_or_else(|| bad(&format!("no {selection} in the dev metrics")))?;
-        if step as usize <= steps && best.as_ref().is_none_or(|(_, b)| score > b[selection]) {
+        let key = &selection.key;
+        let score = *dev.get(key).ok_or_else(|| bad(&format!("no {key} in the dev metrics")))?;
+        if step as usize <= steps && best.as_ref().is_none_or(|(_, b)| selection.better(score, b[key])) {
             best = Some((step as usize, dev));
         }
     }

@@ -74,6 +74,10 @@ pub struct DataRecord {
     pub lengths: String,
     pub truncate_head: bool,
     pub seed: u32,
+    /// MeZO's large-model tasks: the sampling, prompt and loss settings (absent for LM-BFF
+    /// tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub large: Option<serde_json::Value>,
 }
 
 /// Fields that may differ between a run and the command that continues it: where the run is

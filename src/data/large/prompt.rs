@@ -186,8 +186,8 @@ pub enum Mode {
     Sfc,
     /// `--icl-sfc`: calibration prompts after the demonstrations.
     IclSfc,
-    /// A training example: a generation task's prompt with its gold answer, not cut for
-    /// generation.
+    /// A training example: a generation task's prompt with its gold answer (its newline
+    /// included), cut to leave room for generation as the prompts are.
     WithGold,
 }
 
@@ -254,11 +254,9 @@ pub fn encode_prompt(
             (vec![with_demos(&unverbalized)], vec![0])
         }
     };
-    let limit = if generation && mode != Mode::WithGold {
-        config.max_length.saturating_sub(config.max_new_tokens)
-    } else {
-        config.max_length
-    };
+    // Training examples too: the reference passes `max_new_tokens` when it converts them.
+    let limit =
+        if generation { config.max_length.saturating_sub(config.max_new_tokens) } else { config.max_length };
     let sequences = prompts
         .iter()
         .map(|p| Ok(truncate_left(tokenizer.encode(p)?, limit, tokenizer.bos.is_some())))

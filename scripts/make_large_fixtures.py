@@ -22,6 +22,8 @@ import json
 import os
 import random
 import shutil
+import copy
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -32,6 +34,7 @@ import string
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from sklearn.linear_model import LogisticRegressionCV
 from transformers import GPT2Tokenizer, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -424,6 +427,47 @@ def train_case(model, tok, task, splits, args):
     return eval_loss, dev_metric, test_metric
 
 
+def lp_case(model, tok, task, splits, args):
+    """The reference's linear probing (trainer.py, --linear_probing): LM-head inputs at the gold
+    option tokens of the training examples (in sample order), LogisticRegressionCV without
+    intercept, coef_ rows written into the LM head at the class tokens; then dev and test."""
+    train = [build_sample(task, e, i) for i, e in enumerate(splits["train"])]
+    valid = [build_sample(task, e, i) for i, e in enumerate(splits["validation"])]
+    seed, num_train, num_dev = args["train_set_seed"], args["num_train"], args["num_dev"]
+    sample = sample_subset(train, seed, num_train + num_dev)
+    train_set, dev = sample[:-num_dev], sample[-num_dev:]
+    test = sample_subset(valid, seed, args["num_eval"])
+    captured = {}
+    hook = model.lm_head.register_forward_hook(lambda m, i, o: captured.__setitem__("x", i[0].detach()))
+    features, targets = [], []
+    for s in train_set:
+        enc, lens = encode_prompt(task, [], s, tok, 2048, generation_with_gold=True, max_new_tokens=50)
+        cid = correct_id(task, s)
+        ids, n = torch.tensor([enc[cid]]), lens[cid]
+        with torch.inference_mode():
+            model(input_ids=ids)
+        features.append(captured["x"][0, :-1][-n:].double())
+        targets.append(ids[0, 1:][-n:])
+    hook.remove()
+    x = torch.cat(features).numpy()
+    y = torch.cat(targets).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = LogisticRegressionCV(Cs=10, cv=5, multi_class="multinomial", max_iter=5000, tol=1e-10,
+                                   fit_intercept=False, random_state=0).fit(x, y)
+    coef = torch.tensor(fit.coef_, dtype=model.lm_head.weight.dtype)
+    if coef.shape[0] == 1:
+        coef = torch.cat([-coef / 2, coef / 2], dim=0)
+    with torch.no_grad():
+        for i, token in enumerate(fit.classes_):
+            model.lm_head.weight[token] = coef[i]
+    pred_args = {"max_length": 2048, "max_new_tokens": 50}
+    dev_metric = float(np.mean([one_step_pred(model, tok, task, [], s, pred_args)[1] for s in dev]))
+    test_metric = float(np.mean([one_step_pred(model, tok, task, [], s, pred_args)[1] for s in test]))
+    return {"c": float(fit.C_[0]), "coef": fit.coef_.tolist(), "classes": fit.classes_.tolist(), "rows": len(y),
+            "dev_metric": dev_metric, "test_metric": test_metric}
+
+
 # --- models ---------------------------------------------------------------------------------------
 
 def save_model(name, model, config, tokenizer_files):
@@ -549,6 +593,20 @@ def main():
                                "dev_metric": dev_metric, "test_metric": test_metric})
         print(f"train {model_name:6} {task:8} {' '.join(flags):70} loss {eval_loss:.5f} dev {dev_metric:.3f}")
     json.dump(expected_train, open(os.path.join(OUT, "expected_train.json"), "w"), indent=1, ensure_ascii=False)
+
+    # Linear probing writes into the model's head: each case on a fresh copy of the tiny OPT.
+    lp_cases = [
+        ("SST2", {"train_set_seed": 0, "num_train": 10, "num_dev": 3, "num_eval": 5}),
+        ("CB", {"train_set_seed": 1, "num_train": 11, "num_dev": 2, "num_eval": 5}),
+    ]
+    expected_lp = []
+    for task, args in lp_cases:
+        result = lp_case(copy.deepcopy(opt), opt_tok, task, data[task], args)
+        flags = [x for k, v in args.items() for x in ("--" + k.replace("_", "-"), str(v))]
+        expected_lp.append(dict(result, task=task, flags=flags))
+        print(f"lp {task:8} {len(result['classes'])} classes on {result['rows']} tokens, C {result['c']:.3g}, "
+              f"dev {result['dev_metric']:.3f} test {result['test_metric']:.3f}")
+    json.dump(expected_lp, open(os.path.join(OUT, "expected_lp.json"), "w"), indent=1)
 
 
 if __name__ == "__main__":

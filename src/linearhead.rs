@@ -29,12 +29,15 @@
 use crate::data::batch::{collate, shard};
 use crate::data::dataset::{FewShotType, TaskData};
 use crate::data::examples::Label;
+use crate::data::large::Sample as LargeSample;
 use crate::data::tasks::Task;
 use crate::dist::Dist;
 use crate::error::InputError;
 use crate::eval::evaluate;
 use crate::model::Model;
 use crate::solve::logistic::{self, MultinomialCv};
+use crate::train::large::LargeTask;
+use crate::train::{Split, TrainTask};
 use anyhow::{Context, Result};
 use ndarray::{s, Array1, Array2, Axis};
 use serde::Serialize;
@@ -75,6 +78,12 @@ pub struct Report {
     pub probe: Probe,
     /// Accuracy of the written head on the training rows.
     pub train_accuracy: f64,
+    /// Large-model tasks: the option tokens fitted on (the rows of the fit) and the token ids
+    /// of the classes, whose LM-head rows the probe replaced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub option_tokens: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class_tokens: Option<Vec<i64>>,
     pub dev: BTreeMap<String, f64>,
     pub test: BTreeMap<String, f64>,
 }
@@ -176,8 +185,9 @@ pub fn train_features(
 
 /// The cross-validated multinomial fit and the head rows it implies.
 pub fn fit(dist: &Dist, x: &Array2<f64>, classes: &[usize], n_classes: usize) -> Result<Probe> {
-    let MultinomialCv { c, coef, scores } = logistic::fit_cv_multinomial(dist, x, classes, n_classes)
-        .context("fitting the linear head (multinomial logistic regression)")?;
+    let MultinomialCv { c, coef, scores } =
+        logistic::fit_cv_multinomial(dist, x, classes, n_classes, true)
+            .context("fitting the linear head (multinomial logistic regression)")?;
     let (weight, bias) = head_rows(&coef, n_classes);
     let h = x.ncols();
     let rows = |a: &Array2<f64>| a.rows().into_iter().map(|r| r.to_vec()).collect::<Vec<_>>();
@@ -263,6 +273,93 @@ pub fn run(model: &mut Model, data: &mut TaskData, dist: &Dist, config: &LinearH
         train_examples: x.nrows(),
         features: x.ncols(),
         train_accuracy: head_accuracy(&probe, &x, &classes),
+        option_tokens: None,
+        class_tokens: None,
+        probe,
+        dev,
+        test,
+    })
+}
+
+/// The paper's LP row on a large-model task (docs/reference.md §9.6): the LM head's input at
+/// every option token of the training examples' gold candidates (in sample order, each rank its
+/// contiguous share), a multinomial fit without intercept whose classes are the distinct target
+/// tokens, and its rows written into those tokens' LM-head rows (two classes: [−w/2, +w/2]).
+/// With a tied head this changes the same tokens' input embeddings, as in the reference.
+pub fn run_large(model: &mut Model, task: &LargeTask, dist: &Dist, batch_size: usize) -> Result<Report> {
+    let h = model
+        .causal_lm()
+        .ok_or_else(|| {
+            InputError(format!(
+                "{}: linear probing of a large-model task needs a causal LM (OPT, Llama)",
+                model.source.display()
+            ))
+        })?
+        .head()
+        .size()[1] as usize;
+    let samples: Vec<&LargeSample> = task.train.iter().collect();
+    let mine = shard(samples.len(), dist.rank(), dist.size());
+    let (mut rows, mut targets): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+    for chunk in samples[mine].chunks(batch_size.max(1)) {
+        let (x, t) = task.option_features(model, chunk)?;
+        rows.extend(Vec::<f64>::try_from(x.to_kind(Kind::Double).to_device(tch::Device::Cpu).view([-1]))?);
+        targets.extend(t.iter().map(|&v| v as f64));
+    }
+    let rows: Vec<f64> = dist.all_gather(&rows).concat();
+    let targets: Vec<i64> = dist.all_gather(&targets).concat().into_iter().map(|v| v as i64).collect();
+    let mut tokens = targets.clone();
+    tokens.sort_unstable();
+    tokens.dedup();
+    if tokens.len() < 2 {
+        return Err(InputError(format!(
+            "every option token of the {} training examples is token {:?}: a probe needs two classes",
+            samples.len(),
+            tokens
+        ))
+        .into());
+    }
+    let classes: Vec<usize> = targets.iter().map(|t| tokens.binary_search(t).expect("a class")).collect();
+    let x = Array2::from_shape_vec((targets.len(), h), rows)?;
+    log::info!("fitting a {}-class linear head on {} option tokens × {h} features", tokens.len(), x.nrows());
+    let MultinomialCv { c, coef, scores } =
+        logistic::fit_cv_multinomial(dist, &x, &classes, tokens.len(), false)
+            .context("fitting the linear head (multinomial logistic regression)")?;
+    log::info!("chose C = {c:e}");
+    let (weight, bias) = head_rows(&coef, tokens.len());
+    let table = |a: &Array2<f64>| a.rows().into_iter().map(|r| r.to_vec()).collect::<Vec<_>>();
+    let probe = Probe {
+        c,
+        cs: logistic::cs(),
+        cv_accuracy: scores.mean_axis(Axis(0)).expect("five folds").to_vec(),
+        coef: table(&coef.slice(s![.., ..h]).to_owned()),
+        intercept: coef.column(h).to_vec(),
+        head_weight: table(&weight),
+        head_bias: bias.to_vec(),
+    };
+    let lm = model.causal_lm().expect("checked above");
+    let head = lm.head().shallow_clone();
+    let rows_written = Tensor::from_slice(&probe.head_weight.concat())
+        .view([tokens.len() as i64, h as i64])
+        .to_kind(head.kind())
+        .to_device(head.device());
+    {
+        let _guard = tch::no_grad_guard();
+        let _ = head.shallow_clone().index_copy_(
+            0,
+            &Tensor::from_slice(&tokens).to_device(head.device()),
+            &rows_written,
+        );
+    }
+    let split = |split| task.evaluate(model, split, dist, batch_size);
+    let (dev, test) = (split(Split::Dev)?, split(Split::Test)?);
+    Ok(Report {
+        task: task.task.name(),
+        few_shot_type: "large".into(),
+        train_examples: samples.len(),
+        features: h,
+        train_accuracy: head_accuracy(&probe, &x, &classes),
+        option_tokens: Some(x.nrows()),
+        class_tokens: Some(tokens),
         probe,
         dev,
         test,

@@ -16,9 +16,14 @@
 //!
 //! Config values are flattened to dotted keys (`train.lr`, `kernel.seed`). Seeds are the keys
 //! named `seed` or `*_seed`; grid keys are matched by their last component ([`GRID_KEYS`] plus
-//! the caller's); paths that differ per run or seed (`out_dir`, `data_dir`, `kernels`) and
-//! bookkeeping (`program`, `ranks`) are no part of the tag. The k of a k-shot data directory
+//! the caller's); paths and the data fingerprint, which differ per run or seed (`out_dir`,
+//! `data_dir`, `fingerprint`, `kernels`), and bookkeeping (`program`, `ranks`) are no part of the
+//! tag. The k of a k-shot data directory
 //! (`.../16-42`) stays in the tag as `data_dir.k`.
+//!
+//! Runs of MeZO's large-model tasks (their config has `data.large`) are selected and reported by
+//! the task's metric (`eval_accuracy`, or `eval_f1` for SQuAD and DROP); their seeds are the run
+//! seed and `train_set_seed`.
 
 use crate::data::tasks;
 use crate::error::InputError;
@@ -45,8 +50,9 @@ pub const GRID_KEYS: &[&str] = &[
     "kernel_lambda",
 ];
 
-/// Keys that are never part of a tag: per-run paths and bookkeeping.
-const UNTAGGED: &[&str] = &["out_dir", "out", "data_dir", "kernels", "program", "ranks"];
+/// Keys that are never part of a tag: per-run paths, the data fingerprint (which differs with the
+/// data seed) and bookkeeping.
+const UNTAGGED: &[&str] = &["out_dir", "out", "data_dir", "fingerprint", "kernels", "program", "ranks"];
 
 /// One finished run.
 #[derive(Debug, Clone)]
@@ -162,8 +168,14 @@ pub fn group(runs: &[Run], extra_grid_keys: &[String]) -> Vec<Group> {
     groups
         .into_iter()
         .map(|((task, tag), runs)| {
-            let registry = tasks::task(&task).ok();
-            let selection = registry.map_or("acc", |t| t.selection_metric());
+            // A large-model task's runs record their sampling and loss under `data.large`; their
+            // metric is the task's (accuracy or F1).
+            let large = runs[0].config.keys().any(|k| k.starts_with("data.large."));
+            let registry = if large { None } else { tasks::task(&task).ok() };
+            let selection = match registry {
+                Some(t) => t.selection_metric(),
+                None => crate::data::large::Task::parse(&task).map_or("acc", |t| t.metric()),
+            };
             let selection_metric = format!("eval_{selection}");
             let test_keys: Vec<String> = registry
                 .map(|t| t.metrics.iter().map(|m| format!("eval_{m}")).collect())

@@ -350,3 +350,122 @@ fn large_task_flags_are_checked() {
     assert!(String::from_utf8_lossy(&output.stderr)
         .contains("--train-as-classification is for MeZO's large-model tasks"));
 }
+
+/// `mezo linearhead` on a large-model task against the reference's linear probing with
+/// transformers features and scikit-learn (fit without intercept, classes the option tokens):
+/// the same classes and C, coefficients within f32 feature rounding, the same dev and test
+/// metrics with the probe written into the LM head; two ranks give one rank's probe.
+#[test]
+fn linear_probe_matches_the_reference() {
+    let cases: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(fixture("expected_lp.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for case in &cases {
+        let task = case["task"].as_str().unwrap();
+        let flags: Vec<&str> =
+            case["flags"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+        let mut reports = Vec::new();
+        for ranks in [1, 2] {
+            let out = dir.path().join(format!("{task}-{ranks}"));
+            let mut cmd = if ranks == 1 { Command::new(MEZO) } else { mpirun(ranks) };
+            ok(cmd
+                .env_remove("RUST_LOG")
+                .args(["-q", "linearhead", "--task", task, "--model"])
+                .arg(fixture("models/opt"))
+                .arg("--data-dir")
+                .arg(fixture("data").join(task))
+                .arg("--out")
+                .arg(&out)
+                .args(&flags)
+                .output()
+                .unwrap());
+            assert!(
+                out.join("model.safetensors").exists() || out.join("model.safetensors.index.json").exists()
+            );
+            reports.push(json(&out.join("linearhead.json")));
+        }
+        let report = &reports[0];
+        assert_eq!(report["class_tokens"], case["classes"], "{task}: classes");
+        assert_eq!(report["option_tokens"].as_u64(), case["rows"].as_u64(), "{task}: rows");
+        assert_eq!(report["c"].as_f64(), case["c"].as_f64(), "{task}: chosen C");
+        let rows = |v: &Value| -> Vec<f64> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+                .collect()
+        };
+        let (ours, theirs) = (rows(&report["coef"]), rows(&case["coef"]));
+        assert_eq!(ours.len(), theirs.len(), "{task}: coef_ shape");
+        let scale = theirs.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let worst = ours.iter().zip(&theirs).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst <= 1e-3 * scale, "{task}: coef_ differs by {worst} (largest {scale})");
+        assert!(
+            report["intercept"].as_array().unwrap().iter().all(|b| b.as_f64() == Some(0.0)),
+            "{task}: intercept"
+        );
+        assert_eq!(
+            report["dev"]["eval_accuracy"].as_f64(),
+            case["dev_metric"].as_f64(),
+            "{task}: dev accuracy"
+        );
+        assert_eq!(
+            report["test"]["eval_accuracy"].as_f64(),
+            case["test_metric"].as_f64(),
+            "{task}: test accuracy"
+        );
+        assert_eq!(reports[1]["c"], report["c"], "{task}: 2 ranks");
+        let two = rows(&reports[1]["coef"]);
+        assert!(two.iter().zip(&ours).all(|(a, b)| (a - b).abs() <= 1e-6 * scale), "{task}: 2 ranks' coef_");
+    }
+}
+
+/// `mezo gather` over a grid of large-task runs: grouped by everything but the seeds and the grid
+/// keys, each train set's best dev accuracy kept, test reported by the task's metric.
+#[test]
+fn gather_reads_large_task_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    for set in ["0", "1"] {
+        for lr in ["1e-3", "1e-2"] {
+            let out = dir.path().join(format!("set{set}-lr{lr}"));
+            let flags = [
+                "--train-as-classification",
+                "--num-train",
+                "6",
+                "--num-dev",
+                "3",
+                "--num-eval",
+                "4",
+                "--steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--eval-every",
+                "1",
+                "--train-set-seed",
+                set,
+                "--lr",
+                lr,
+            ];
+            train(1, "BoolQ", "opt", &out, &flags);
+        }
+    }
+    let output = ok(Command::new(MEZO).args(["-q", "gather", "--json"]).arg(dir.path()).output().unwrap());
+    let groups: Value = serde_json::from_str(&output).unwrap();
+    let groups = groups.as_array().unwrap();
+    assert_eq!(groups.len(), 1, "{output}");
+    let group = &groups[0];
+    assert_eq!(group["selection_metric"], "eval_accuracy");
+    let seeds = group["seeds"].as_array().unwrap();
+    assert_eq!(seeds.len(), 2, "one result per train set: {output}");
+    let mut tests = Vec::new();
+    for seed in seeds {
+        assert_eq!(seed["runs"], 2);
+        let best = Path::new(seed["best_run"].as_str().unwrap());
+        let results = json(best);
+        assert_eq!(seed["dev"], results["best_dev"]["eval_accuracy"]);
+        tests.push(results["test"]["eval_accuracy"].as_f64().unwrap());
+    }
+    let mean = group["test_mean"]["eval_accuracy"].as_f64().unwrap();
+    assert!((mean - (tests[0] + tests[1]) / 2.0).abs() < 1e-12);
+}

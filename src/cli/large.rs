@@ -2,11 +2,27 @@
 //! `train`, and the run they configure.
 
 use super::choices::OptBosArg;
-use crate::data::large::prompt::{OptBos, PromptConfig};
-use crate::data::large::sampling::SamplingConfig;
-use crate::error::InputError;
-use crate::eval::large::Calibration;
+use super::data::DataArgs;
+use crate::data::large;
+use crate::data::large::prompt::{OptBos, PromptConfig, PromptTokenizer};
+use crate::data::large::sampling::{self, Plan, SamplingConfig};
+use crate::error::{input_error, InputError};
+use crate::eval::large::{Calibration, EvalConfig};
+use crate::model::Model;
+use crate::train::large::{LargeLoss, LargeTask, SelectBy};
+use crate::train::run_dir::DataRecord;
+use anyhow::Result;
 use clap::Args;
+use std::path::Path;
+
+/// How a command that trains on a large-model task (`train`, `linearhead`) uses it.
+#[derive(Debug, Clone, Copy)]
+pub struct LargeTraining {
+    pub loss: LargeLoss,
+    pub select_by: SelectBy,
+    /// Prompts generated from at once when evaluating.
+    pub generation_batch: usize,
+}
 
 #[derive(Args, Debug, Clone)]
 #[command(
@@ -115,5 +131,85 @@ impl LargeArgs {
 
     pub fn opt_bos(&self) -> OptBos {
         self.opt_bos.map(OptBos::from).unwrap_or_default()
+    }
+}
+
+impl LargeArgs {
+    /// A large-model task's train, dev and test samples as the reference's training path draws
+    /// them: one train set (`--train-set-seed`, 0 by default as in its scripts), dev its tail.
+    pub fn train_task(
+        &self,
+        data_args: &DataArgs,
+        task: large::Task,
+        training: LargeTraining,
+        model: &Model,
+        model_dir: &Path,
+        device: tch::Device,
+    ) -> Result<(LargeTask, DataRecord)> {
+        let mut sampling = self.sampling();
+        if sampling.num_train_sets.is_some_and(|n| n != 1) {
+            return Err(input_error(
+                "--num-train-sets: a run trains on one set (the reference trains the sets one after another on the \
+                 same model); run one --train-set-seed per run, e.g. as a sweep",
+            ));
+        }
+        sampling.num_train_sets = None;
+        sampling.train_set_seed = Some(sampling.train_set_seed.unwrap_or(0));
+        if sampling.num_train == 0 {
+            return Err(input_error("--num-train: training needs at least one example"));
+        }
+        let splits = large::load(task, data_args.data_dir())?;
+        let Plan::Sets(sets) = sampling::plan(&sampling, splits.train.len(), splits.valid.len())? else {
+            unreachable!("a train set seed gives train sets")
+        };
+        let set = &sets[0];
+        let pick = |rows: &[usize], from: &[large::Sample]| {
+            rows.iter().map(|&i| from[i].clone()).collect::<Vec<_>>()
+        };
+        let test = pick(&set.test, &splits.valid);
+        let dev = if sampling.num_dev.is_some() {
+            pick(&set.dev, &splits.train)
+        } else {
+            log::warn!(
+                "no --num-dev: as the reference, the test set selects the best weights (its numbers are then not \
+                 held out)"
+            );
+            test.clone()
+        };
+        let LargeTraining { loss, select_by, generation_batch } = training;
+        let eval = EvalConfig {
+            prompt: self.prompt()?,
+            calibration: Calibration::None,
+            batch_tokens: self.batch_tokens(device)?,
+            generation_batch: generation_batch,
+        };
+        let tokenizer = PromptTokenizer::load(model_dir, &model.model_type, self.opt_bos())?;
+        let data = LargeTask {
+            task,
+            tokenizer,
+            train: pick(&set.train, &splits.train),
+            dev,
+            test,
+            loss,
+            select_by,
+            eval,
+        };
+        let record = DataRecord {
+            task: task.name().to_string(),
+            data_dir: data_args.data_dir().to_path_buf(),
+            fingerprint: Some(data.fingerprint()),
+            tokenizer: model_dir.to_path_buf(),
+            few_shot_type: "large".into(),
+            template: String::new(),
+            mapping: Vec::new(),
+            lengths: String::new(),
+            truncate_head: false,
+            seed: data_args.seed(),
+            large: Some(serde_json::json!({
+                "sampling": sampling, "max_length": eval.prompt.max_length, "max_new_tokens": eval.prompt.max_new_tokens,
+                "opt_bos": format!("{:?}", self.opt_bos()), "loss": loss, "select_by": select_by,
+            })),
+        };
+        Ok((data, record))
     }
 }

@@ -1,9 +1,11 @@
 use super::data::DataArgs;
+use super::large::{LargeArgs, LargeTraining};
 use super::Context;
 use crate::data::dataset::TaskData;
 use crate::error::input_error;
 use crate::linearhead::{self, LinearHeadConfig};
 use crate::model::{self, Dtype, LoadOptions};
+use crate::train::large::{LargeLoss, SelectBy};
 use anyhow::{Context as _, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -25,6 +27,8 @@ pub struct LinearHeadArgs {
     /// Also write the report (chosen C, CV accuracy, coefficients, dev/test metrics) here.
     #[arg(long, value_name = "FILE")]
     results: Option<PathBuf>,
+    #[command(flatten)]
+    large: LargeArgs,
 }
 
 /// Fits the probe on every rank, evaluates the model with it, and writes it from rank 0.
@@ -35,22 +39,54 @@ pub fn run(ctx: &Context, args: &LinearHeadArgs) -> Result<()> {
     if args.batch_size == 0 {
         return Err(input_error("--batch-size must be positive"));
     }
-    let config = args.data.config()?;
-    linearhead::check_task(config.task)?;
-    let options = LoadOptions {
-        device: ctx.device.resolve(dist.local_rank())?,
-        dtype: Dtype::F32,
-        num_labels: Some(config.task.labels.len() as i64),
-        init_seed: config.seed as i64,
-        lora: None,
-        num_prefix: None,
-        adapter: None,
+    let device = ctx.device.resolve(dist.local_rank())?;
+    let (report, model) = if let Some(task) = args.data.large_task() {
+        if let Some(flag) = args.data.lmbff_flags_given().first() {
+            return Err(input_error(format!(
+                "{flag} is for LM-BFF tasks; {} is a large-model task",
+                task.name()
+            )));
+        }
+        for (flag, given) in [("--sfc", args.large.sfc), ("--icl-sfc", args.large.icl_sfc)] {
+            if given {
+                return Err(input_error(format!(
+                    "{flag} calibrates in-context evaluation; a probe evaluates zero-shot"
+                )));
+            }
+        }
+        let mut model = model::load(&model_dir, &LoadOptions::new(device, Dtype::F32))?;
+        let training = LargeTraining {
+            loss: LargeLoss::Option,
+            select_by: SelectBy::Loss,
+            generation_batch: args.batch_size,
+        };
+        let (data, _) = args.large.train_task(&args.data, task, training, &model, &model_dir, device)?;
+        (linearhead::run_large(&mut model, &data, dist, args.batch_size)?, model)
+    } else {
+        if let Some(flag) = args.large.given().first() {
+            return Err(input_error(format!(
+                "{flag} is for MeZO's large-model tasks; --task {} is an LM-BFF task",
+                args.data.task_name()
+            )));
+        }
+        let config = args.data.config()?;
+        linearhead::check_task(config.task)?;
+        let options = LoadOptions {
+            device,
+            dtype: Dtype::F32,
+            num_labels: Some(config.task.labels.len() as i64),
+            init_seed: config.seed as i64,
+            lora: None,
+            num_prefix: None,
+            adapter: None,
+        };
+        let mut model = model::load(&model_dir, &options)?;
+        let mut data = TaskData::load(config)?;
+        crate::eval::check_lengths(&model, &data)?;
+        let report =
+            linearhead::run(&mut model, &mut data, dist, &LinearHeadConfig { batch_size: args.batch_size })?;
+        (report, model)
     };
-    let mut model = model::load(&model_dir, &options)?;
-    let mut data = TaskData::load(config)?;
-    crate::eval::check_lengths(&model, &data)?;
-    let report =
-        linearhead::run(&mut model, &mut data, dist, &LinearHeadConfig { batch_size: args.batch_size })?;
     dist.on_root(|| {
         model
             .save(&args.out, model::MAX_SHARD_BYTES)

@@ -4,16 +4,13 @@ use super::choices::{
     ZoOptimizerArg,
 };
 use super::data::DataArgs;
-use super::large::LargeArgs;
+use super::large::{LargeArgs, LargeTraining};
 use super::Context;
 use crate::data::dataset::{FewShotType, TaskData};
 use crate::data::large;
-use crate::data::large::prompt::PromptTokenizer;
-use crate::data::large::sampling::{self, Plan};
 use crate::error::input_error;
-use crate::eval::large::{Calibration, EvalConfig};
 use crate::model::{self, FreezeRules, LoadOptions, LoraConfig, Scope};
-use crate::train::large::{LargeLoss, LargeTask, SelectBy};
+use crate::train::large::{LargeLoss, SelectBy};
 use crate::train::run_dir::{DataRecord, Intent, LoadRecord, RunConfig, RunDir, State};
 use crate::train::{train_first_order, train_mezo, FirstOrder, Outcome, TrainConfig, TrainTask};
 use anyhow::Result;
@@ -208,7 +205,18 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
     };
     if let Some(task) = large_task {
         let model = model::load(&model_dir, &options)?;
-        let (mut data, record) = large_data(args, task, &model, &model_dir, options.device)?;
+        let loss = match (args.train_as_classification, args.only_train_option.unwrap_or(true)) {
+            (true, _) => LargeLoss::Classification,
+            (false, true) => LargeLoss::Option,
+            (false, false) => LargeLoss::Sequence,
+        };
+        let training = LargeTraining {
+            loss,
+            select_by: args.select_by.map_or(SelectBy::Loss, Into::into),
+            generation_batch: args.eval_batch_size,
+        };
+        let (mut data, record) =
+            args.large.train_task(&args.data, task, training, &model, &model_dir, options.device)?;
         return train(ctx, args, &model, &mut data, &config, &options, record, intent);
     }
     let mut data_config = args.data.config()?;
@@ -279,86 +287,6 @@ fn check_family_flags(args: &TrainArgs, large: Option<large::Task>) -> Result<()
         }
     }
     Ok(())
-}
-
-/// A large-model task's train, dev and test samples as the reference's training path draws
-/// them: one train set (`--train-set-seed`, 0 by default as in its scripts), dev its tail.
-fn large_data(
-    args: &TrainArgs,
-    task: large::Task,
-    model: &model::Model,
-    model_dir: &std::path::Path,
-    device: tch::Device,
-) -> Result<(LargeTask, DataRecord)> {
-    let mut sampling = args.large.sampling();
-    if sampling.num_train_sets.is_some_and(|n| n != 1) {
-        return Err(input_error(
-            "--num-train-sets: a run trains on one set (the reference trains the sets one after another on the \
-             same model); run one --train-set-seed per run, e.g. as a sweep",
-        ));
-    }
-    sampling.num_train_sets = None;
-    sampling.train_set_seed = Some(sampling.train_set_seed.unwrap_or(0));
-    if sampling.num_train == 0 {
-        return Err(input_error("--num-train: training needs at least one example"));
-    }
-    let splits = large::load(task, args.data.data_dir())?;
-    let Plan::Sets(sets) = sampling::plan(&sampling, splits.train.len(), splits.valid.len())? else {
-        unreachable!("a train set seed gives train sets")
-    };
-    let set = &sets[0];
-    let pick =
-        |rows: &[usize], from: &[large::Sample]| rows.iter().map(|&i| from[i].clone()).collect::<Vec<_>>();
-    let test = pick(&set.test, &splits.valid);
-    let dev = if sampling.num_dev.is_some() {
-        pick(&set.dev, &splits.train)
-    } else {
-        log::warn!(
-            "no --num-dev: as the reference, the test set selects the best weights (its numbers are then not \
-             held out)"
-        );
-        test.clone()
-    };
-    let loss = match (args.train_as_classification, args.only_train_option.unwrap_or(true)) {
-        (true, _) => LargeLoss::Classification,
-        (false, true) => LargeLoss::Option,
-        (false, false) => LargeLoss::Sequence,
-    };
-    let select_by = args.select_by.map_or(SelectBy::Loss, Into::into);
-    let eval = EvalConfig {
-        prompt: args.large.prompt()?,
-        calibration: Calibration::None,
-        batch_tokens: args.large.batch_tokens(device)?,
-        generation_batch: args.eval_batch_size,
-    };
-    let tokenizer = PromptTokenizer::load(model_dir, &model.model_type, args.large.opt_bos())?;
-    let data = LargeTask {
-        task,
-        tokenizer,
-        train: pick(&set.train, &splits.train),
-        dev,
-        test,
-        loss,
-        select_by,
-        eval,
-    };
-    let record = DataRecord {
-        task: task.name().to_string(),
-        data_dir: args.data.data_dir().to_path_buf(),
-        fingerprint: Some(data.fingerprint()),
-        tokenizer: model_dir.to_path_buf(),
-        few_shot_type: "large".into(),
-        template: String::new(),
-        mapping: Vec::new(),
-        lengths: String::new(),
-        truncate_head: false,
-        seed: args.data.seed(),
-        large: Some(serde_json::json!({
-            "sampling": sampling, "max_length": eval.prompt.max_length, "max_new_tokens": eval.prompt.max_new_tokens,
-            "opt_bos": format!("{:?}", args.large.opt_bos()), "loss": loss, "select_by": select_by,
-        })),
-    };
-    Ok((data, record))
 }
 
 /// Trains `data` with the optimiser of `args` in the run directory `config.out_dir`.

@@ -88,6 +88,8 @@ struct Objective<'a> {
     x: ArrayView2<'a, f64>,
     y: Array1<f64>,
     alpha: f64,
+    /// Whether b is fitted; without, its gradient is 0 and it stays at its initial 0.
+    intercept: bool,
     best: Rc<RefCell<(f64, Vec<f64>)>>,
 }
 
@@ -135,7 +137,7 @@ impl Gradient for Objective<'_> {
         // d/dz of log(1 + e^{−yz}) = −y·σ(−yz)
         let z: Array1<f64> = self.margins(p).mapv(|m| 1.0 / (1.0 + m.exp())) * &self.y * -1.0;
         let mut g = (self.x.t().dot(&z) + &(ArrayView1::from(&p[..f]).to_owned() * self.alpha)).to_vec();
-        g.push(z.sum());
+        g.push(if self.intercept { z.sum() } else { 0.0 });
         Ok(g)
     }
 }
@@ -157,11 +159,18 @@ fn ensure_finite(p: &[f64]) -> Result<(), argmin::core::Error> {
 /// first, as scikit-learn's do (with its ConvergenceWarning, here a warning in the log).
 const GRADIENT_TOLERANCE: f64 = 1e-8;
 
-/// One L2 logistic fit (labels 0/1, class 1 positive) from `init` ([w; b]); returns [w; b].
-fn fit(x: ArrayView2<f64>, classes: &[usize], c: f64, init: Array1<f64>) -> Result<Array1<f64>> {
+/// One L2 logistic fit (labels 0/1, class 1 positive) from `init` ([w; b]); returns [w; b]
+/// (b kept at its initial value without `intercept`).
+fn fit(
+    x: ArrayView2<f64>,
+    classes: &[usize],
+    c: f64,
+    init: Array1<f64>,
+    intercept: bool,
+) -> Result<Array1<f64>> {
     let y = Array1::from_iter(classes.iter().map(|&k| if k == 1 { 1.0 } else { -1.0 }));
     let seen = Rc::new(RefCell::new((f64::INFINITY, init.to_vec())));
-    let problem = Objective { x, y, alpha: 1.0 / c, best: Rc::clone(&seen) };
+    let problem = Objective { x, y, alpha: 1.0 / c, intercept, best: Rc::clone(&seen) };
     minimize(problem, &seen, init, c, classes.len())
 }
 
@@ -172,13 +181,14 @@ fn fit_softmax(
     n_classes: usize,
     c: f64,
     init: Array1<f64>,
+    intercept: bool,
 ) -> Result<Array1<f64>> {
     let mut onehot = Array2::zeros((classes.len(), n_classes));
     for (i, &k) in classes.iter().enumerate() {
         onehot[[i, k]] = 1.0;
     }
     let seen = Rc::new(RefCell::new((f64::INFINITY, init.to_vec())));
-    let problem = Softmax { x, onehot, alpha: 1.0 / c, best: Rc::clone(&seen) };
+    let problem = Softmax { x, onehot, alpha: 1.0 / c, intercept, best: Rc::clone(&seen) };
     minimize(problem, &seen, init, c, classes.len())
 }
 
@@ -225,6 +235,8 @@ struct Softmax<'a> {
     x: ArrayView2<'a, f64>,
     onehot: Array2<f64>,
     alpha: f64,
+    /// Whether b is fitted (see [`Objective`]).
+    intercept: bool,
     best: Rc<RefCell<(f64, Vec<f64>)>>,
 }
 
@@ -278,7 +290,11 @@ impl Gradient for Softmax<'_> {
         let mut weights = grad.slice_mut(ndarray::s![.., ..f]);
         weights *= self.alpha;
         weights += &g.t().dot(&self.x);
-        grad.column_mut(f).assign(&g.sum_axis(Axis(0)));
+        if self.intercept {
+            grad.column_mut(f).assign(&g.sum_axis(Axis(0)));
+        } else {
+            grad.column_mut(f).fill(0.0);
+        }
         Ok(grad.into_raw_vec_and_offset().0)
     }
 }
@@ -308,7 +324,7 @@ pub struct LogisticCv {
 
 /// Cross-validated fit on the rows of `x` with classes 0/1; folds are spread over the ranks.
 pub fn fit_cv(dist: &Dist, x: &Array2<f64>, classes: &[usize]) -> Result<LogisticCv> {
-    let fit_one = |x: ArrayView2<f64>, y: &[usize], c: f64, init: Array1<f64>| fit(x, y, c, init);
+    let fit_one = |x: ArrayView2<f64>, y: &[usize], c: f64, init: Array1<f64>| fit(x, y, c, init, true);
     let (c, coef, scores) = cross_validate(dist, x, classes, x.ncols() + 1, fit_one, accuracy)?;
     Ok(LogisticCv { c, coef, scores })
 }
@@ -322,24 +338,28 @@ pub fn fit_cv(dist: &Dist, x: &Array2<f64>, classes: &[usize]) -> Result<Logisti
 /// is binary logistic regression at C' = 2C on v = 2w₁, which is what runs here (the same
 /// optimum and decisions, one row fewer to optimise). The coefficients returned are
 /// scikit-learn's `coef_`/`intercept_`: one row [w₁; b₁] for two classes, one per class otherwise.
+///
+/// Without `intercept` (scikit-learn's `fit_intercept=False`) the intercepts stay 0.
 pub fn fit_cv_multinomial(
     dist: &Dist,
     x: &Array2<f64>,
     classes: &[usize],
     n_classes: usize,
+    intercept: bool,
 ) -> Result<MultinomialCv> {
     ensure!(n_classes >= 2, "logistic regression needs at least two classes");
     ensure!(classes.iter().all(|&k| k < n_classes), "class index out of range");
     let width = x.ncols() + 1;
     if n_classes == 2 {
         let fit_one = |x: ArrayView2<f64>, y: &[usize], c: f64, init: Array1<f64>| {
-            Ok(fit(x, y, 2.0 * c, init * 2.0)? / 2.0)
+            Ok(fit(x, y, 2.0 * c, init * 2.0, intercept)? / 2.0)
         };
         let (c, coef, scores) = cross_validate(dist, x, classes, width, fit_one, accuracy)?;
         return Ok(MultinomialCv { c, coef: coef.insert_axis(Axis(0)), scores });
     }
-    let fit_one =
-        |x: ArrayView2<f64>, y: &[usize], c: f64, init: Array1<f64>| fit_softmax(x, y, n_classes, c, init);
+    let fit_one = |x: ArrayView2<f64>, y: &[usize], c: f64, init: Array1<f64>| {
+        fit_softmax(x, y, n_classes, c, init, intercept)
+    };
     let score = |x: ArrayView2<f64>, y: &[usize], coef: &Array1<f64>| {
         let predicted = softmax_decisions(x, coef, n_classes).map_axis(Axis(1), argmax);
         y.iter().zip(&predicted).filter(|(y, p)| y == p).count() as f64 / y.len() as f64
@@ -461,7 +481,7 @@ mod tests {
             onehot[[i, k]] = 1.0;
         }
         let best = Rc::new(RefCell::new((f64::INFINITY, Vec::new())));
-        let problem = Softmax { x: x.view(), onehot, alpha: 0.7, best };
+        let problem = Softmax { x: x.view(), onehot, alpha: 0.7, intercept: true, best };
         let p: Vec<f64> = (0..12).map(|i| (i as f64 * 0.37).sin()).collect();
         let g = problem.gradient(&p).unwrap();
         for i in 0..12 {
@@ -478,20 +498,42 @@ mod tests {
     }
 
     #[test]
+    fn without_intercept_the_intercepts_stay_zero_at_the_optimum() {
+        let dist = Dist::single();
+        for n_classes in [2, 3] {
+            let (x, y) = problem(n_classes);
+            let cv = fit_cv_multinomial(&dist, &x, &y, n_classes, false).unwrap();
+            let f = x.ncols();
+            assert!(cv.coef.column(f).iter().all(|&b| b == 0.0), "{n_classes} classes: {:?}", cv.coef);
+            // The weights are optimal for the problem without intercept: a zero-intercept fit
+            // from them at the chosen C does not move.
+            let width = cv.coef.len();
+            let init = Array1::from(cv.coef.clone().into_raw_vec_and_offset().0);
+            let again = if n_classes == 2 {
+                fit(x.view(), &y, 2.0 * cv.c, init.clone() * 2.0, false).unwrap() / 2.0
+            } else {
+                fit_softmax(x.view(), &y, n_classes, cv.c, init.clone(), false).unwrap()
+            };
+            assert_eq!(again.len(), width);
+            assert!((&again - &init).iter().all(|d| d.abs() < 1e-6), "{n_classes} classes moved");
+        }
+    }
+
+    #[test]
     fn two_class_multinomial_is_binary_at_twice_c_halved() {
         // Both softmax rows optimised (as scikit-learn does) against the binary fit at 2C.
         let (x, y) = problem(2);
         let c = 0.3;
-        let rows = fit_softmax(x.view(), &y, 2, c, Array1::zeros(8)).unwrap();
-        let half = fit(x.view(), &y, 2.0 * c, Array1::zeros(4)).unwrap() / 2.0;
+        let rows = fit_softmax(x.view(), &y, 2, c, Array1::zeros(8), true).unwrap();
+        let half = fit(x.view(), &y, 2.0 * c, Array1::zeros(4), true).unwrap() / 2.0;
         for j in 0..4 {
             assert!((rows[4 + j] - half[j]).abs() < 1e-6, "{rows} vs {half}");
             assert!((rows[j] + half[j]).abs() < 1e-6, "{rows} vs {half}");
         }
         let dist = Dist::single();
-        let cv = fit_cv_multinomial(&dist, &x, &y, 2).unwrap();
+        let cv = fit_cv_multinomial(&dist, &x, &y, 2, true).unwrap();
         assert_eq!(cv.coef.dim(), (1, 4));
-        let cv3 = fit_cv_multinomial(&dist, &x, &problem(3).1, 3).unwrap();
+        let cv3 = fit_cv_multinomial(&dist, &x, &problem(3).1, 3, true).unwrap();
         assert_eq!(cv3.coef.dim(), (3, 4));
     }
 

@@ -107,8 +107,8 @@ impl LargeTask {
         })
     }
 
-    /// The encoded micro-batch of `samples`.
-    fn batch(&self, samples: &[&Sample], device: Device) -> Result<LargeBatch, InputError> {
+    /// The encoded micro-batch of `samples` for `loss`.
+    fn batch(&self, samples: &[&Sample], loss: LargeLoss, device: Device) -> Result<LargeBatch, InputError> {
         let mut sequences: Vec<(Vec<i64>, usize)> = Vec::new();
         let mut groups = Vec::new();
         let (mut prompts, mut golds) = (Vec::new(), Vec::new());
@@ -124,7 +124,7 @@ impl LargeTask {
                     _ => Vec::new(),
                 });
             }
-            match self.loss {
+            match loss {
                 LargeLoss::Classification => {
                     groups.push((sequences.len(), encoded.sequences.len(), gold));
                     sequences.extend(encoded.sequences.into_iter().zip(encoded.option_lens));
@@ -150,7 +150,7 @@ impl LargeTask {
             for pos in first..last {
                 // The reference's wrapped forward (classification, option loss) masks every
                 // target equal to the pad id; the plain LM loss only the padding.
-                if self.loss == LargeLoss::Sequence || tokens[pos + 1] != pad {
+                if loss == LargeLoss::Sequence || tokens[pos + 1] != pad {
                     scored.push((r, (r * width + pos) as i64, tokens[pos + 1]));
                 }
             }
@@ -204,6 +204,21 @@ impl LargeTask {
         let picked = log_probs.gather(1, &to(&targets).view([-1, 1]), false).view([-1]);
         let sums = Tensor::zeros([sides * n], (Kind::Float, device)).index_add(0, &to(&owners), &picked);
         Ok((picked, sums))
+    }
+
+    /// The LM head's inputs at the option positions of `samples`' gold candidates `[M, H]` and
+    /// the tokens they predict: the rows the reference's linear probe is fitted on (pad-id
+    /// targets skipped as in the option loss).
+    pub fn option_features(&self, model: &Model, samples: &[&Sample]) -> Result<(Tensor, Vec<i64>)> {
+        let lm = self.lm(model)?;
+        let b = self.batch(samples, LargeLoss::Option, model.device)?;
+        let _guard = tch::no_grad_guard();
+        let hidden = lm.hidden_states(&b.ids, &b.mask, None);
+        let h = hidden.size()[2];
+        let positions: Vec<i64> = b.scored.iter().map(|&(_, pos, _)| pos).collect();
+        let at =
+            hidden.reshape([-1, h]).index_select(0, &Tensor::from_slice(&positions).to_device(model.device));
+        Ok((at, b.scored.iter().map(|&(_, _, target)| target).collect()))
     }
 
     /// Each sequence's token count, per side.
@@ -276,7 +291,7 @@ impl LargeTask {
         let mut total = [0.0];
         for chunk in &batches[shard(batches.len(), dist.rank(), dist.size())] {
             let refs: Vec<&Sample> = chunk.iter().collect();
-            let sums = self.loss_sums(model, &self.batch(&refs, model.device)?, 1)?;
+            let sums = self.loss_sums(model, &self.batch(&refs, self.loss, model.device)?, 1)?;
             total[0] += sums[0] / sums[1] * chunk.len() as f64;
         }
         dist.all_reduce(&mut total, Reduce::Sum);
@@ -337,7 +352,7 @@ impl TrainTask for LargeTask {
     fn step_batch(&mut self, model: &Model, rows: &[usize], micro: usize) -> Result<Vec<LargeBatch>> {
         let samples: Vec<&Sample> = rows.iter().map(|&i| &self.train[i]).collect();
         let size = if micro == 0 { samples.len().max(1) } else { micro };
-        Ok(samples.chunks(size).map(|c| self.batch(c, model.device)).collect::<Result<_, _>>()?)
+        Ok(samples.chunks(size).map(|c| self.batch(c, self.loss, model.device)).collect::<Result<_, _>>()?)
     }
 
     fn replay_batch(&mut self, _model: &Model, _rows: &[usize], _micro: usize) -> Result<()> {

@@ -469,3 +469,39 @@ fn gather_reads_large_task_runs() {
     let mean = group["test_mean"]["eval_accuracy"].as_f64().unwrap();
     assert!((mean - (tests[0] + tests[1]) / 2.0).abs() < 1e-12);
 }
+
+/// `--script` fills the flags not given with MeZO's mezo.sh settings (per task and mode) and
+/// leaves the given ones alone.
+#[test]
+fn script_preset_fills_the_flags_not_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let given =
+        ["--num-train", "8", "--num-dev", "3", "--num-eval", "3", "--steps", "2", "--eval-every", "2"];
+    let cases: [(&str, &str, &str, Value); 3] = [
+        ("BoolQ", "mezo", "Classification", Value::Null),
+        ("Copa", "mezo-prefix", "Option", serde_json::json!(5)),
+        ("SST2", "mezo-lora", "Classification", Value::Null),
+    ];
+    for (task, script, loss, prefix) in cases {
+        let out = dir.path().join(script);
+        let flags: Vec<&str> = given.iter().copied().chain(["--script", script]).collect();
+        train(1, task, "opt", &out, &flags);
+        let config = json(&out.join("config.json"));
+        let train = &config["train"];
+        assert_eq!(
+            (train["steps"].as_u64(), train["eval_every"].as_u64()),
+            (Some(2), Some(2)),
+            "given flags stay"
+        );
+        assert_eq!((train["lr"].as_f64(), train["eps"].as_f64()), (Some(1e-5), Some(1e-3)), "{script}");
+        assert_eq!(
+            (train["batch_size"].as_u64(), train["lr_schedule"].as_str()),
+            (Some(16), Some("Constant"))
+        );
+        assert_eq!(config["load"]["dtype"], "F16");
+        assert_eq!(config["load"]["num_prefix"], prefix, "{script}");
+        assert_eq!(config["load"]["lora"]["rank"].as_i64(), (script == "mezo-lora").then_some(8), "{script}");
+        assert_eq!(config["data"]["large"]["loss"], loss, "{task}");
+        assert_eq!(config["data"]["large"]["sampling"]["train_set_seed"], 0);
+    }
+}

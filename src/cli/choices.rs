@@ -17,6 +17,18 @@ use crate::optim::WeightDecay;
 use crate::solve::SolverKind;
 use crate::train::{LrSchedule, Objective, Parallel, Stash};
 
+/// `--script`: which of MeZO's large-model run scripts gives the defaults (a preset of flags,
+/// resolved by the command line, so it converts into no library type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScriptArg {
+    /// mezo.sh, MODE=ft: the full model.
+    Mezo,
+    /// mezo.sh, MODE=prefix: 5 prefix tokens, initialised from real activations.
+    MezoPrefix,
+    /// mezo.sh, MODE=lora: LoRA r 8, α 16 on q_proj and v_proj.
+    MezoLora,
+}
+
 /// A choice flag: the enum clap parses, and its conversion into the library type.
 macro_rules! choice {
     ($(#[$meta:meta])* $name:ident => $target:ty {

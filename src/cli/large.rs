@@ -181,7 +181,7 @@ impl LargeArgs {
             prompt: self.prompt()?,
             calibration: Calibration::None,
             batch_tokens: self.batch_tokens(device)?,
-            generation_batch: generation_batch,
+            generation_batch,
         };
         let tokenizer = PromptTokenizer::load(model_dir, &model.model_type, self.opt_bos())?;
         let data = LargeTask {

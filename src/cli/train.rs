@@ -1,8 +1,8 @@
-use super::choices::SelectByArg;
 use super::choices::{
     DecayRuleArg, DtypeArg, ObjectiveArg, OptimizerArg, ParallelArg, RngArg, ScheduleArg, StashArg,
     ZoOptimizerArg,
 };
+use super::choices::{ScriptArg, SelectByArg};
 use super::data::DataArgs;
 use super::large::{LargeArgs, LargeTraining};
 use super::Context;
@@ -34,31 +34,35 @@ pub struct TrainArgs {
     /// Replace the run in --out DIR, whatever its configuration, instead of continuing it.
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
-    #[arg(long, default_value_t = 1000)]
-    steps: usize,
-    /// Global batch size, split over the ranks.
-    #[arg(long, default_value_t = 16)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 1e-6)]
-    lr: f64,
-    /// Perturbation size ε.
-    #[arg(long, default_value_t = 1e-3)]
-    eps: f64,
+    /// [default: 1000; --script: 20000]
+    #[arg(long, value_name = "N")]
+    steps: Option<usize>,
+    /// Global batch size, split over the ranks [default: 16].
+    #[arg(long, value_name = "N")]
+    batch_size: Option<usize>,
+    /// [default: 1e-6; --script: 1e-5]
+    #[arg(long, value_name = "LR")]
+    lr: Option<f64>,
+    /// Perturbation size ε [default: 1e-3].
+    #[arg(long, value_name = "EPS")]
+    eps: Option<f64>,
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
     /// Which tensors weight decay applies to.
     #[arg(long, value_enum, default_value = "all")]
     weight_decay_rule: DecayRuleArg,
-    #[arg(long, value_enum, default_value = "constant")]
-    lr_schedule: ScheduleArg,
-    /// Evaluate on dev every N steps (and after the last); 0: only after the last.
-    #[arg(long, default_value_t = 100)]
-    eval_every: usize,
+    /// [default: constant]
+    #[arg(long, value_enum)]
+    lr_schedule: Option<ScheduleArg>,
+    /// Evaluate on dev every N steps (and after the last); 0: only after the last [default: 100;
+    /// --script: 4000].
+    #[arg(long, value_name = "N")]
+    eval_every: Option<usize>,
     #[arg(long, default_value_t = 32)]
     eval_batch_size: usize,
-    /// Parameter and activation type: f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    dtype: DtypeArg,
+    /// Parameter and activation type: f32, bf16 or f16 [default: f32; --script: f16].
+    #[arg(long)]
+    dtype: Option<DtypeArg>,
     /// Save the final weights to RUN_DIR/model (a Hugging Face directory).
     #[arg(long)]
     save_model: bool,
@@ -113,6 +117,13 @@ pub struct TrainArgs {
     exclude_head: bool,
     #[command(flatten)]
     large: LargeArgs,
+    /// Large-model tasks: the defaults of one of MeZO's run scripts (large_models/mezo.sh), for
+    /// every flag not given: --steps 20000 --batch-size 16 --lr 1e-5 --eps 1e-3 --eval-every 4000
+    /// --lr-schedule constant --dtype f16 --num-train 1000 --num-dev 500 (CB, Copa: 100)
+    /// --num-eval 1000 --train-set-seed 0, --train-as-classification except for Copa, ReCoRD,
+    /// SQuAD and DROP; mezo-prefix adds --num-prefix 5, mezo-lora --lora-r 8 (α 16).
+    #[arg(long, value_enum, value_name = "SCRIPT")]
+    script: Option<ScriptArg>,
     /// Large-model tasks: cross-entropy over the candidates, their mean option
     /// log-probabilities as logits (the reference's --train_as_classification), instead of the
     /// LM loss on the gold candidate.
@@ -140,14 +151,15 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
         (None, Some(out)) => (out.clone(), Intent::Start),
         (None, None) => unreachable!("clap requires --out or --resume"),
     };
-    validate(args)?;
     let large_task = args.data.large_task();
     check_family_flags(args, large_task)?;
+    let settings = settings(args, large_task);
+    validate(args, &settings)?;
     let seed = args.data.seed();
     let encoder = model::read_json(&model_dir.join("config.json"))
         .map(|c| matches!(c["model_type"].as_str(), Some("roberta" | "bert")))
         .unwrap_or(false);
-    let lora = args.lora_r.map(|rank| LoraConfig {
+    let lora = settings.lora_r.map(|rank| LoraConfig {
         rank,
         alpha: args.lora_alpha,
         targets: if encoder {
@@ -157,7 +169,7 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
         },
         seed: seed as i64,
     });
-    let scope = match (&lora, args.num_prefix) {
+    let scope = match (&lora, settings.num_prefix) {
         (Some(_), Some(_)) => return Err(input_error("--lora-r and --num-prefix: choose one")),
         // MeZO medium's LoRA keeps the heads trainable; large trains the adapters only.
         (Some(_), None) if encoder => Scope::LoraAndHeads,
@@ -166,15 +178,15 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
         (None, None) => Scope::Full,
     };
     let config = TrainConfig {
-        steps: args.steps,
-        batch_size: args.batch_size,
-        lr: args.lr,
-        eps: args.eps,
+        steps: settings.steps,
+        batch_size: settings.batch_size,
+        lr: settings.lr,
+        eps: settings.eps,
         weight_decay: args.weight_decay,
         decay_rule: args.weight_decay_rule.into(),
-        lr_schedule: args.lr_schedule.into(),
+        lr_schedule: settings.lr_schedule.into(),
         seed,
-        eval_every: args.eval_every,
+        eval_every: settings.eval_every,
         eval_batch_size: args.eval_batch_size,
         freeze: FreezeRules {
             scope,
@@ -196,16 +208,16 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
     };
     let mut options = LoadOptions {
         device: ctx.device.resolve(dist.local_rank())?,
-        dtype: args.dtype.into(),
+        dtype: settings.dtype.into(),
         num_labels: None,
         init_seed: seed as i64,
         lora,
-        num_prefix: args.num_prefix,
+        num_prefix: settings.num_prefix,
         adapter: None,
     };
     if let Some(task) = large_task {
         let model = model::load(&model_dir, &options)?;
-        let loss = match (args.train_as_classification, args.only_train_option.unwrap_or(true)) {
+        let loss = match (settings.train_as_classification, args.only_train_option.unwrap_or(true)) {
             (true, _) => LargeLoss::Classification,
             (false, true) => LargeLoss::Option,
             (false, false) => LargeLoss::Sequence,
@@ -216,7 +228,7 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
             generation_batch: args.eval_batch_size,
         };
         let (mut data, record) =
-            args.large.train_task(&args.data, task, training, &model, &model_dir, options.device)?;
+            settings.large.train_task(&args.data, task, training, &model, &model_dir, options.device)?;
         return train(ctx, args, &model, &mut data, &config, &options, record, intent);
     }
     let mut data_config = args.data.config()?;
@@ -248,6 +260,64 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
     train(ctx, args, &model, &mut data, &config, &options, record, intent)
 }
 
+/// The flags a --script preset decides when they are not given, resolved.
+struct Settings {
+    steps: usize,
+    batch_size: usize,
+    lr: f64,
+    eps: f64,
+    eval_every: usize,
+    lr_schedule: ScheduleArg,
+    dtype: DtypeArg,
+    lora_r: Option<i64>,
+    num_prefix: Option<i64>,
+    train_as_classification: bool,
+    large: LargeArgs,
+}
+
+/// The flags as given, the gaps filled by --script (large-model tasks) or the defaults.
+fn settings(args: &TrainArgs, large_task: Option<large::Task>) -> Settings {
+    let script = args.script.filter(|_| large_task.is_some());
+    let mut large = args.large.clone();
+    let mut train_as_classification = args.train_as_classification;
+    let (mut lora_r, mut num_prefix) = (args.lora_r, args.num_prefix);
+    if let (Some(script), Some(task)) = (script, large_task) {
+        large.num_train = large.num_train.or(Some(1000));
+        let dev = if matches!(task, large::Task::Cb | large::Task::Copa) { 100 } else { 500 };
+        large.num_dev = large.num_dev.or(Some(dev));
+        large.num_eval = large.num_eval.or(Some(1000));
+        large.train_set_seed = large.train_set_seed.or(Some(0));
+        let lm_loss =
+            matches!(task, large::Task::Copa | large::Task::Record | large::Task::Squad | large::Task::Drop);
+        train_as_classification |= !lm_loss && args.only_train_option.is_none();
+        match script {
+            ScriptArg::Mezo => {}
+            ScriptArg::MezoPrefix => num_prefix = num_prefix.or(Some(5)),
+            ScriptArg::MezoLora => lora_r = lora_r.or(Some(8)),
+        }
+    }
+    fn by_script<T>(script: Option<ScriptArg>, preset: T, default: T) -> T {
+        if script.is_some() {
+            preset
+        } else {
+            default
+        }
+    }
+    Settings {
+        steps: args.steps.unwrap_or(by_script(script, 20_000, 1000)),
+        batch_size: args.batch_size.unwrap_or(16),
+        lr: args.lr.unwrap_or(by_script(script, 1e-5, 1e-6)),
+        eps: args.eps.unwrap_or(1e-3),
+        eval_every: args.eval_every.unwrap_or(by_script(script, 4000, 100)),
+        lr_schedule: args.lr_schedule.unwrap_or(ScheduleArg::Constant),
+        dtype: args.dtype.unwrap_or(by_script(script, DtypeArg::F16, DtypeArg::F32)),
+        lora_r,
+        num_prefix,
+        train_as_classification,
+        large,
+    }
+}
+
 /// Refuses the flags of the other task family.
 fn check_family_flags(args: &TrainArgs, large: Option<large::Task>) -> Result<()> {
     match large {
@@ -272,6 +342,7 @@ fn check_family_flags(args: &TrainArgs, large: Option<large::Task>) -> Result<()
             given.extend(
                 [
                     (args.train_as_classification, "--train-as-classification"),
+                    (args.script.is_some(), "--script"),
                     (args.only_train_option.is_some(), "--only-train-option"),
                     (args.select_by.is_some(), "--select-by"),
                 ]
@@ -374,7 +445,7 @@ fn read_summary(run: &std::path::Path) -> Result<crate::train::Summary> {
 }
 
 /// Every flag value checked before anything is loaded: errors name the flag.
-fn validate(args: &TrainArgs) -> Result<()> {
+fn validate(args: &TrainArgs, settings: &Settings) -> Result<()> {
     let positive = |flag: &str, value: usize| {
         if value == 0 {
             Err(input_error(format!("{flag} must be positive")))
@@ -382,8 +453,8 @@ fn validate(args: &TrainArgs) -> Result<()> {
             Ok(())
         }
     };
-    positive("--steps", args.steps)?;
-    positive("--batch-size", args.batch_size)?;
+    positive("--steps", settings.steps)?;
+    positive("--batch-size", settings.batch_size)?;
     positive("--eval-batch-size", args.eval_batch_size)?;
     positive("--zo-samples", args.zo_samples)?;
     let real = |flag: &str, value: f64, low: f64, low_allowed: bool| {
@@ -395,8 +466,8 @@ fn validate(args: &TrainArgs) -> Result<()> {
             Ok(())
         }
     };
-    real("--lr", args.lr, 0.0, true)?;
-    real("--eps", args.eps, 0.0, false)?;
+    real("--lr", settings.lr, 0.0, true)?;
+    real("--eps", settings.eps, 0.0, false)?;
     real("--weight-decay", args.weight_decay, 0.0, true)?;
     real("--momentum", args.momentum, 0.0, true)?;
     if args.momentum >= 1.0 {

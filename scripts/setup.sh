@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine lacks to build, test and run mezo:
 #   1. Debian packages: the C and C++ compilers (crates build C and C++ code), make, pkg-config,
-#      OpenMPI, parallel HDF5 (OpenMPI flavour), libclang for bindgen, h5dump; and a single-node
+#      OpenMPI, parallel HDF5 (OpenMPI flavour), libclang for bindgen, h5dump, curl (the data
+#      download scripts and their tests); and a single-node
 #      Slurm (slurmctld, slurmd, client, MUNGE, PMIx) for the tests of the sbatch templates.
 #   2. A Python venv with the PyPI torch 2.11.0 wheel (libtorch for tch 0.24) and the packages the
 #      test-fixture scripts need (transformers, numpy, pandas, h5py).
@@ -34,7 +35,7 @@ py_packages=(
 # gcc and g++ (`cc`, `c++`): torch-sys compiles its C++ wrapper of libtorch, and tokenizers' onig
 # and esaxx-rs build C and C++. A minimal Debian has gcc but no g++.
 apt_packages=(gcc g++ make pkg-config git libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libclang-dev
-  patchelf)
+  patchelf curl)
 
 say() { printf 'setup: %s\n' "$*"; }
 
@@ -71,7 +72,7 @@ install_missing "Slurm (for the template tests)" --no-install-recommends -- \
 # Every tool the build calls, checked after the install so that a machine without apt (or a package
 # that installed no binary) says what is missing instead of failing deep in a crate's build script.
 tools_missing=()
-for tool in cc c++ make git pkg-config mpicc sbatch; do
+for tool in cc c++ make git pkg-config mpicc sbatch curl; do
   command -v "$tool" >/dev/null 2>&1 || tools_missing+=("$tool")
 done
 command -v cargo >/dev/null 2>&1 || tools_missing+=("cargo (the Rust toolchain, from rustup)")

@@ -9,7 +9,8 @@
 //! ```text
 //! cli      clap definitions and the flag -> config translation; the only module that knows flags
 //! data     LM-BFF-compatible tasks: registry, byte-identical k-shot splits, prompt encoding,
-//!          demonstrations, batching
+//!          demonstrations, batching; `data::large`: MeZO's large-model tasks (Hugging Face JSON
+//!          lines or Parquet, numpy-exact sampling, the reference's templates and prompts)
 //! model    RoBERTa/BERT prompt models, OPT and Llama-family causal LMs on tch; HF checkpoints
 //!          in and out; parameters in HF order, freezing rules, LoRA and prefix adapters
 //! optim    zeroth-order SGD (MeZO): the reference's random stream, and the fast counter-based
@@ -17,16 +18,20 @@
 //!          the optimiser object that owns a stream, its update rule and its pending rows
 //! train    the training loop between two objects, the optimiser and the run (trajectory,
 //!          metrics, best-dev weights); run directories owned by one configuration and one writer;
-//!          checksummed trajectories that resume and replay
-//! eval     task metrics of a model on dev/test, features sharded over ranks
+//!          checksummed trajectories that resume and replay; any task family through
+//!          `train::TrainTask` (LM-BFF's data, or `train::large`: the large-model losses)
+//! eval     task metrics of a model on dev/test, features sharded over ranks; `eval::large`:
+//!          candidate scoring (shared prompt prefixes in a KV cache, `eval::options`) and greedy
+//!          generation for the large-model tasks
 //! kernel   eNTK kernels: per-example gradients computed once per row block (vocabulary rows kept
 //!          sparse), f64 products, row blocks over ranks into one HDF5 file, resumable
 //! solve    kernel solvers (lstsq, logistic with CV, SVR/SVC, asym) on a kernel HDF5 file, as
 //!          LM-Kernel-FT computes them; grid points or CV folds spread over ranks
 //! linearhead
-//!          linear probes on the output layer's input (LM-Kernel-FT), written into the head
+//!          linear probes on the output layer's input (LM-Kernel-FT; MeZO's LP on causal LMs),
+//!          written into the head
 //! report   results over seeds (best dev per seed, test mean and std): `mezo gather`
-//! metrics  accuracy, F1, MCC, Pearson, Spearman as LM-BFF computes them
+//! metrics  accuracy, F1, MCC, Pearson, Spearman as LM-BFF computes them; SQuAD's answer F1
 //! dist     the communicator (one process, or MPI ranks under mpirun/srun), rank -> device and
 //!          thread placement, NCCL bootstrapped over MPI
 //! h5       one HDF5 file shared by all ranks: collective row-block writes, atomic completion

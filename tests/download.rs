@@ -83,3 +83,71 @@ fn bad_archives_leave_nothing() {
     let out = download(&["--layout", "bogus"], &tar, &dest);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// data/download_large.sh against a local copy of the Hub's Parquet layout (a `file://` base
+/// URL): the shards of each split fetched in order until the first missing one, the task
+/// directory in place only when complete and read by `mezo eval`, a second run keeping it, and a
+/// missing split failing with its URL and leaving nothing behind.
+#[test]
+fn large_task_parquet_files_from_a_hub_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = dir.path().join("hub");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/large/parquet/Copa/data");
+    let copa = hub.join("aps/super_glue/resolve/refs/convert/parquet/copa");
+    for (split, shards) in [
+        ("train", &["train-00000-of-00001.parquet"][..]),
+        ("validation", &["validation-00000-of-00002.parquet", "validation-00001-of-00002.parquet"][..]),
+    ] {
+        std::fs::create_dir_all(copa.join(split)).unwrap();
+        for (i, shard) in shards.iter().enumerate() {
+            std::fs::copy(fixture.join(shard), copa.join(split).join(format!("{i:04}.parquet"))).unwrap();
+        }
+    }
+    let dest = dir.path().join("large");
+    let run = |tasks: &[&str]| {
+        Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/download_large.sh"))
+            .arg("--dest")
+            .arg(&dest)
+            .args(tasks)
+            .env("MEZO_HF_BASE", format!("file://{}", hub.display()))
+            .output()
+            .unwrap()
+    };
+    let out = run(&["copa"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let files = |split: &str| {
+        let mut names: Vec<String> = std::fs::read_dir(dest.join("Copa").join(split))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(files("train"), ["0000.parquet"]);
+    assert_eq!(files("validation"), ["0000.parquet", "0001.parquet"]);
+    let eval = Command::new(env!("CARGO_BIN_EXE_mezo"))
+        .args(["-q", "eval", "--task", "Copa", "--train-set-seed", "0", "--num-eval", "3", "--model"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/large/models/opt"))
+        .arg("--data-dir")
+        .arg(dest.join("Copa"))
+        .output()
+        .unwrap();
+    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+
+    // Kept on a second run; RTE is not in the local hub: its URL named, nothing left behind.
+    let again = run(&["Copa", "RTE"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("Copa: "));
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("RTE: no train split at file://") && stderr.contains("/rte/train/0000.parquet"),
+        "{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&dest).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["Copa"], "only the complete task directory");
+
+    let unknown = run(&["nope"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown task 'nope'"));
+}

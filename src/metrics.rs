@@ -1,5 +1,5 @@
 //! Task metrics as LM-BFF computes them (docs/reference.md §1.3), on class ids or scores, and
-//! SQuAD's answer F1 as MeZO's large-model tasks compute it (§7.4).
+//! SQuAD's answer F1 as MeZO's large-model tasks compute it (§9.4).
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,4 @@
-//! Zero-shot and in-context evaluation on MeZO's large-model tasks (docs/reference.md §7.4).
+//! Zero-shot and in-context evaluation on MeZO's large-model tasks (docs/reference.md §9.4).
 //!
 //! Classification and multiple choice: each candidate's score is the mean log-probability of its
 //! option tokens after the prompt (with calibration, the sum minus the sum after the calibration

@@ -1,5 +1,5 @@
 //! MeZO's large-model tasks: SST2, the eight SuperGLUE tasks, SQuAD and DROP, as MeZO's
-//! `large_models` reads, samples, prompts and scores them for causal LMs (docs/reference.md §7).
+//! `large_models` reads, samples, prompts and scores them for causal LMs (docs/reference.md §9).
 //!
 //! ```text
 //! read       a dataset's Hugging Face splits as users get them: JSONL (`to_json`) or Parquet

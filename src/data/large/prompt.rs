@@ -1,4 +1,4 @@
-//! Prompts to token ids as the reference's `encode_prompt` makes them (docs/reference.md §7.3):
+//! Prompts to token ids as the reference's `encode_prompt` makes them (docs/reference.md §9.3):
 //! demonstrations joined by a blank line, one sequence per candidate, the option length of each
 //! from whole-string token counts, the BOS token first, and over-long prompts cut on the left
 //! (demonstrations matter least) with BOS kept.

@@ -1,4 +1,4 @@
-//! Which examples a run sees, drawn as MeZO's `large_models` draws them (docs/reference.md §7.2),
+//! Which examples a run sees, drawn as MeZO's `large_models` draws them (docs/reference.md §9.2),
 //! so that the same seeds select the same examples in the same order.
 //!
 //! Every draw is numpy's legacy `RandomState` freshly seeded (the reference's `temp_seed`):
@@ -115,7 +115,7 @@ pub fn plan(config: &SamplingConfig, train_len: usize, valid_len: usize) -> Resu
 mod tests {
     use super::*;
 
-    // numpy's values (docs/reference.md §7.2).
+    // numpy's values (docs/reference.md §9.2).
     #[test]
     fn draws_match_numpy() {
         assert_eq!(subset(10, 0, 10), [2, 8, 4, 9, 1, 6, 7, 3, 0, 5]);

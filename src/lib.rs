@@ -31,6 +31,7 @@
 //!          linear probes on the output layer's input (LM-Kernel-FT; MeZO's LP on causal LMs),
 //!          written into the head
 //! report   results over seeds (best dev per seed, test mean and std): `mezo gather`
+//! plot     learning curves of runs as SVG: `mezo plot`
 //! metrics  accuracy, F1, MCC, Pearson, Spearman as LM-BFF computes them; SQuAD's answer F1
 //! dist     the communicator (one process, or MPI ranks under mpirun/srun), rank -> device and
 //!          thread placement, NCCL bootstrapped over MPI
@@ -66,6 +67,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod plot;
 pub mod report;
 pub mod solve;
 pub mod train;

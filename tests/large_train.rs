@@ -316,7 +316,7 @@ fn first_order_training_learns_on_two_ranks_as_on_one() {
 fn large_task_flags_are_checked() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let refused: [(&str, &[&str], &str); 5] = [
+    let refused: [(&str, &[&str], &str); 6] = [
         (
             "BoolQ",
             &["--objective", "f1", "--num-train", "4"],
@@ -326,6 +326,7 @@ fn large_task_flags_are_checked() {
         ("Copa", &["--objective", "accuracy", "--num-train", "4"], "--train-as-classification"),
         ("Copa", &["--num-train-sets", "2", "--num-train", "4"], "--num-train-sets"),
         ("Copa", &["--steps", "2"], "--num-train"),
+        ("Copa", &["--num-train", "4", "--num-dev", "0"], "leaves none to train on"),
     ];
     for (task, flags, message) in refused {
         let output = Command::new(MEZO)

@@ -135,6 +135,25 @@ impl LargeArgs {
 }
 
 impl LargeArgs {
+    /// Refuses, for a command that trains or fits on large-model `task`, LM-BFF's flags and the
+    /// calibration flags (training and probes evaluate zero-shot).
+    pub fn check_for_training(&self, data: &DataArgs, task: large::Task) -> Result<()> {
+        if let Some(flag) = data.lmbff_flags_given().first() {
+            return Err(input_error(format!(
+                "{flag} is for LM-BFF tasks; {} is a large-model task",
+                task.name()
+            )));
+        }
+        for (flag, given) in [("--sfc", self.sfc), ("--icl-sfc", self.icl_sfc)] {
+            if given {
+                return Err(input_error(format!(
+                    "{flag} calibrates in-context evaluation; training and probes evaluate zero-shot"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// A large-model task's train, dev and test samples as the reference's training path draws
     /// them: one train set (`--train-set-seed`, 0 by default as in its scripts), dev its tail.
     pub fn train_task(
@@ -163,6 +182,14 @@ impl LargeArgs {
             unreachable!("a train set seed gives train sets")
         };
         let set = &sets[0];
+        if set.train.is_empty() {
+            return Err(input_error(format!(
+                "--num-dev {}: the dev set takes all {} sampled training examples and leaves none to train on \
+                 (as in the reference, --num-dev 0 or a --num-dev as large as the sample makes everything dev)",
+                sampling.num_dev.unwrap_or(0),
+                set.dev.len()
+            )));
+        }
         let pick = |rows: &[usize], from: &[large::Sample]| {
             rows.iter().map(|&i| from[i].clone()).collect::<Vec<_>>()
         };

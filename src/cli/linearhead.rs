@@ -41,19 +41,7 @@ pub fn run(ctx: &Context, args: &LinearHeadArgs) -> Result<()> {
     }
     let device = ctx.device.resolve(dist.local_rank())?;
     let (report, model) = if let Some(task) = args.data.large_task() {
-        if let Some(flag) = args.data.lmbff_flags_given().first() {
-            return Err(input_error(format!(
-                "{flag} is for LM-BFF tasks; {} is a large-model task",
-                task.name()
-            )));
-        }
-        for (flag, given) in [("--sfc", args.large.sfc), ("--icl-sfc", args.large.icl_sfc)] {
-            if given {
-                return Err(input_error(format!(
-                    "{flag} calibrates in-context evaluation; a probe evaluates zero-shot"
-                )));
-            }
-        }
+        args.large.check_for_training(&args.data, task)?;
         let mut model = model::load(&model_dir, &LoadOptions::new(device, Dtype::F32))?;
         let training = LargeTraining {
             loss: LargeLoss::Option,

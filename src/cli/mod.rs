@@ -14,6 +14,7 @@ mod kernel;
 mod kshot;
 mod large;
 mod linearhead;
+mod plot;
 mod replay;
 mod solve;
 mod train;
@@ -84,6 +85,9 @@ enum Command {
     /// Fit a linear probe on the frozen features of the output layer (multinomial logistic
     /// regression, cross-validated as scikit-learn) and save the model with it as its head.
     Linearhead(linearhead::LinearHeadArgs),
+    /// Learning curves of training runs and sweeps (training loss and dev metrics against the
+    /// step, one line per run) as SVG.
+    Plot(plot::PlotArgs),
 }
 
 /// Runs the command line of this process; returns the exit code.
@@ -118,6 +122,7 @@ pub fn main() -> i32 {
         Command::Demo(args) => demo::run(&context, args),
         Command::Kernel(args) => kernel::run(&context, args),
         Command::Linearhead(args) => linearhead::run(&context, args),
+        Command::Plot(args) => plot::run(&context, args),
     };
     match result {
         Ok(()) => 0,

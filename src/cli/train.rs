@@ -58,8 +58,10 @@ pub struct TrainArgs {
     /// --script: 4000].
     #[arg(long, value_name = "N")]
     eval_every: Option<usize>,
-    #[arg(long, default_value_t = 32)]
-    eval_batch_size: usize,
+    /// Examples per evaluation batch [default: 32; large-model tasks: 8, the reference Trainer's,
+    /// whose dev loss is a mean of per-batch means and so depends on it].
+    #[arg(long, value_name = "N")]
+    eval_batch_size: Option<usize>,
     /// Parameter and activation type: f32, bf16 or f16 [default: f32; --script: f16].
     #[arg(long)]
     dtype: Option<DtypeArg>,
@@ -187,7 +189,7 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
         lr_schedule: settings.lr_schedule.into(),
         seed,
         eval_every: settings.eval_every,
-        eval_batch_size: args.eval_batch_size,
+        eval_batch_size: settings.eval_batch_size,
         freeze: FreezeRules {
             scope,
             exclude_embeddings: args.exclude_embeddings,
@@ -225,7 +227,7 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
         let training = LargeTraining {
             loss,
             select_by: args.select_by.map_or(SelectBy::Loss, Into::into),
-            generation_batch: args.eval_batch_size,
+            generation_batch: settings.eval_batch_size,
         };
         let (mut data, record) =
             settings.large.train_task(&args.data, task, training, &model, &model_dir, options.device)?;
@@ -267,6 +269,7 @@ struct Settings {
     lr: f64,
     eps: f64,
     eval_every: usize,
+    eval_batch_size: usize,
     lr_schedule: ScheduleArg,
     dtype: DtypeArg,
     lora_r: Option<i64>,
@@ -309,6 +312,7 @@ fn settings(args: &TrainArgs, large_task: Option<large::Task>) -> Settings {
         lr: args.lr.unwrap_or(by_script(script, 1e-5, 1e-6)),
         eps: args.eps.unwrap_or(1e-3),
         eval_every: args.eval_every.unwrap_or(by_script(script, 4000, 100)),
+        eval_batch_size: args.eval_batch_size.unwrap_or(if large_task.is_some() { 8 } else { 32 }),
         lr_schedule: args.lr_schedule.unwrap_or(ScheduleArg::Constant),
         dtype: args.dtype.unwrap_or(by_script(script, DtypeArg::F16, DtypeArg::F32)),
         lora_r,
@@ -321,22 +325,7 @@ fn settings(args: &TrainArgs, large_task: Option<large::Task>) -> Settings {
 /// Refuses the flags of the other task family.
 fn check_family_flags(args: &TrainArgs, large: Option<large::Task>) -> Result<()> {
     match large {
-        Some(task) => {
-            let lmbff = args.data.lmbff_flags_given();
-            if let Some(flag) = lmbff.first() {
-                return Err(input_error(format!(
-                    "{flag} is for LM-BFF tasks; {} is a large-model task",
-                    task.name()
-                )));
-            }
-            for (flag, given) in [("--sfc", args.large.sfc), ("--icl-sfc", args.large.icl_sfc)] {
-                if given {
-                    return Err(input_error(format!(
-                        "{flag} calibrates evaluation with demonstrations; training evaluates zero-shot"
-                    )));
-                }
-            }
-        }
+        Some(task) => args.large.check_for_training(&args.data, task)?,
         None => {
             let mut given = args.large.given();
             given.extend(
@@ -455,7 +444,7 @@ fn validate(args: &TrainArgs, settings: &Settings) -> Result<()> {
     };
     positive("--steps", settings.steps)?;
     positive("--batch-size", settings.batch_size)?;
-    positive("--eval-batch-size", args.eval_batch_size)?;
+    positive("--eval-batch-size", settings.eval_batch_size)?;
     positive("--zo-samples", args.zo_samples)?;
     let real = |flag: &str, value: f64, low: f64, low_allowed: bool| {
         let above = if low_allowed { value >= low } else { value > low };

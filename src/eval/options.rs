@@ -1,4 +1,5 @@
-//! Log-probabilities of answer options after their prompts, many prompts per forward pass.
+//! Log-probabilities of answer options after their prompts, many prompts per forward pass
+//! (docs/reference.md §9.4).
 //!
 //! The reference scores one sequence at a time: a full forward pass per candidate, the LM head
 //! and a log-softmax over the vocabulary at every position. Here the candidates of one sample,

@@ -11,9 +11,9 @@
 //! - sequence LM (`only_train_option` false): the same on every token of that sequence.
 //!
 //! The first two skip every target equal to the pad id, as the reference's wrapped forward masks
-//! them. MeZO can
-//! also score a batch by a metric: accuracy of the argmax candidate, or for SQuAD and DROP the F1
-//! of greedy generations (the reference's `non_diff`).
+//! them. MeZO can also score a batch by a metric: accuracy of the argmax candidate, or for SQuAD
+//! and DROP the F1 of greedy generations (the reference's `non_diff`). Model selection, MeZO's
+//! step and the run scripts' settings: docs/reference.md §9.5; deviations: §9.8.
 
 use super::task::{Selection, Split, TrainTask};
 use super::Objective;

@@ -99,17 +99,20 @@ pub const MAY_DIFFER: &[&str] = &[
 
 impl RunConfig {
     /// The dotted names of the fields in which `recorded` differs from `self`, leaving out
-    /// [`MAY_DIFFER`] (but keeping `ranks` when each rank is a direction, and the data directory
-    /// when the recorded run has no data fingerprint).
+    /// [`MAY_DIFFER`] (but keeping `ranks` when each rank is a direction, the data directory
+    /// when the recorded run has no data fingerprint, and the evaluation batch size on the
+    /// large-model tasks, whose dev loss is a mean of per-batch means).
     pub fn differences(&self, recorded: &serde_json::Value) -> Vec<String> {
         let mine = flatten(&serde_json::to_value(self).expect("a run config serialises"));
         let theirs = flatten(recorded);
         let by_directions = self.train.parallel == Parallel::Directions;
         let fingerprinted = recorded["data"]["fingerprint"].is_string();
+        let large = self.data.large.is_some();
         let ignored = |key: &str| {
             MAY_DIFFER.contains(&key)
                 && (key != "ranks" || !by_directions)
                 && (key != "data.data_dir" || fingerprinted)
+                && (key != "train.eval_batch_size" || !large)
         };
         let mut keys: Vec<String> = mine
             .keys()

@@ -1,5 +1,6 @@
 //! A Hugging Face dataset split as users get it: JSON lines as `datasets`' `to_json` writes them, or
-//! the Hub's Parquet files (one or several shards).
+//! the Hub's Parquet files (one or several shards). Which splits and fields each task reads:
+//! docs/reference.md §9.1.
 //!
 //! For split `S` of directory `D` the files are, in this order of preference (shards in name order):
 //! `D/S.jsonl` or `D/S.json`; `D/S.parquet`, `D/S-*.parquet`, `D/data/S-*.parquet` (the Hub's own

@@ -1,4 +1,5 @@
-//! The reference's prompt strings (MeZO `large_models/templates.py`), character for character.
+//! The reference's prompt strings (MeZO `large_models/templates.py`), character for character
+//! (docs/reference.md §9.3).
 //!
 //! `encode` is a sample's prompt without an answer, `verbalize` the prompt followed by a candidate;
 //! the `sfc` pair is the calibration prompt (surface form competition) without the sample's input.

@@ -32,6 +32,8 @@
 //!          written into the head
 //! report   results over seeds (best dev per seed, test mean and std): `mezo gather`
 //! plot     learning curves of runs as SVG: `mezo plot`
+//! sweep    a command line over a grid of flag values: points, their directories and finished
+//!          marks (`mezo sweep` runs them here or as Slurm job arrays)
 //! metrics  accuracy, F1, MCC, Pearson, Spearman as LM-BFF computes them; SQuAD's answer F1
 //! dist     the communicator (one process, or MPI ranks under mpirun/srun), rank -> device and
 //!          thread placement, NCCL bootstrapped over MPI
@@ -70,4 +72,5 @@ pub mod optim;
 pub mod plot;
 pub mod report;
 pub mod solve;
+pub mod sweep;
 pub mod train;

@@ -52,7 +52,8 @@ pub const GRID_KEYS: &[&str] = &[
 
 /// Keys that are never part of a tag: per-run paths, the data fingerprint (which differs with the
 /// data seed) and bookkeeping.
-const UNTAGGED: &[&str] = &["out_dir", "out", "data_dir", "fingerprint", "kernels", "program", "ranks"];
+const UNTAGGED: &[&str] =
+    &["out_dir", "out", "data_dir", "fingerprint", "kernels", "program", "ranks", "seconds_by_rank"];
 
 /// One finished run.
 #[derive(Debug, Clone)]

@@ -164,7 +164,19 @@ fn two_ranks_equal_one_and_a_crash_resumes_only_missing_rows() {
     };
     let whole = passes(&stdout);
     let two = dir.path().join("two.h5");
-    ok(kernel(2, &split, &two, &["--formula", "asymmetric_signgd", "--binary"]));
+    let stdout = ok(kernel(2, &split, &two, &["--formula", "asymmetric_signgd", "--binary"]));
+    // Where each rank's time went, printed and kept in the file.
+    assert!(stdout.contains("rank 0: 4 rows in ") && stdout.contains("rank 1: 4 rows in "), "{stdout}");
+    let file = hdf5::File::open(&two).unwrap();
+    let timing: hdf5::types::VarLenUnicode = file.attr("seconds_by_rank").unwrap().read_scalar().unwrap();
+    let timing: Vec<serde_json::Value> = serde_json::from_str(timing.as_str()).unwrap();
+    assert_eq!(timing.len(), 2);
+    for rank in &timing {
+        let seconds = |key: &str| rank[key].as_f64().unwrap();
+        assert_eq!(rank["rows"], 4);
+        assert!(seconds("gradients") > 0.0 && seconds("products") > 0.0 && seconds("io") > 0.0);
+        assert!(seconds("gradients") + seconds("products") + seconds("io") <= seconds("total"));
+    }
     // Up to reduction order: two ranks run one libtorch thread each, one rank two.
     for name in ["train", "dev", "test", "train_f0", "test_labels"] {
         let (a, b) = (read(&one, name), read(&two, name));

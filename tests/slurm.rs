@@ -161,3 +161,46 @@ fn a_signalled_training_job_requeues_and_finishes_as_if_uninterrupted() {
         assert_eq!(read(run.join("trajectory.jsonl")), read(whole.join("trajectory.jsonl")), "{launcher}");
     }
 }
+
+/// A 2×2 sweep (learning rate × data seed, 2 ranks a point) submitted as one job array: it
+/// completes, `gather` reads it, and submitting again finds nothing left to do.
+#[test]
+#[ignore = "needs a running Slurm: make test starts one"]
+fn a_sweep_submitted_as_an_array_completes_and_gathers() {
+    let dir = tempfile::tempdir().unwrap();
+    let splits = dir.path().join("splits");
+    for seed in [13, 21] {
+        demo_split(&splits, 16, seed);
+    }
+    let sweep = dir.path().join("sweep");
+    let data = splits.join("k-shot-1k-test/SST-2/16-{seed}");
+    let output = Command::new(MEZO)
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .args(["-q", "sweep"])
+        .arg(&sweep)
+        .args(["--submit", "--wait", "--max-parallel", "2", "--ranks", "2", "--sbatch=--time=10"])
+        .args(["--grid", "lr=1e-3,1e-4", "--grid", "seed=13,21", "--", "train", "--task", "sst-2"])
+        .args(["--steps", "20", "--batch-size", "4", "--eval-every", "10", "--seed", "{seed}", "--model"])
+        .arg(repo("tests/fixtures/models/roberta"))
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let logs: String = std::fs::read_dir(sweep.join("logs"))
+        .map(|d| d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()).collect())
+        .unwrap_or_default();
+    assert!(output.status.success(), "{}{logs}", text(&output));
+    assert!(text(&output).contains("4 of 4 point(s) finished"), "{}", text(&output));
+    for name in ["lr=1e-3,seed=13", "lr=1e-3,seed=21", "lr=1e-4,seed=13", "lr=1e-4,seed=21"] {
+        let config = std::fs::read_to_string(sweep.join("runs").join(name).join("config.json")).unwrap();
+        let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+        assert_eq!(config["ranks"], 2, "{name}: {logs}");
+    }
+    let output = Command::new(MEZO).args(["-q", "gather"]).arg(&sweep).output().unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("sst-2"), "{}", text(&output));
+    let output = Command::new(MEZO).args(["-q", "sweep"]).arg(&sweep).arg("--submit").output().unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("every point has finished"), "{}", text(&output));
+}

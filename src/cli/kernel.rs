@@ -127,6 +127,12 @@ pub fn run(ctx: &Context, args: &KernelArgs) -> Result<()> {
             summary.reference_passes,
             summary.grad_dim
         );
+        for (rank, t) in summary.seconds_by_rank.iter().enumerate() {
+            println!(
+                "rank {rank}: {} rows in {} blocks, {:.2} s: gradients {:.2} s, products {:.2} s, writing {:.2} s",
+                t.rows, t.blocks, t.total, t.gradients, t.products, t.io
+            );
+        }
     }
     Ok(())
 }

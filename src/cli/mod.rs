@@ -17,6 +17,7 @@ mod linearhead;
 mod plot;
 mod replay;
 mod solve;
+mod sweep;
 mod train;
 
 use crate::dist::device::{self, DeviceRequest};
@@ -88,6 +89,10 @@ enum Command {
     /// Learning curves of training runs and sweeps (training loss and dev metrics against the
     /// step, one line per run) as SVG.
     Plot(plot::PlotArgs),
+    /// Run a mezo command over a grid of flag values (seeds, learning rates, ranks, ...), here one
+    /// point after another or as a Slurm job array; finished points are skipped, interrupted ones
+    /// continue.
+    Sweep(sweep::SweepArgs),
 }
 
 /// Runs the command line of this process; returns the exit code.
@@ -107,25 +112,10 @@ pub fn main() -> i32 {
     device::set_threads(threads);
     log::debug!("{dist:?}, {threads} intra-op thread(s)");
 
-    let context = Context { dist: &dist, device: cli.global.device, threads };
-    let result = match &cli.command {
-        Command::Info(args) => info::run(&context, args),
-        Command::Check(args) => check::run(&context, args),
-        Command::Kshot(args) => kshot::run(&context, args),
-        Command::Encode(args) => encode::run(&context, args),
-        Command::Convert(args) => convert::run(&context, args),
-        Command::Eval(args) => eval::run(&context, args),
-        Command::Train(args) => train::run(&context, args),
-        Command::Replay(args) => replay::run(&context, args),
-        Command::Solve(args) => solve::run(&context, args),
-        Command::Gather(args) => gather::run(&context, args),
-        Command::Demo(args) => demo::run(&context, args),
-        Command::Kernel(args) => kernel::run(&context, args),
-        Command::Linearhead(args) => linearhead::run(&context, args),
-        Command::Plot(args) => plot::run(&context, args),
-    };
+    let context = Context { dist: &dist, device: cli.global.device, threads, global: &cli.global };
+    let result = dispatch(&context, &cli.command);
     match result {
-        Ok(()) => 0,
+        Ok(_) => 0,
         Err(e) if error::is_all_ranks(&e) => {
             if dist.is_root() {
                 log::error!("{e:#}");
@@ -149,6 +139,39 @@ struct Context<'a> {
     dist: &'a Dist,
     device: DeviceRequest,
     threads: usize,
+    /// The global flags as given, for commands that start mezo again (sweep).
+    global: &'a GlobalArgs,
+}
+
+/// How a command that returned without error ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Its work is complete.
+    Done,
+    /// Stopped early by a signal (SIGUSR1/SIGTERM); running it again continues it.
+    Stopped,
+}
+
+/// Runs one command in this process.
+fn dispatch(context: &Context, command: &Command) -> anyhow::Result<Ending> {
+    let done = |result: anyhow::Result<()>| result.map(|()| Ending::Done);
+    match command {
+        Command::Info(args) => done(info::run(context, args)),
+        Command::Check(args) => done(check::run(context, args)),
+        Command::Kshot(args) => done(kshot::run(context, args)),
+        Command::Encode(args) => done(encode::run(context, args)),
+        Command::Convert(args) => done(convert::run(context, args)),
+        Command::Eval(args) => done(eval::run(context, args)),
+        Command::Train(args) => train::run(context, args),
+        Command::Replay(args) => done(replay::run(context, args)),
+        Command::Solve(args) => done(solve::run(context, args)),
+        Command::Gather(args) => done(gather::run(context, args)),
+        Command::Demo(args) => done(demo::run(context, args)),
+        Command::Kernel(args) => done(kernel::run(context, args)),
+        Command::Linearhead(args) => done(linearhead::run(context, args)),
+        Command::Plot(args) => done(plot::run(context, args)),
+        Command::Sweep(args) => sweep::run(context, args),
+    }
 }
 
 /// A panic on one rank would leave the others blocked in their next collective forever.

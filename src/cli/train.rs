@@ -5,7 +5,7 @@ use super::choices::{
 use super::choices::{ScriptArg, SelectByArg};
 use super::data::DataArgs;
 use super::large::{LargeArgs, LargeTraining};
-use super::Context;
+use super::{Context, Ending};
 use crate::data::dataset::{FewShotType, TaskData};
 use crate::data::large;
 use crate::error::input_error;
@@ -141,7 +141,7 @@ pub struct TrainArgs {
     select_by: Option<SelectByArg>,
 }
 
-pub fn run(ctx: &Context, args: &TrainArgs) -> Result<()> {
+pub fn run(ctx: &Context, args: &TrainArgs) -> Result<Ending> {
     let dist = ctx.dist;
     let model_dir = args.data.model_dir().ok_or_else(|| input_error("mezo train needs --model DIR"))?;
     let (out_dir, intent) = match (&args.resume, &args.out) {
@@ -360,7 +360,7 @@ fn train<T: TrainTask>(
     options: &LoadOptions,
     record: DataRecord,
     intent: Intent,
-) -> Result<()> {
+) -> Result<Ending> {
     let dist = ctx.dist;
     let out_dir = &config.out_dir;
     let run_config = RunConfig {
@@ -401,6 +401,10 @@ fn train<T: TrainTask>(
         (_, OptimizerArg::Adam) => train_first_order(model, data, dist, config, FirstOrder::AdamW)?,
         (_, OptimizerArg::Sgd) => train_first_order(model, data, dist, config, FirstOrder::Sgd)?,
     };
+    let ending = match outcome {
+        Outcome::Finished(_) => Ending::Done,
+        Outcome::Stopped(_) => Ending::Stopped,
+    };
     if dist.is_root() {
         match outcome {
             Outcome::Finished(summary) => {
@@ -413,7 +417,7 @@ fn train<T: TrainTask>(
         }
         println!("run directory: {}", out_dir.display());
     }
-    Ok(())
+    Ok(ending)
 }
 
 /// A fresh run that failed before its first step was recorded leaves nothing behind.

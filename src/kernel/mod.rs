@@ -84,6 +84,21 @@ pub struct Summary {
     pub reference_passes: u64,
     pub resumed_rows: usize,
     pub bytes_multiplied: f64,
+    /// Where each rank's time went, in rank order (also the file's `seconds_by_rank` attribute).
+    pub seconds_by_rank: Vec<BlockTiming>,
+}
+
+/// One rank's time in its row blocks: computing gradients (rows and columns), multiplying them,
+/// and writing the rows (collective HDF5 writes, which include waiting for the other ranks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BlockTiming {
+    pub rows: usize,
+    pub blocks: usize,
+    pub gradients: f64,
+    pub products: f64,
+    pub io: f64,
+    /// The whole row-block loop.
+    pub total: f64,
 }
 
 const SPLITS: [&str; 3] = ["train", "dev", "test"];
@@ -176,12 +191,18 @@ pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelC
     let progress = crate::logging::progress_bar(dist, rounds[0], "row blocks");
     let kernels = config.formula.kernels();
     let mut bytes_multiplied = 0f64;
+    let mut timing = BlockTiming::default();
+    let loop_start = std::time::Instant::now();
     for round in 0..rounds[0] as usize {
         let block = todo.get(round).cloned().unwrap_or(0..0);
         let mut results: Vec<ArrayD<f64>> = Vec::new();
         if !block.is_empty() {
+            timing.rows += block.len();
+            timing.blocks += 1;
+            let clock = std::time::Instant::now();
             let row_grads: Vec<ExampleGradient> =
                 block.clone().map(|r| grads.example(&columns[0][r], pad)).collect::<Result<_>>()?;
+            timing.gradients += clock.elapsed().as_secs_f64();
             let row_refs: Vec<&ExampleGradient> = row_grads.iter().collect();
             let rows = RowBlock::new(&row_refs, config.formula);
             let per_value = row_grads[0].dense.size()[1] as f64 * 4.0;
@@ -192,12 +213,15 @@ pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelC
                 );
                 for start in (0..features.len()).step_by(config.column_batch.max(1)) {
                     let end = (start + config.column_batch.max(1)).min(features.len());
+                    let clock = std::time::Instant::now();
                     let mut fresh: Vec<(usize, ExampleGradient)> = Vec::new();
                     for (x, feature) in features.iter().enumerate().take(end).skip(start) {
                         if !(split == 0 && block.contains(&x)) {
                             fresh.push((x, grads.example(feature, pad)?));
                         }
                     }
+                    timing.gradients += clock.elapsed().as_secs_f64();
+                    let clock = std::time::Instant::now();
                     let batch: Vec<&ExampleGradient> = (start..end)
                         .map(|x| match fresh.iter().find(|(i, _)| *i == x) {
                             Some((_, g)) => g,
@@ -210,6 +234,7 @@ pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelC
                             .narrow(2, start as i64, (end - start) as i64)
                             .copy_(&kernel.to_device(Device::Cpu));
                     }
+                    timing.products += clock.elapsed().as_secs_f64();
                 }
                 results.push(to_array(&out));
             }
@@ -218,16 +243,25 @@ pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelC
                 results.push(ArrayD::zeros(IxDyn(&[kernels, 0, c, features.len(), c])));
             }
         }
+        let clock = std::time::Instant::now();
         for (split, result) in SPLITS.iter().zip(results) {
             write_kernel_rows(&file, split, block.start, result, kernels)?;
         }
         let flags = ArrayD::from_elem(IxDyn(&[block.len()]), 1u8);
         file.write_rows("rows_done", block.start, flags.view())?;
         file.file().flush().context("flushing the kernel file")?;
+        timing.io += clock.elapsed().as_secs_f64();
         progress.inc(1);
         crash_for_tests(round + 1);
     }
     progress.finish_and_clear();
+    timing.total = loop_start.elapsed().as_secs_f64();
+    let seconds_by_rank: Vec<BlockTiming> = dist
+        .all_gather_strings(&serde_json::to_string(&timing)?)
+        .iter()
+        .map(|s| serde_json::from_str(s))
+        .collect::<Result<_, _>>()?;
+    set_text_attribute(&file, "seconds_by_rank", &serde_json::to_string(&seconds_by_rank)?)?;
     if config.formula == Formula::Sgd {
         symmetrize_train(&file, dist, n[0])?;
     }
@@ -256,6 +290,7 @@ pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelC
         reference_passes,
         resumed_rows,
         bytes_multiplied: counts[1] as f64,
+        seconds_by_rank,
     };
     log::info!(
         "{} backward passes (the reference's schedule: {} JVPs), {:.2} GB of gradients multiplied, \
@@ -267,6 +302,18 @@ pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelC
         computed_dim
     );
     Ok(summary)
+}
+
+/// Sets a string attribute of the file's root (collective: every rank calls it with the same
+/// value), replacing one a crashed run may have left.
+fn set_text_attribute(file: &H5File, name: &str, value: &str) -> Result<()> {
+    let root = file.file();
+    if root.attr(name).is_ok() {
+        root.delete_attr(name).with_context(|| format!("replacing attribute {name}"))?;
+    }
+    let value: VarLenUnicode = value.parse().map_err(|e| anyhow::anyhow!("attribute {name}: {e:?}"))?;
+    root.new_attr::<VarLenUnicode>().create(name)?.write_scalar(&value)?;
+    Ok(())
 }
 
 /// Fault injection for the resume tests: `MEZO_TEST_CRASH_AFTER_BLOCKS=n` aborts the process

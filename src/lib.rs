@@ -32,6 +32,8 @@
 //!          written into the head
 //! report   results over seeds (best dev per seed, test mean and std): `mezo gather`
 //! plot     learning curves of runs as SVG: `mezo plot`
+//! scaling  scaling studies: measurements of train steps and kernel row blocks at several rank
+//!          counts, and the cost model that projects them (`mezo scaling`)
 //! sweep    a command line over a grid of flag values: points, their directories and finished
 //!          marks (`mezo sweep` runs them here or as Slurm job arrays)
 //! metrics  accuracy, F1, MCC, Pearson, Spearman as LM-BFF computes them; SQuAD's answer F1
@@ -71,6 +73,7 @@ pub mod model;
 pub mod optim;
 pub mod plot;
 pub mod report;
+pub mod scaling;
 pub mod solve;
 pub mod sweep;
 pub mod train;

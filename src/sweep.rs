@@ -265,7 +265,7 @@ fn expand(
 }
 
 /// Sets `--key value` in `args`: replaces the value given, or appends the flag.
-fn set_flag(args: &mut Vec<String>, key: &str, value: &str) -> Result<(), InputError> {
+pub fn set_flag(args: &mut Vec<String>, key: &str, value: &str) -> Result<(), InputError> {
     let flag = format!("--{key}");
     let joined = format!("{flag}=");
     if let Some(i) = args.iter().position(|a| *a == flag) {
@@ -279,6 +279,19 @@ fn set_flag(args: &mut Vec<String>, key: &str, value: &str) -> Result<(), InputE
         args.extend([flag, value.to_string()]);
     }
     Ok(())
+}
+
+/// The value of `--key` in `args` (`--key V` or `--key=V`), if given.
+pub fn flag_value(args: &[String], key: &str) -> Option<String> {
+    let flag = format!("--{key}");
+    let joined = format!("{flag}=");
+    args.iter().enumerate().find_map(|(i, a)| {
+        if *a == flag {
+            args.get(i + 1).cloned()
+        } else {
+            a.strip_prefix(&joined).map(str::to_string)
+        }
+    })
 }
 
 /// A `{name}` left in `arg`, if any.

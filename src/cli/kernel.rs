@@ -47,6 +47,10 @@ pub struct KernelArgs {
     /// Replace an existing complete file.
     #[arg(long)]
     overwrite: bool,
+    /// Only the first N training examples (rows, and train columns): a smaller kernel of the same
+    /// data, for previews and weak-scaling studies.
+    #[arg(long, value_name = "N")]
+    train_rows: Option<usize>,
 }
 
 pub fn run(ctx: &Context, args: &KernelArgs) -> Result<()> {
@@ -81,7 +85,7 @@ pub fn run(ctx: &Context, args: &KernelArgs) -> Result<()> {
         .and_then(|n| n.to_str())
         .and_then(|n| n.split('-').next())
         .and_then(|k| k.parse::<i64>().ok());
-    let description = serde_json::json!({
+    let mut description = serde_json::json!({
         "task": data_config.task.name,
         "model": model_dir.canonicalize().unwrap_or(model_dir.clone()),
         "data_dir": data_config.data_dir.canonicalize().unwrap_or(data_config.data_dir.clone()),
@@ -93,7 +97,19 @@ pub fn run(ctx: &Context, args: &KernelArgs) -> Result<()> {
         "max_seq_length": data_config.lengths.max_seq_length,
         "dtype": Dtype::from(args.dtype),
     });
+    if let (Some(rows), Some(fields)) = (args.train_rows, description.as_object_mut()) {
+        fields.insert("train_rows".into(), rows.into());
+    }
     let mut data = TaskData::load(data_config)?;
+    if let Some(rows) = args.train_rows {
+        if rows == 0 || rows > data.train.len() {
+            return Err(input_error(format!(
+                "--train-rows {rows}: the split has {} training examples",
+                data.train.len()
+            )));
+        }
+        data.train.truncate(rows);
+    }
     crate::eval::check_lengths(&model, &data)?;
     let config = KernelConfig {
         formula: args.formula.into(),

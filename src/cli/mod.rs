@@ -16,6 +16,7 @@ mod large;
 mod linearhead;
 mod plot;
 mod replay;
+mod scaling;
 mod solve;
 mod sweep;
 mod train;
@@ -93,6 +94,10 @@ enum Command {
     /// point after another or as a Slurm job array; finished points are skipped, interrupted ones
     /// continue.
     Sweep(sweep::SweepArgs),
+    /// Measure a train or kernel command at several rank counts (strong or weak scaling): a CSV
+    /// of time, throughput, efficiency and time in collectives, SVG charts, and a cost model's
+    /// projection to 1024 ranks.
+    Scaling(scaling::ScalingArgs),
 }
 
 /// Runs the command line of this process; returns the exit code.
@@ -171,6 +176,7 @@ fn dispatch(context: &Context, command: &Command) -> anyhow::Result<Ending> {
         Command::Linearhead(args) => done(linearhead::run(context, args)),
         Command::Plot(args) => done(plot::run(context, args)),
         Command::Sweep(args) => sweep::run(context, args),
+        Command::Scaling(args) => done(scaling::run(context, args)),
     }
 }
 

@@ -1,16 +1,18 @@
 use super::Context;
 use crate::error::input_error;
-use crate::plot;
+use crate::{plot, scaling};
 use anyhow::{Context as _, Result};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
 pub struct PlotArgs {
-    /// Training run directories, or directories searched for them (a sweep, a directory of runs).
+    /// Training run directories, or directories searched for them (a sweep, a directory of runs);
+    /// or one `scaling.csv` of `mezo scaling`.
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
-    /// Where to write the charts: train_loss.svg and one dev_<metric>.svg per dev metric.
+    /// Where to write the charts: train_loss.svg and one dev_<metric>.svg per dev metric; for a
+    /// scaling CSV, scaling_throughput.svg, scaling_efficiency.svg and scaling_projection.svg.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
 }
@@ -18,6 +20,14 @@ pub struct PlotArgs {
 /// Learning curves of the runs found, one line per run, written by rank 0.
 pub fn run(ctx: &Context, args: &PlotArgs) -> Result<()> {
     ctx.dist.on_root(|| {
+        if let [csv] = args.paths.as_slice() {
+            if csv.is_file() && csv.extension().is_some_and(|e| e == "csv") {
+                let measurements = scaling::read_csv(csv)?;
+                let model = scaling::CostModel::fit(&measurements).ok();
+                let charts = scaling::charts(&measurements, model.as_ref())?;
+                return write_charts(&args.out, &charts, &format!("{} measurement(s)", measurements.len()));
+            }
+        }
         let mut dirs = Vec::new();
         for path in &args.paths {
             let before = dirs.len();
@@ -31,13 +41,17 @@ pub fn run(ctx: &Context, args: &PlotArgs) -> Result<()> {
         }
         let runs = dirs.iter().map(|d| plot::read_run(d)).collect::<Result<Vec<_>>>()?;
         let charts = plot::learning_curves(&runs)?;
-        std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-        for (name, svg) in &charts {
-            crate::fsio::write_atomic(&args.out.join(name), svg.as_bytes())?;
-        }
-        let names: Vec<&str> = charts.iter().map(|(n, _)| n.as_str()).collect();
-        println!("{} run(s): wrote {} in {}", runs.len(), names.join(", "), args.out.display());
-        Ok(())
+        write_charts(&args.out, &charts, &format!("{} run(s)", runs.len()))
     })?;
+    Ok(())
+}
+
+fn write_charts(out: &Path, charts: &[(String, String)], what: &str) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    for (name, svg) in charts {
+        crate::fsio::write_atomic(&out.join(name), svg.as_bytes())?;
+    }
+    let names: Vec<&str> = charts.iter().map(|(n, _)| n.as_str()).collect();
+    println!("{what}: wrote {} in {}", names.join(", "), out.display());
     Ok(())
 }

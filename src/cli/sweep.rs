@@ -76,7 +76,7 @@ pub struct SweepArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LauncherArg {
+pub(super) enum LauncherArg {
     Mpirun,
     Srun,
 }
@@ -216,7 +216,7 @@ fn run_point(ctx: &Context, args: &SweepArgs, dir: &Path) -> Result<Ending> {
 }
 
 /// The flags of this invocation that the points' processes take too.
-fn forwarded_globals(global: &GlobalArgs, with_threads: bool) -> Vec<String> {
+pub(super) fn forwarded_globals(global: &GlobalArgs, with_threads: bool) -> Vec<String> {
     let mut out = Vec::new();
     out.extend((0..global.verbose).map(|_| "-v".to_string()));
     out.extend((0..global.quiet).map(|_| "-q".to_string()));
@@ -503,7 +503,7 @@ fn print_points(dir: &Path, manifest: &Manifest) {
 }
 
 /// A command line as a shell would take it back.
-fn shell_words(argv: &[String]) -> String {
+pub(super) fn shell_words(argv: &[String]) -> String {
     argv.iter()
         .map(|a| {
             if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+%@".contains(c)) {

@@ -76,6 +76,15 @@ pub fn run(dist: &Dist, config: &CheckConfig) -> Vec<Outcome> {
     };
     vec![
         agree(dist, "all-reduce", check_all_reduce(dist)),
+        agree(
+            dist,
+            "all-reduce time",
+            Ok(Local::Pass(format!(
+                "{:.1} µs per sum of 2 f64 over {} rank(s) (a MeZO step's; mean of {LATENCY_REPETITIONS})",
+                all_reduce_latency(dist) * 1e6,
+                dist.size()
+            ))),
+        ),
         agree(dist, "broadcast", check_broadcast(dist)),
         agree(dist, "all-gather", check_all_gather(dist)),
         agree(dist, "hdf5 row blocks", check_hdf5(dist, config)),
@@ -137,6 +146,27 @@ fn check_all_reduce(dist: &Dist) -> Result<Local> {
     dist.all_reduce(&mut counts, Reduce::Sum);
     ensure!(counts[0] == (n * (n + 1) / 2) as u64, "u64 sum {} wrong", counts[0]);
     Ok(Local::Pass(format!("f64 sum/max/min and u64 sum over {n} rank(s)")))
+}
+
+/// All-reduces timed by [`all_reduce_latency`] (after as many untimed ones).
+pub const LATENCY_REPETITIONS: usize = 1000;
+
+/// Seconds per all-reduce (sum) of two f64, the payload of a MeZO step: the mean over
+/// [`LATENCY_REPETITIONS`] after as many to warm up, of the slowest rank. Collective.
+pub fn all_reduce_latency(dist: &Dist) -> f64 {
+    let mut values = [1.0f64, 2.0];
+    for _ in 0..LATENCY_REPETITIONS {
+        dist.all_reduce(&mut values, Reduce::Sum);
+    }
+    dist.barrier();
+    let clock = std::time::Instant::now();
+    for _ in 0..LATENCY_REPETITIONS {
+        values = [1.0, 2.0];
+        dist.all_reduce(&mut values, Reduce::Sum);
+    }
+    let mut seconds = [clock.elapsed().as_secs_f64() / LATENCY_REPETITIONS as f64];
+    dist.all_reduce(&mut seconds, Reduce::Max);
+    seconds[0]
 }
 
 fn check_broadcast(dist: &Dist) -> Result<Local> {

@@ -22,8 +22,11 @@
 //! `f + v/R` is the computation of one rank, `v` the part that the ranks split (examples of the
 //! batch, kernel rows) and `f` the part every rank repeats (MeZO's perturbation and update of all
 //! weights, a kernel's column gradients); `c + α⌈log₂ R⌉` is communication, whose latency grows
-//! with the depth of a reduction tree (MeZO's all-reduce of a few scalars per step; a kernel's
-//! collective HDF5 writes). `f, v` are fitted by least squares to the measured computation
+//! with the depth of a reduction tree, fitted to the time spent in collectives during the work
+//! (all-reduces for MeZO, collective HDF5 row writes for kernels: latency plus waiting for the
+//! slowest rank). For MeZO a second projection fits it to one all-reduce of a step's scalars
+//! timed alone at each rank count (`mezo check --json`): the bound that latency alone sets, with
+//! the ranks perfectly balanced. `f, v` are fitted by least squares to the measured computation
 //! against 1/R, `c, α` to the measured communication against ⌈log₂ R⌉, each clamped at zero.
 //! Efficiency is T(1) / (R · T(R)) for strong scaling and T(1) / T(R) for weak scaling. A
 //! strong-scaling projection stops where a rank would get no work (R above the global batch or
@@ -73,8 +76,11 @@ pub struct Measurement {
     pub seconds: f64,
     /// `seconds` less the communication.
     pub compute_seconds: f64,
-    /// Waiting in all-reduces (train), or in collective row writes (kernel).
+    /// Waiting in all-reduces (train), or in collective row writes (kernel): the time a rank
+    /// spent there, including waiting for slower ranks.
     pub communication_seconds: f64,
+    /// One all-reduce of a MeZO step's payload, timed alone at this rank count (`mezo check`).
+    pub all_reduce_seconds: f64,
     /// `work / seconds`.
     pub throughput: f64,
     /// Throughput relative to the fewest ranks measured.
@@ -162,6 +168,17 @@ pub struct CostModel {
     pub max_ranks: Option<usize>,
 }
 
+/// Which time the communication term is fitted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Communication {
+    /// The time the ranks spent in collectives during the work: latency plus waiting for the
+    /// slowest rank, as this machine's balance of ranks had it.
+    Measured,
+    /// One all-reduce of a MeZO step's payload timed alone: the latency bound, as if every rank
+    /// arrived at the same time.
+    AllReduceAlone,
+}
+
 /// Least-squares line y = a + b·x (b = 0 when the xs do not vary), both clamped at zero.
 fn fit_line(points: &[(f64, f64)]) -> (f64, f64) {
     let n = points.len() as f64;
@@ -181,7 +198,7 @@ fn levels(ranks: usize) -> f64 {
 
 impl CostModel {
     /// Fits the model to measurements of at least two rank counts.
-    pub fn fit(measurements: &[Measurement]) -> Result<CostModel, InputError> {
+    pub fn fit(measurements: &[Measurement], basis: Communication) -> Result<CostModel, InputError> {
         let mut counts: Vec<usize> = measurements.iter().map(|m| m.ranks).collect();
         counts.sort_unstable();
         counts.dedup();
@@ -201,8 +218,16 @@ impl CostModel {
                 (mean, 0.0)
             }
         };
-        let comm: Vec<(f64, f64)> =
-            measurements.iter().map(|m| (levels(m.ranks), m.communication_seconds)).collect();
+        let comm: Vec<(f64, f64)> = measurements
+            .iter()
+            .map(|m| {
+                let seconds = match basis {
+                    Communication::Measured => m.communication_seconds,
+                    Communication::AllReduceAlone => m.all_reduce_seconds,
+                };
+                (levels(m.ranks), seconds)
+            })
+            .collect();
         let (communication, latency) = fit_line(&comm);
         let max_ranks = (mode == Mode::Strong).then(|| measurements[0].work);
         Ok(CostModel { mode, fixed, divisible, communication, latency, max_ranks })
@@ -256,8 +281,8 @@ pub fn read_csv(path: &Path) -> Result<Vec<Measurement>> {
 }
 
 /// Charts of a study: throughput and efficiency against ranks (measured), and the projected
-/// efficiency against log₂ ranks when a model is given.
-pub fn charts(measurements: &[Measurement], model: Option<&CostModel>) -> Result<Vec<(String, String)>> {
+/// efficiency against log₂ ranks of each model given (a line each).
+pub fn charts(measurements: &[Measurement], models: &[(&str, CostModel)]) -> Result<Vec<(String, String)>> {
     use crate::plot::{line_chart_svg, Series};
     let first = measurements.first().ok_or_else(|| InputError("no measurements to plot".into()))?;
     let (_, throughput_unit) = first.workload.units();
@@ -283,13 +308,19 @@ pub fn charts(measurements: &[Measurement], model: Option<&CostModel>) -> Result
             )?,
         ),
     ];
-    if let Some(model) = model {
-        let points: Vec<(f64, f64)> =
-            projection_ranks().filter_map(|r| model.efficiency(r).map(|e| ((r as f64).log2(), e))).collect();
-        let projected = Series { label: format!("{label}, projected"), points };
+    if !models.is_empty() {
+        let projected: Vec<Series> = models
+            .iter()
+            .map(|(name, model)| Series {
+                label: format!("{label}, {name}"),
+                points: projection_ranks()
+                    .filter_map(|r| model.efficiency(r).map(|e| ((r as f64).log2(), e)))
+                    .collect(),
+            })
+            .collect();
         charts.push((
             "scaling_projection.svg".to_string(),
-            line_chart_svg("Parallel efficiency (cost model)", "log2 ranks", "efficiency", &[projected])?,
+            line_chart_svg("Parallel efficiency (cost model)", "log2 ranks", "efficiency", &projected)?,
         ));
     }
     Ok(charts)
@@ -298,6 +329,21 @@ pub fn charts(measurements: &[Measurement], model: Option<&CostModel>) -> Result
 /// The rank counts a projection reports: 1, 2, 4, ..., 1024.
 pub fn projection_ranks() -> impl Iterator<Item = usize> {
     (0..=10).map(|p| 1usize << p)
+}
+
+/// The projections of a study: the communication measured during the work, and for MeZO also
+/// the latency bound (none with fewer than two rank counts).
+pub fn models(measurements: &[Measurement]) -> Vec<(&'static str, CostModel)> {
+    let mut out = Vec::new();
+    if let Ok(model) = CostModel::fit(measurements, Communication::Measured) {
+        out.push(("measured communication", model));
+    }
+    if measurements.first().is_some_and(|m| m.workload == Workload::Train) {
+        if let Ok(model) = CostModel::fit(measurements, Communication::AllReduceAlone) {
+            out.push(("latency bound", model));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -314,6 +360,7 @@ mod tests {
             seconds: compute + comm,
             compute_seconds: compute,
             communication_seconds: comm,
+            all_reduce_seconds: comm,
             throughput: 0.0,
             speedup: 0.0,
             efficiency: 0.0,
@@ -339,7 +386,7 @@ mod tests {
             })
             .collect();
         complete(&mut ms);
-        let fitted = CostModel::fit(&ms).unwrap();
+        let fitted = CostModel::fit(&ms, Communication::Measured).unwrap();
         for (a, b) in [
             (fitted.fixed, 0.2),
             (fitted.divisible, 1.6),
@@ -359,11 +406,11 @@ mod tests {
             vec![measurement(Mode::Weak, 1, 16, 1.0, 0.0), measurement(Mode::Weak, 2, 32, 1.0, 0.01)];
         complete(&mut ms);
         assert!((ms[1].efficiency - 1.0 / 1.01).abs() < 1e-12);
-        let model = CostModel::fit(&ms).unwrap();
+        let model = CostModel::fit(&ms, Communication::Measured).unwrap();
         assert!((model.latency - 0.01).abs() < 1e-12);
         let e = model.efficiency(1024).unwrap();
         assert!((e - 1.0 / 1.1).abs() < 1e-12, "{e}");
-        assert!(CostModel::fit(&ms[..1]).is_err());
+        assert!(CostModel::fit(&ms[..1], Communication::Measured).is_err());
     }
 
     #[test]
@@ -379,7 +426,8 @@ mod tests {
         std::fs::write(&path, text.replacen("strong", "sideways", 2)).unwrap();
         let err = read_csv(&path).unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
-        let charts = charts(&ms, Some(&CostModel::fit(&ms).unwrap())).unwrap();
+        let model = CostModel::fit(&ms, Communication::Measured).unwrap();
+        let charts = charts(&ms, &[("measured", model.clone()), ("latency bound", model)]).unwrap();
         assert_eq!(charts.len(), 3);
         assert!(charts.iter().all(|(_, svg)| svg.trim_start().starts_with("<svg")));
     }

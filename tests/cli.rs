@@ -90,6 +90,21 @@ fn two_ranks_all_reduce_broadcast_and_collective_hdf5_rows() {
     }
     let labels = file.dataset("train_labels").unwrap().read_raw::<i64>().unwrap();
     assert_eq!(labels, [-1, 2, 5]);
+
+    // The same as JSON, with the time of an all-reduce.
+    let out = mpirun(2, &["-q", "check", "--scratch", dir.path().to_str().unwrap(), "--json"]);
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success(),
+        "{stdout}
+{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["ranks"], 2);
+    assert!(report["all_reduce_seconds"].as_f64().unwrap() > 0.0, "{stdout}");
+    let checks = report["checks"].as_array().unwrap();
+    assert!(checks.iter().any(|c| c["name"] == "hdf5 row blocks" && c["status"] == "pass"), "{stdout}");
+    assert!(checks.iter().any(|c| c["name"] == "all-reduce time" && c["status"] == "pass"), "{stdout}");
 }
 
 #[test]
@@ -113,7 +128,7 @@ fn cuda_requested_without_cuda_fails_cleanly() {
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(line(&stdout, "torch cuda").contains("FAIL"), "{stdout}");
-    assert!(stderr.contains("4 of 9 checks failed"), "{stderr}");
+    assert!(stderr.contains("4 of 10 checks failed"), "{stderr}");
     assert!(line(&stdout, "fast stream on gpu").contains("FAIL"), "{stdout}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }

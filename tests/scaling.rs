@@ -44,6 +44,7 @@ fn check_study(out: &Path, workload: &str, mode: &str, work: [&str; 2]) {
             "seconds",
             "compute_seconds",
             "communication_seconds",
+            "all_reduce_seconds",
             "throughput",
             "speedup",
             "efficiency"
@@ -53,17 +54,24 @@ fn check_study(out: &Path, workload: &str, mode: &str, work: [&str; 2]) {
     for (row, (ranks, work)) in rows[1..].iter().zip([("1", work[0]), ("2", work[1])]) {
         assert_eq!(&row[..5], [workload, mode, ranks, "1", work], "{rows:?}");
         let number = |i: usize| row[i].parse::<f64>().unwrap();
-        assert!(number(5) > 0.0 && number(6) >= 0.0 && number(7) >= 0.0, "{row:?}");
+        assert!(number(5) > 0.0 && number(6) >= 0.0 && number(7) >= 0.0 && number(8) >= 0.0, "{row:?}");
         assert!(
             (number(6) + number(7) - number(5)).abs() <= 1e-6 * number(5) || workload == "kernel",
             "{row:?}"
         );
-        assert!((number(8) - number(4) / number(5)).abs() <= 1e-9 * number(8), "throughput: {row:?}");
+        assert!((number(9) - number(4) / number(5)).abs() <= 1e-9 * number(9), "throughput: {row:?}");
     }
-    assert_eq!(rows[1][9], "1.0");
+    assert!(rows[2][8].parse::<f64>().unwrap() > 0.0, "an all-reduce over 2 ranks takes time");
     assert_eq!(rows[1][10], "1.0");
+    assert_eq!(rows[1][11], "1.0");
     let projection = csv_rows(&out.join("projection.csv"));
-    assert_eq!(projection[0], ["ranks", "seconds", "efficiency"]);
+    if workload == "train" {
+        let header = ["ranks", "seconds", "efficiency", "seconds_latency_bound", "efficiency_latency_bound"];
+        assert_eq!(projection[0], header);
+        assert_eq!(projection[1][4], "1.0000");
+    } else {
+        assert_eq!(projection[0], ["ranks", "seconds", "efficiency"]);
+    }
     assert_eq!(projection[1][0], "1");
     assert_eq!(projection[1][2], "1.0000");
     for name in ["scaling_throughput.svg", "scaling_efficiency.svg", "scaling_projection.svg"] {

@@ -23,8 +23,7 @@ pub fn run(ctx: &Context, args: &PlotArgs) -> Result<()> {
         if let [csv] = args.paths.as_slice() {
             if csv.is_file() && csv.extension().is_some_and(|e| e == "csv") {
                 let measurements = scaling::read_csv(csv)?;
-                let model = scaling::CostModel::fit(&measurements).ok();
-                let charts = scaling::charts(&measurements, model.as_ref())?;
+                let charts = scaling::charts(&measurements, &scaling::models(&measurements))?;
                 return write_charts(&args.out, &charts, &format!("{} measurement(s)", measurements.len()));
             }
         }

@@ -121,16 +121,19 @@ pub fn run(ctx: &Context, args: &ScalingArgs) -> Result<()> {
     let mut measurements = Vec::new();
     for (r, dir, command, result) in plans {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut argv: Vec<String> = match args.launcher {
-            LauncherArg::Mpirun => vec!["mpirun".into(), "-np".into(), r.to_string()],
-            LauncherArg::Srun => vec!["srun".into(), format!("--ntasks={r}"), "--mpi=pmix".into()],
+        let launch = |mezo_args: &[String]| -> Vec<String> {
+            let mut argv: Vec<String> = match args.launcher {
+                LauncherArg::Mpirun => vec!["mpirun".into(), "-np".into(), r.to_string()],
+                LauncherArg::Srun => vec!["srun".into(), format!("--ntasks={r}"), "--mpi=pmix".into()],
+            };
+            argv.extend(args.launcher_args.iter().cloned());
+            argv.push(exe.to_string_lossy().into_owned());
+            argv.extend(forwarded_globals(ctx.global, false));
+            argv.extend(["--threads".into(), threads.to_string()]);
+            argv.extend(mezo_args.iter().cloned());
+            argv
         };
-        argv.extend(args.launcher_args.iter().cloned());
-        argv.push(exe.to_string_lossy().into_owned());
-        let mut global = forwarded_globals(ctx.global, false);
-        global.extend(["--threads".into(), threads.to_string()]);
-        argv.extend(global);
-        argv.extend(command);
+        let argv = launch(&command);
         log::info!("{r} rank(s): {}", shell_words(&argv));
         let log_path = dir.join("log.txt");
         let log =
@@ -149,6 +152,27 @@ pub fn run(ctx: &Context, args: &ScalingArgs) -> Result<()> {
             Workload::Train => scaling::read_train_run(&result)?,
             Workload::Kernel => scaling::read_kernel(&result)?,
         };
+        let probe = launch(&[
+            "check".into(),
+            "--json".into(),
+            "--scratch".into(),
+            dir.to_string_lossy().into_owned(),
+        ]);
+        log::info!("{r} rank(s), all-reduce time: {}", shell_words(&probe));
+        let output = std::process::Command::new(&probe[0])
+            .args(&probe[1..])
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("starting {}", probe[0]))?;
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        let all_reduce =
+            report["all_reduce_seconds"].as_f64().filter(|_| output.status.success()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "timing an all-reduce on {r} rank(s) failed ({}): {}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr).trim()
+                )
+            })?;
         measurements.push(Measurement {
             workload,
             mode,
@@ -158,6 +182,7 @@ pub fn run(ctx: &Context, args: &ScalingArgs) -> Result<()> {
             seconds,
             compute_seconds: compute,
             communication_seconds: communication,
+            all_reduce_seconds: all_reduce,
             throughput: 0.0,
             speedup: 0.0,
             efficiency: 0.0,
@@ -165,66 +190,79 @@ pub fn run(ctx: &Context, args: &ScalingArgs) -> Result<()> {
     }
     scaling::complete(&mut measurements);
     scaling::write_csv(&out.join("scaling.csv"), &measurements)?;
-    let model = CostModel::fit(&measurements).ok();
-    if let Some(model) = &model {
-        write_projection(&out.join("projection.csv"), model)?;
+    let models = scaling::models(&measurements);
+    if !models.is_empty() {
+        write_projection(&out.join("projection.csv"), &models)?;
     }
-    for (name, svg) in scaling::charts(&measurements, model.as_ref())? {
+    for (name, svg) in scaling::charts(&measurements, &models)? {
         crate::fsio::write_atomic(&out.join(name), svg.as_bytes())?;
     }
-    print_report(&measurements, model.as_ref(), &out);
+    print_report(&measurements, &models, &out);
     Ok(())
 }
 
-fn write_projection(path: &Path, model: &CostModel) -> Result<()> {
-    let mut text = String::from("ranks,seconds,efficiency\n");
+/// `projection.csv`: ranks, then seconds and efficiency of each model (measured communication,
+/// and for MeZO the latency bound), empty past the ranks that get work.
+fn write_projection(path: &Path, models: &[(&str, CostModel)]) -> Result<()> {
+    let mut text = String::from("ranks,seconds,efficiency");
+    if models.len() > 1 {
+        text.push_str(",seconds_latency_bound,efficiency_latency_bound");
+    }
+    text.push('\n');
     for r in scaling::projection_ranks() {
-        if let (Some(s), Some(e)) = (model.seconds(r), model.efficiency(r)) {
-            text.push_str(&format!("{r},{s:.6},{e:.4}\n"));
+        let cells: Vec<Option<String>> = models
+            .iter()
+            .map(|(_, m)| Some(format!("{:.6},{:.4}", m.seconds(r)?, m.efficiency(r)?)))
+            .collect();
+        if cells.iter().all(Option::is_none) {
+            continue;
         }
+        let cells: Vec<String> = cells.into_iter().map(|c| c.unwrap_or_else(|| ",".into())).collect();
+        text.push_str(&format!("{r},{}\n", cells.join(",")));
     }
     crate::fsio::write_atomic(path, text.as_bytes())
 }
 
-fn print_report(measurements: &[Measurement], model: Option<&CostModel>, out: &Path) {
+fn print_report(measurements: &[Measurement], models: &[(&str, CostModel)], out: &Path) {
     let (seconds_unit, throughput_unit) = measurements[0].workload.units();
     println!(
-        "ranks  threads  work  {seconds_unit:>20}  compute  communication  {throughput_unit:>19}  efficiency"
+        "ranks  threads  work  {seconds_unit:>20}  compute  communication  all-reduce µs  {throughput_unit:>19}  efficiency"
     );
     for m in measurements {
         println!(
-            "{:>5}  {:>7}  {:>4}  {:>20.4}  {:>7.4}  {:>13.5}  {:>19.2}  {:>10.3}",
+            "{:>5}  {:>7}  {:>4}  {:>20.4}  {:>7.4}  {:>13.5}  {:>13.1}  {:>19.2}  {:>10.3}",
             m.ranks,
             m.threads,
             m.work,
             m.seconds,
             m.compute_seconds,
             m.communication_seconds,
+            m.all_reduce_seconds * 1e6,
             m.throughput,
             m.efficiency
         );
     }
-    match model {
-        Some(model) => {
-            let form = match model.mode {
-                Mode::Strong => "f + v/R + c + α·⌈log2 R⌉",
-                Mode::Weak => "f + v + c + α·⌈log2 R⌉",
-            };
-            println!(
-                "cost model T(R) = {form}, fitted: f = {:.4} s (every rank), v = {:.4} s (split over ranks), \
-                 c = {:.5} s, α = {:.5} s per reduction level",
-                model.fixed, model.divisible, model.communication, model.latency
-            );
-            let projected: Vec<String> = [8, 16, 64, 256, 1024]
-                .into_iter()
-                .map(|r| match model.efficiency(r) {
-                    Some(e) => format!("{r}: {:.0}%", 100.0 * e),
-                    None => format!("{r}: no work left per rank"),
-                })
-                .collect();
-            println!("projected efficiency: {}", projected.join(", "));
-        }
-        None => println!("one rank count measured: no cost model (it needs two or more)"),
+    if models.is_empty() {
+        println!("one rank count measured: no cost model (it needs two or more)");
+    }
+    for (name, model) in models {
+        let form = match model.mode {
+            Mode::Strong => "f + v/R + c + α·⌈log2 R⌉",
+            Mode::Weak => "f + v + c + α·⌈log2 R⌉",
+        };
+        println!(
+            "cost model ({name}) T(R) = {form}: f = {:.4} s (every rank), v = {:.4} s (split over ranks), \
+             c = {:.6} s, α = {:.6} s per reduction level",
+            model.fixed, model.divisible, model.communication, model.latency
+        );
+        let projected: Vec<String> = [8, 16, 64, 256, 1024]
+            .into_iter()
+            .map(|r| match model.efficiency(r) {
+                Some(e) => format!("{r}: {:.0}%", 100.0 * e),
+                None => format!("{r}: no work left per rank"),
+            })
+            .collect();
+        println!("  projected efficiency: {}", projected.join(", "));
     }
     println!("written: {}/scaling.csv, projection.csv and scaling_*.svg", out.display());
 }

@@ -31,11 +31,12 @@ py_packages=(
   # scripts/make_large_fixtures.py: the large-model tasks' Parquet shards.
   "pyarrow==22.0.0"
 )
-# patchelf is for benches/gpu-check.sh, which bundles the binary for GPU nodes.
+# patchelf is for benches/gpu-check.sh, which bundles the binary for GPU nodes; fonts-dejavu-core
+# gives `mezo plot --png` the text of its charts.
 # gcc and g++ (`cc`, `c++`): torch-sys compiles its C++ wrapper of libtorch, and tokenizers' onig
 # and esaxx-rs build C and C++. A minimal Debian has gcc but no g++.
 apt_packages=(gcc g++ make pkg-config git libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libclang-dev
-  patchelf curl)
+  patchelf curl fonts-dejavu-core)
 
 say() { printf 'setup: %s\n' "$*"; }
 

@@ -27,6 +27,36 @@ pub struct RunCurves {
     pub dev: BTreeMap<String, Vec<(f64, f64)>>,
 }
 
+/// A chart's SVG rasterised as PNG, its text in the system's sans-serif font (loaded once).
+pub fn svg_to_png(svg: &str) -> Result<Vec<u8>> {
+    use resvg::{tiny_skia, usvg};
+    static OPTIONS: std::sync::OnceLock<usvg::Options<'static>> = std::sync::OnceLock::new();
+    let options = OPTIONS.get_or_init(|| {
+        let mut options = usvg::Options::default();
+        let fonts = options.fontdb_mut();
+        fonts.load_system_fonts();
+        // fontdb's generic sans-serif is Arial, which Linux rarely has: take a sans face that is there.
+        let families: Vec<String> =
+            fonts.faces().flat_map(|face| face.families.iter().map(|(name, _)| name.clone())).collect();
+        let sans = ["DejaVu Sans", "Liberation Sans", "Noto Sans", "FreeSans"]
+            .into_iter()
+            .find(|wanted| families.iter().any(|f| f == wanted))
+            .map(str::to_string)
+            .or_else(|| families.first().cloned());
+        match sans {
+            Some(family) => fonts.set_sans_serif_family(family),
+            None => log::warn!("no system fonts found: PNG charts have no text (install fonts-dejavu-core)"),
+        }
+        options
+    });
+    let tree = usvg::Tree::from_str(svg, options).context("reading a chart's SVG")?;
+    let size = tree.size().to_int_size();
+    let mut pixmap =
+        tiny_skia::Pixmap::new(size.width(), size.height()).context("a chart has no pixels to rasterise")?;
+    resvg::render(&tree, tiny_skia::Transform::default(), &mut pixmap.as_mut());
+    pixmap.encode_png().context("encoding a chart as PNG")
+}
+
 /// Reads `dir/metrics.jsonl`; a line that is not JSON (a torn last line) is an error naming it.
 pub fn read_run(dir: &Path) -> Result<RunCurves> {
     let path = dir.join(crate::train::run_dir::METRICS);

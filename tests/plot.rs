@@ -86,11 +86,25 @@ fn runs_and_sweeps_plot_as_well_formed_svg() {
         // A line per run and its legend mark.
         assert_eq!(svg.matches("stroke-width=\"2\"").count(), 4, "{name}: a line per run");
     }
-    // One run directory alone.
+    // One run directory alone, and as PNG too.
     let single = dir.path().join("single");
-    let out = plot(&[&sweep.join("lr=1e-3")], &single);
+    let out = Command::new(MEZO)
+        .args(["-q", "plot", "--png"])
+        .arg(sweep.join("lr=1e-3"))
+        .arg("--out")
+        .arg(&single)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(well_formed(&std::fs::read_to_string(single.join("train_loss.svg")).unwrap()));
+    let png = std::fs::read(single.join("train_loss.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG signature");
+    // IHDR: the chart's 800 x 500 pixels.
+    assert_eq!(&png[12..16], b"IHDR");
+    assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 800);
+    assert_eq!(u32::from_be_bytes(png[20..24].try_into().unwrap()), 500);
+    // Lines, axes and text drawn: far more than a blank image compresses to.
+    assert!(png.len() > 10_000, "{} bytes", png.len());
 }
 
 #[test]

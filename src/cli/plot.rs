@@ -15,6 +15,9 @@ pub struct PlotArgs {
     /// scaling CSV, scaling_throughput.svg, scaling_efficiency.svg and scaling_projection.svg.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// Also write each chart as PNG (NAME.png beside NAME.svg).
+    #[arg(long)]
+    png: bool,
 }
 
 /// Learning curves of the runs found, one line per run, written by rank 0.
@@ -24,7 +27,12 @@ pub fn run(ctx: &Context, args: &PlotArgs) -> Result<()> {
             if csv.is_file() && csv.extension().is_some_and(|e| e == "csv") {
                 let measurements = scaling::read_csv(csv)?;
                 let charts = scaling::charts(&measurements, &scaling::models(&measurements))?;
-                return write_charts(&args.out, &charts, &format!("{} measurement(s)", measurements.len()));
+                return write_charts(
+                    &args.out,
+                    &charts,
+                    args.png,
+                    &format!("{} measurement(s)", measurements.len()),
+                );
             }
         }
         let mut dirs = Vec::new();
@@ -40,17 +48,24 @@ pub fn run(ctx: &Context, args: &PlotArgs) -> Result<()> {
         }
         let runs = dirs.iter().map(|d| plot::read_run(d)).collect::<Result<Vec<_>>>()?;
         let charts = plot::learning_curves(&runs)?;
-        write_charts(&args.out, &charts, &format!("{} run(s)", runs.len()))
+        write_charts(&args.out, &charts, args.png, &format!("{} run(s)", runs.len()))
     })?;
     Ok(())
 }
 
-fn write_charts(out: &Path, charts: &[(String, String)], what: &str) -> Result<()> {
+fn write_charts(out: &Path, charts: &[(String, String)], png: bool, what: &str) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut names = Vec::new();
     for (name, svg) in charts {
         crate::fsio::write_atomic(&out.join(name), svg.as_bytes())?;
+        names.push(name.clone());
+        if png {
+            let png_name = Path::new(name).with_extension("png");
+            let bytes = plot::svg_to_png(svg).with_context(|| format!("rasterising {name}"))?;
+            crate::fsio::write_atomic(&out.join(&png_name), &bytes)?;
+            names.push(png_name.display().to_string());
+        }
     }
-    let names: Vec<&str> = charts.iter().map(|(n, _)| n.as_str()).collect();
     println!("{what}: wrote {} in {}", names.join(", "), out.display());
     Ok(())
 }

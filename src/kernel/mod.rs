@@ -195,6 +195,7 @@ pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelC
     let loop_start = std::time::Instant::now();
     for round in 0..rounds[0] as usize {
         let block = todo.get(round).cloned().unwrap_or(0..0);
+        let before = timing;
         let mut results: Vec<ArrayD<f64>> = Vec::new();
         if !block.is_empty() {
             timing.rows += block.len();
@@ -251,6 +252,13 @@ pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelC
         file.write_rows("rows_done", block.start, flags.view())?;
         file.file().flush().context("flushing the kernel file")?;
         timing.io += clock.elapsed().as_secs_f64();
+        log::debug!(
+            "row block {round} (rows {:?}): gradients {:.3} s, products {:.3} s, writing {:.3} s",
+            block,
+            timing.gradients - before.gradients,
+            timing.products - before.products,
+            timing.io - before.io
+        );
         progress.inc(1);
         crash_for_tests(round + 1);
     }

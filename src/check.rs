@@ -55,8 +55,16 @@ enum Local {
     Skip(String),
 }
 
+/// What `run` found: every check's outcome, and the time of one all-reduce of a MeZO step's
+/// payload (the "all-reduce time" outcome's number).
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub outcomes: Vec<Outcome>,
+    pub all_reduce_seconds: f64,
+}
+
 /// Runs all checks; collective.
-pub fn run(dist: &Dist, config: &CheckConfig) -> Vec<Outcome> {
+pub fn run(dist: &Dist, config: &CheckConfig) -> Report {
     let gpu = match config.device {
         DeviceRequest::Cpu => Err("--device cpu".to_string()),
         request => match request.resolve(dist.local_rank()) {
@@ -74,14 +82,16 @@ pub fn run(dist: &Dist, config: &CheckConfig) -> Vec<Outcome> {
             Err(why) => Ok(Local::Skip(why.clone())),
         }
     };
-    vec![
-        agree(dist, "all-reduce", check_all_reduce(dist)),
+    let all_reduce = agree(dist, "all-reduce", check_all_reduce(dist));
+    let all_reduce_seconds = all_reduce_latency(dist);
+    let outcomes = vec![
+        all_reduce,
         agree(
             dist,
             "all-reduce time",
             Ok(Local::Pass(format!(
                 "{:.1} µs per sum of 2 f64 over {} rank(s) (a MeZO step's; mean of {LATENCY_REPETITIONS})",
-                all_reduce_latency(dist) * 1e6,
+                all_reduce_seconds * 1e6,
                 dist.size()
             ))),
         ),
@@ -111,7 +121,8 @@ pub fn run(dist: &Dist, config: &CheckConfig) -> Vec<Outcome> {
                     .map(|n| Local::Pass(format!("{n} floats summed over {} rank(s)", dist.size())))
             }),
         ),
-    ]
+    ];
+    Report { outcomes, all_reduce_seconds }
 }
 
 /// Combines the ranks' results: any failure fails; else any skip skips; else rank 0's detail.
@@ -149,11 +160,11 @@ fn check_all_reduce(dist: &Dist) -> Result<Local> {
 }
 
 /// All-reduces timed by [`all_reduce_latency`] (after as many untimed ones).
-pub const LATENCY_REPETITIONS: usize = 1000;
+const LATENCY_REPETITIONS: usize = 1000;
 
 /// Seconds per all-reduce (sum) of two f64, the payload of a MeZO step: the mean over
 /// [`LATENCY_REPETITIONS`] after as many to warm up, of the slowest rank. Collective.
-pub fn all_reduce_latency(dist: &Dist) -> f64 {
+fn all_reduce_latency(dist: &Dist) -> f64 {
     let mut values = [1.0f64, 2.0];
     for _ in 0..LATENCY_REPETITIONS {
         dist.all_reduce(&mut values, Reduce::Sum);

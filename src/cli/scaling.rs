@@ -122,11 +122,7 @@ pub fn run(ctx: &Context, args: &ScalingArgs) -> Result<()> {
     for (r, dir, command, result) in plans {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let launch = |mezo_args: &[String]| -> Vec<String> {
-            let mut argv: Vec<String> = match args.launcher {
-                LauncherArg::Mpirun => vec!["mpirun".into(), "-np".into(), r.to_string()],
-                LauncherArg::Srun => vec!["srun".into(), format!("--ntasks={r}"), "--mpi=pmix".into()],
-            };
-            argv.extend(args.launcher_args.iter().cloned());
+            let mut argv = args.launcher.argv(r, &args.launcher_args);
             argv.push(exe.to_string_lossy().into_owned());
             argv.extend(forwarded_globals(ctx.global, false));
             argv.extend(["--threads".into(), threads.to_string()]);

@@ -88,6 +88,17 @@ impl LauncherArg {
             LauncherArg::Srun => "srun",
         }
     }
+
+    /// The command line that starts `ranks` ranks of what follows it, the user's launcher
+    /// options last.
+    pub(super) fn argv(self, ranks: usize, options: &[String]) -> Vec<String> {
+        let mut argv: Vec<String> = match self {
+            LauncherArg::Mpirun => vec!["mpirun".into(), "-np".into(), ranks.to_string()],
+            LauncherArg::Srun => vec!["srun".into(), format!("--ntasks={ranks}"), "--mpi=pmix".into()],
+        };
+        argv.extend(options.iter().cloned());
+        argv
+    }
 }
 
 pub fn run(ctx: &Context, args: &SweepArgs) -> Result<Ending> {
@@ -304,19 +315,11 @@ fn run_child(
         .append(true)
         .open(log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
-    let mut argv: Vec<String> = Vec::new();
-    match (args.launcher, point.ranks) {
-        (None, 1) => {}
-        (None | Some(LauncherArg::Mpirun), ranks) => {
-            argv.extend(["mpirun".into(), "-np".into(), ranks.to_string()])
-        }
-        (Some(LauncherArg::Srun), ranks) => {
-            argv.extend(["srun".into(), format!("--ntasks={ranks}"), "--mpi=pmix".into()])
-        }
-    }
-    if !argv.is_empty() {
-        argv.extend(args.launcher_args.iter().cloned());
-    }
+    // A one-rank point needs no launcher unless one was asked for.
+    let mut argv = match (args.launcher, point.ranks) {
+        (None, 1) => Vec::new(),
+        (launcher, ranks) => launcher.unwrap_or(LauncherArg::Mpirun).argv(ranks, &args.launcher_args),
+    };
     argv.push(exe.to_string_lossy().into_owned());
     argv.extend(forwarded_globals(ctx.global, true));
     argv.extend(["sweep".into(), dir.to_string_lossy().into_owned(), "--point".into(), point.name.clone()]);

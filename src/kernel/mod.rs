@@ -498,11 +498,7 @@ fn open(
         file.create_dataset::<f64>(&format!("{split}_f0"), &[m, c])?;
     }
     file.create_dataset::<u8>("rows_done", &[n[0]])?;
-    let text = |name: &str, value: &str| -> Result<()> {
-        let value: VarLenUnicode = value.parse().map_err(|e| anyhow::anyhow!("attribute {name}: {e:?}"))?;
-        file.file().new_attr::<VarLenUnicode>().create(name)?.write_scalar(&value)?;
-        Ok(())
-    };
+    let text = |name: &str, value: &str| set_text_attribute(&file, name, value);
     text("arguments", &arguments)?;
     // Typed attributes: booleans, integers, floats and strings as themselves, anything else
     // (label words, exclusions) as JSON text.

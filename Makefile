@@ -32,12 +32,14 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 # The whole test suite, as CI runs it: cargo's tests (no Python needed), then the checks that
 # need transformers: models mezo saves load back in transformers with the same outputs; and
 # LM-Kernel-FT's .pt kernel files convert to kernel files that mezo solves as the reference does;
+# MeZO runs with the reference stream give, bit for bit, the weights of MeZO's PyTorch step;
 # then the sbatch templates on a single-node Slurm started here (and stopped again, unless it was
 # running before).
 test: lint
 	cargo test
 	.venv/bin/python scripts/check_transformers_roundtrip.py target/debug/mezo
 	.venv/bin/python scripts/check_kernel_converter.py target/debug/mezo
+	.venv/bin/python scripts/check_reference_replay.py target/debug/mezo
 	@if bash scripts/slurm-local.sh status >/dev/null 2>&1; then started=""; else \
 	  $(SUDO) bash scripts/slurm-local.sh start || exit 1; started=yes; fi; \
 	cargo test --test slurm -- --ignored; status=$$?; \

@@ -1,14 +1,20 @@
 //! One MeZO step, the mezo half of benches/mezo_step_vs_pytorch.py and of the GPU check.
 //!
-//!   cargo bench --bench mezo_step -- [--model DIR] [--random-opt 125m|1.3b|tiny]
+//!   cargo bench --bench mezo_step -- [--model DIR] [--random-opt tiny|125m|1.3b|2.7b|6.7b|13b]
 //!       [--device cpu|cuda] [--dtype f32|bf16|f16] [--batch 8] [--seq 64] [--threads N]
 //!       [--steps 3] [--rng fast|reference] [--separate-passes] [--forward-only]
 //!   cargo bench --bench mezo_step -- --stream-only [--threads 1]
 //!
 //! A prompt model (RoBERTa/BERT) is scored by the label words at one mask position per row, a
-//! causal LM by its next-token loss (`lm_loss`). `--random-opt` writes a random OPT of that size
-//! (f16 weights) into `--model DIR` unless DIR already holds a model, or into a temporary
-//! directory without `--model`, and benchmarks it: the GPU check's OPT-1.3B.
+//! causal LM by its next-token loss (`lm_loss`). `--random-opt` benchmarks a random OPT of that
+//! published size, its weights made on the device itself (`transformers`' initialisation; only a
+//! config.json is written, to a temporary directory), so that a 13B model needs neither disk nor
+//! host memory of its size.
+//!
+//! On a GPU it also measures the device's copy bandwidth (`copy_gbs`: a 1 GiB device-to-device
+//! copy, bytes read plus written per second) and the fast stream's kernels against it: forming
+//! both perturbed sides of every tensor (`perturb_gbs`, reads θ once and writes two copies) and the
+//! update (`update_gbs`, reads and writes θ), each with its fraction of the copy bandwidth.
 //!
 //! Prints `mezo step_ms=<median> forward_ms=<median> step_over_forward=<median> peak_rss_mb=<VmHWM>`
 //! (steps alternate with plain forward passes, whose median is forward_ms; step_over_forward is
@@ -25,7 +31,7 @@ mod common;
 use common::{arg, median};
 use mezo::dist::{Dist, Reduce};
 use mezo::model::cache::{lm_loss_by_side, next_token_targets};
-use mezo::model::{self, Dtype, FreezeRules, LoadOptions};
+use mezo::model::{self, Dtype, FreezeRules, LoadOptions, RandomWeights};
 use mezo::optim::zo::{Perturbations, Rng, Updater, ZoOptimizer};
 use mezo::optim::{Trainable, WeightDecay};
 use std::path::Path;
@@ -42,14 +48,17 @@ fn peak_rss_mb() -> f64 {
     kb / 1024.0
 }
 
-/// Writes a random `OPTForCausalLM` of the named size into `dir` (N(0, 0.02) matrices, unit
-/// LayerNorms, zero biases, f16, the LM head tied to the embeddings as in the released models).
-fn write_random_opt(dir: &Path, size: &str) {
+/// Writes the config.json of an `OPTForCausalLM` of the named published size into `dir` (the LM
+/// head tied to the embeddings, as in the released models).
+fn write_opt_config(dir: &Path, size: &str) {
     let (layers, hidden, ffn, heads) = match size {
+        "13b" => (40, 5120, 20480, 40),
+        "6.7b" => (32, 4096, 16384, 32),
+        "2.7b" => (32, 2560, 10240, 32),
         "1.3b" => (24, 2048, 8192, 32),
         "125m" => (12, 768, 3072, 12),
         "tiny" => (2, 64, 256, 4),
-        other => panic!("--random-opt 125m|1.3b|tiny, not {other}"),
+        other => panic!("--random-opt tiny|125m|1.3b|2.7b|6.7b|13b, not {other}"),
     };
     let (vocab, positions) = (50272i64, 2048i64);
     let config = serde_json::json!({
@@ -61,34 +70,6 @@ fn write_random_opt(dir: &Path, size: &str) {
     });
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    tch::manual_seed(0);
-    let normal =
-        |shape: &[i64]| (Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.02).to_kind(Kind::Half);
-    let filled = |shape: &[i64], v: f64| Tensor::full(shape, v, (Kind::Half, Device::Cpu));
-    let d = "model.decoder";
-    let mut tensors = vec![
-        (format!("{d}.embed_tokens.weight"), normal(&[vocab, hidden])),
-        (format!("{d}.embed_positions.weight"), normal(&[positions + 2, hidden])),
-        (format!("{d}.final_layer_norm.weight"), filled(&[hidden], 1.0)),
-        (format!("{d}.final_layer_norm.bias"), filled(&[hidden], 0.0)),
-    ];
-    for i in 0..layers {
-        let p = format!("{d}.layers.{i}");
-        let mut linear = |name: &str, output: i64, input: i64| {
-            tensors.push((format!("{p}.{name}.weight"), normal(&[output, input])));
-            tensors.push((format!("{p}.{name}.bias"), filled(&[output], 0.0)));
-        };
-        for proj in ["k_proj", "v_proj", "q_proj", "out_proj"] {
-            linear(&format!("self_attn.{proj}"), hidden, hidden);
-        }
-        linear("fc1", ffn, hidden);
-        linear("fc2", hidden, ffn);
-        for norm in ["self_attn_layer_norm", "final_layer_norm"] {
-            tensors.push((format!("{p}.{norm}.weight"), filled(&[hidden], 1.0)));
-            tensors.push((format!("{p}.{norm}.bias"), filled(&[hidden], 0.0)));
-        }
-    }
-    mezo::model::weights::save(dir, &tensors, 5 << 30).unwrap();
 }
 
 fn main() {
@@ -127,13 +108,23 @@ fn main() {
         dir if !dir.is_empty() => std::path::PathBuf::from(dir),
         _ => scratch.path().to_path_buf(),
     };
-    // With --model too, the random model is written there once and reused by later runs.
-    if !random.is_empty() && !dir.join("config.json").exists() {
-        assert_eq!(dist.size(), 1, "write the random model in a one-rank run first");
-        write_random_opt(&dir, &random);
-    }
-    let options = LoadOptions { num_labels: Some(2), ..LoadOptions::new(device, dtype) };
+    let random_weights = (!random.is_empty()).then(|| {
+        write_opt_config(&dir, &random);
+        RandomWeights { std: 0.02, seed: 0 }
+    });
+    let options = LoadOptions { num_labels: Some(2), random_weights, ..LoadOptions::new(device, dtype) };
+    let loading = Instant::now();
     let m = model::load(&dir, &options).unwrap_or_else(|e| panic!("{e}"));
+    if dist.is_root() {
+        eprintln!("model ready in {:.1} s ({} tensors)", loading.elapsed().as_secs_f64(), m.params.len());
+    }
+    let model_bytes: f64 =
+        m.params.iter().map(|p| (p.tensor.numel() * p.tensor.kind().elt_size_in_bytes()) as f64).sum();
+    let copy_gbs = match device {
+        Device::Cuda(i) => Some(copy_bandwidth_gbs(i as i64)),
+        Device::Cpu => None,
+        _ => None,
+    };
     let vocab = m.config["vocab_size"].as_i64().unwrap();
     tch::manual_seed(0);
     let ids = Tensor::randint_low(4, vocab - 2, [batch, seq], (Kind::Int64, Device::Cpu));
@@ -197,6 +188,8 @@ fn main() {
         start.elapsed().as_secs_f64() * 1e3
     };
     let forwards: Vec<f64> = (0..steps.max(3)).map(|_| time_forward()).collect();
+    // The fast stream's kernels alone: (both sides of every tensor, the update), ms.
+    let mut kernel_ms: Option<(f64, f64)> = None;
     let (forward_ms, step_ms, step_over_forward) = if forward_only {
         (median(forwards), f64::NAN, f64::NAN)
     } else {
@@ -221,6 +214,7 @@ fn main() {
             // Plain, perturbed and paired (both sides at once) forward passes alternated, then
             // updates: where a step's time goes beyond its two forward passes.
             let (mut plain, mut perturbed, mut paired, mut update) = (vec![], vec![], vec![], vec![]);
+            let mut perturb_pairs: Vec<f64> = vec![];
             for _ in 0..steps.max(3) {
                 let start = Instant::now();
                 loss(1).unwrap();
@@ -238,7 +232,18 @@ fn main() {
                 updater.apply(&trainable, &[(7, 0.0)], 0.0, 0.0, WeightDecay::AllTensors);
                 sync();
                 update.push(start.elapsed().as_secs_f64() * 1e3);
+                if copy_gbs.is_some() {
+                    // Both sides of every tensor formed, as a paired pass does, and dropped.
+                    sync();
+                    let start = Instant::now();
+                    for (index, t) in trainable.iter().enumerate() {
+                        drop(mezo::optim::fast::perturbed_pair(&t.tensor, [7, index as u32], 1e-3, -1e-3));
+                    }
+                    sync();
+                    perturb_pairs.push(start.elapsed().as_secs_f64() * 1e3);
+                }
             }
+            kernel_ms = Some((median(perturb_pairs.clone()).max(1e-9), median(update.clone())));
             if dist.is_root() {
                 let paired = match paired.is_empty() {
                     true => String::new(),
@@ -281,14 +286,49 @@ fn main() {
         }
         _ => String::new(),
     };
+    let bandwidth = match (copy_gbs, kernel_ms) {
+        (Some(copy), Some((perturb_ms, update_ms))) => {
+            // Bytes read plus written: θ and two perturbed copies; θ read and written.
+            let perturb = 3.0 * model_bytes / perturb_ms / 1e6;
+            let update = 2.0 * model_bytes / update_ms / 1e6;
+            format!(
+                " copy_gbs={copy:.0} perturb_ms={perturb_ms:.2} perturb_gbs={perturb:.0} perturb_fraction={:.2} \
+                 update_ms={update_ms:.2} update_gbs={update:.0} update_fraction={:.2}",
+                perturb / copy,
+                update / copy
+            )
+        }
+        (Some(copy), None) => format!(" copy_gbs={copy:.0}"),
+        _ => String::new(),
+    };
     if dist.is_root() {
         println!(
-            "mezo rng={rng:?} step_ms={step_ms:.1} forward_ms={forward_ms:.1} \
-             step_over_forward={step_over_forward:.3} peak_rss_mb={:.0}{device_mem} ranks={}",
+            "mezo rng={rng:?} batch={batch} seq={seq} model_gb={:.2} step_ms={step_ms:.1} forward_ms={forward_ms:.1} \
+             step_over_forward={step_over_forward:.3} peak_rss_mb={:.0}{device_mem}{bandwidth} ranks={}",
+            model_bytes / 1e9,
             peak_rss_mb(),
             dist.size()
         );
     }
+}
+
+/// The device's copy bandwidth, GB/s of bytes read plus written: the median of five copies of a
+/// 1 GiB buffer into another.
+fn copy_bandwidth_gbs(ordinal: i64) -> f64 {
+    let bytes = 1i64 << 30;
+    let source = Tensor::ones([bytes / 2], (Kind::Half, Device::Cuda(ordinal as usize)));
+    let mut target = source.empty_like();
+    let times: Vec<f64> = (0..6)
+        .map(|_| {
+            tch::Cuda::synchronize(ordinal);
+            let start = Instant::now();
+            target.copy_(&source);
+            tch::Cuda::synchronize(ordinal);
+            start.elapsed().as_secs_f64()
+        })
+        .skip(1)
+        .collect();
+    2.0 * bytes as f64 / median(times) / 1e9
 }
 
 /// `--stream-only`: the fast stream alone on `threads` threads (default one), nanoseconds per

@@ -117,8 +117,10 @@ pub fn run(dist: &Dist, config: &CheckConfig) -> Report {
             dist,
             "nccl all-reduce",
             on_gpu(&|i| {
-                crate::dist::nccl::smoke_test(dist, i)
-                    .map(|n| Local::Pass(format!("{n} floats summed over {} rank(s)", dist.size())))
+                crate::dist::nccl::smoke_test(dist, i).map(|(n, nccl)| {
+                    let by = if nccl { "NCCL" } else { "MPI (ranks share a GPU, which NCCL refuses)" };
+                    Local::Pass(format!("{n} floats summed over {} rank(s) by {by}", dist.size()))
+                })
             }),
         ),
     ];

@@ -67,6 +67,7 @@ pub fn run(ctx: &Context, args: &EvalArgs) -> Result<()> {
         lora: None,
         num_prefix: None,
         adapter: args.adapter.clone(),
+        random_weights: None,
     };
     let model = model::load(&model_dir, &options)?;
     if finetune {

@@ -31,12 +31,17 @@ pub struct KernelArgs {
     /// --block-memory].
     #[arg(long, value_name = "R")]
     row_block: Option<usize>,
-    /// Memory for a row block's gradients, in GiB, when --row-block is not given.
-    #[arg(long, default_value_t = 4.0, value_name = "GIB")]
-    block_memory: f64,
+    /// Memory for a row block's gradients, in GiB, when --row-block is not given [default: 4 on
+    /// the CPU; on a GPU, 90% of its free memory less the column and gradient batches].
+    #[arg(long, value_name = "GIB")]
+    block_memory: Option<f64>,
     /// Column examples multiplied with a row block at once.
     #[arg(long, default_value_t = 32, value_name = "B")]
     column_batch: usize,
+    /// Examples differentiated together: one forward and C backward passes give each its own
+    /// gradients (1: one example at a time).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    gradient_batch: usize,
     /// Parameter type (the reference computes kernels in f32).
     #[arg(long, default_value = "f32")]
     dtype: DtypeArg,
@@ -51,6 +56,30 @@ pub struct KernelArgs {
     /// data, for previews and weak-scaling studies.
     #[arg(long, value_name = "N")]
     train_rows: Option<usize>,
+    /// Compute only train rows A..B (0-based, B excluded; split over the ranks) and leave the
+    /// file FILE.partial: running the command again without --rows computes the rest. For a long
+    /// kernel in time-limited jobs, or to time one rank's share of a larger run (rows 0..128 of
+    /// 1024 are rank 0's share of 8 ranks).
+    #[arg(long, value_name = "A..B", value_parser = parse_rows)]
+    rows: Option<std::ops::Range<usize>>,
+    /// Ignore the checkpoint's weights (only its config.json and tokenizer are read): random
+    /// weights made on the device from this seed, as `transformers` initialises a new model.
+    /// Benchmarks of model sizes without downloading them.
+    #[arg(long, value_name = "SEED")]
+    random_weights: Option<i64>,
+}
+
+/// `A..B` with A < B.
+fn parse_rows(text: &str) -> Result<std::ops::Range<usize>, String> {
+    let (a, b) = text.split_once("..").ok_or_else(|| format!("'{text}' is not A..B"))?;
+    let (a, b): (usize, usize) = (
+        a.trim().parse().map_err(|_| format!("'{a}' is not a row number"))?,
+        b.trim().parse().map_err(|_| format!("'{b}' is not a row number"))?,
+    );
+    if a >= b {
+        return Err(format!("{a}..{b} holds no row"));
+    }
+    Ok(a..b)
 }
 
 pub fn run(ctx: &Context, args: &KernelArgs) -> Result<()> {
@@ -58,11 +87,13 @@ pub fn run(ctx: &Context, args: &KernelArgs) -> Result<()> {
     let dist = ctx.dist;
     let model_dir = args.data.model_dir().ok_or_else(|| input_error("mezo kernel needs --model DIR"))?;
     if args.column_batch == 0
+        || args.gradient_batch == 0
         || args.row_block == Some(0)
-        || !args.block_memory.is_finite()
-        || args.block_memory <= 0.0
+        || args.block_memory.is_some_and(|gib| !gib.is_finite() || gib <= 0.0)
     {
-        return Err(input_error("--row-block, --column-batch and --block-memory must be positive"));
+        return Err(input_error(
+            "--row-block, --column-batch, --gradient-batch and --block-memory must be positive",
+        ));
     }
     let mut data_config = args.data.config()?;
     let options = LoadOptions {
@@ -73,6 +104,7 @@ pub fn run(ctx: &Context, args: &KernelArgs) -> Result<()> {
         lora: None,
         num_prefix: None,
         adapter: None,
+        random_weights: args.random_weights.map(|seed| crate::model::RandomWeights { std: 0.02, seed }),
     };
     let model = model::load(&model_dir, &options)?;
     if data_config.few_shot_type == FewShotType::Finetune {
@@ -121,8 +153,10 @@ pub fn run(ctx: &Context, args: &KernelArgs) -> Result<()> {
             only_biases: args.only_biases,
         },
         row_block: args.row_block.unwrap_or(0),
-        memory_budget: (args.block_memory * (1u64 << 30) as f64) as u64,
+        memory_budget: args.block_memory.map(|gib| (gib * (1u64 << 30) as f64) as u64),
         column_batch: args.column_batch,
+        gradient_batch: args.gradient_batch,
+        rows: args.rows.clone(),
         out: args.out.clone(),
         overwrite: args.overwrite,
         description,

@@ -67,6 +67,7 @@ pub fn run(ctx: &Context, args: &LinearHeadArgs) -> Result<()> {
             lora: None,
             num_prefix: None,
             adapter: None,
+            random_weights: None,
         };
         let mut model = model::load(&model_dir, &options)?;
         let mut data = TaskData::load(config)?;

@@ -46,6 +46,7 @@ pub fn run(ctx: &Context, args: &ReplayArgs) -> Result<()> {
             lora: serde_json::from_value(load["lora"].clone()).map_err(|_| bad("load.lora"))?,
             num_prefix: load["num_prefix"].as_i64(),
             adapter: None,
+            random_weights: None,
         };
         let model_dir = PathBuf::from(load["model"].as_str().ok_or_else(|| bad("load.model"))?);
         let m = model::load(&model_dir, &options)?;

@@ -216,6 +216,7 @@ pub fn run(ctx: &Context, args: &TrainArgs) -> Result<Ending> {
         lora,
         num_prefix: settings.num_prefix,
         adapter: None,
+        random_weights: None,
     };
     if let Some(task) = large_task {
         let model = model::load(&model_dir, &options)?;

@@ -65,10 +65,11 @@ fn choose(request: DeviceRequest, local_rank: usize, gpus: usize) -> Result<tch:
             bail!("CUDA was requested but libtorch sees no CUDA device (`mezo info` shows why)")
         }
         DeviceRequest::Auto | DeviceRequest::Cuda => {
-            if local_rank >= gpus {
+            // Said once a node, by its first rank that shares.
+            if local_rank == gpus {
                 log::warn!(
-                    "node-local rank {local_rank} shares GPU {} with another rank: {gpus} GPUs visible",
-                    local_rank % gpus
+                    "more ranks on this node than its {gpus} visible GPU(s): ranks share them round-robin \
+                     (node-local rank r on GPU r mod {gpus})"
                 );
             }
             Ok(tch::Device::Cuda(local_rank % gpus))

@@ -2,7 +2,9 @@
 //!
 //! Rank 0 creates the NCCL unique id and the MPI communicator broadcasts its 128 bytes; every rank
 //! then joins with its own GPU. On one process this is a one-rank communicator, so the same code
-//! path runs everywhere.
+//! path runs everywhere. NCCL refuses a communicator in which two ranks share a GPU ("duplicate
+//! GPU"), which nodes with fewer GPUs than ranks need: [`for_gpus`] sees that first (from the
+//! devices' UUIDs) and the callers all-reduce through MPI from host copies instead.
 
 use super::Dist;
 use crate::cuda;
@@ -64,23 +66,60 @@ impl NcclComm {
     }
 }
 
-/// All-reduces a known vector over the ranks' GPUs and checks the sum; returns its length.
-pub fn smoke_test(dist: &Dist, ordinal: usize) -> Result<usize> {
+/// Whether two ranks use the same GPU (the same device UUID on the same host); collective.
+pub fn gpus_shared(dist: &Dist, ordinal: usize) -> Result<bool> {
+    let uuid = cuda::context(ordinal)?.uuid().map_err(|e| anyhow!("reading GPU {ordinal}'s UUID: {e:?}"))?;
+    let hex: String = uuid.bytes.iter().map(|b| format!("{:02x}", *b as u8)).collect();
+    let mut devices = dist.all_gather_strings(&format!("{}/{hex}", super::hostname()));
+    let ranks = devices.len();
+    devices.sort();
+    devices.dedup();
+    Ok(devices.len() < ranks)
+}
+
+/// NCCL over the ranks' GPUs, or `None` (said once, by rank 0) when ranks share a GPU, which
+/// NCCL refuses: device buffers then go through MPI. Collective.
+pub fn for_gpus(dist: &Dist, ordinal: usize) -> Result<Option<NcclComm>> {
+    if gpus_shared(dist, ordinal)? {
+        if dist.is_root() {
+            log::info!(
+                "{} ranks share GPUs and NCCL refuses a GPU twice in one communicator: collectives of GPU \
+                 buffers go through MPI, from host copies",
+                dist.size()
+            );
+        }
+        return Ok(None);
+    }
+    NcclComm::new(dist, &cuda::context(ordinal)?).map(Some)
+}
+
+/// All-reduces a known vector over the ranks' GPUs and checks the sum; returns its length and
+/// whether NCCL did it (else MPI from host copies: ranks share a GPU).
+pub fn smoke_test(dist: &Dist, ordinal: usize) -> Result<(usize, bool)> {
     let ctx = cuda::context(ordinal)?;
-    let nccl = NcclComm::new(dist, &ctx)?;
+    let nccl = for_gpus(dist, ordinal)?;
     let stream = ctx.default_stream();
     let n = 1 << 16;
     let mine: Vec<f32> = (0..n).map(|i| (i % 100) as f32 + dist.rank() as f32).collect();
     let mut buffer = stream.clone_htod(&mine).context("copying to the GPU")?;
-    nccl.all_reduce_sum(&mut buffer)?;
-    let sum = stream.clone_dtoh(&buffer).context("copying from the GPU")?;
+    let sum = match &nccl {
+        Some(nccl) => {
+            nccl.all_reduce_sum(&mut buffer)?;
+            stream.clone_dtoh(&buffer).context("copying from the GPU")?
+        }
+        None => {
+            let mut host = stream.clone_dtoh(&buffer).context("copying from the GPU")?;
+            dist.all_reduce(&mut host, super::Reduce::Sum);
+            host
+        }
+    };
     let ranks = dist.size() as f32;
     let rank_sum = (0..dist.size()).sum::<usize>() as f32;
     for (i, &got) in sum.iter().enumerate() {
         let want = ranks * (i % 100) as f32 + rank_sum;
         if got != want {
-            bail!("NCCL all-reduce gave {got} at element {i}, expected {want}");
+            bail!("all-reduce of GPU buffers gave {got} at element {i}, expected {want}");
         }
     }
-    Ok(n)
+    Ok((n, nccl.is_some()))
 }

@@ -8,13 +8,15 @@
 //!
 //! * each rank takes a contiguous share of the train examples (no padding) and works through it
 //!   in blocks of R ([`KernelConfig::row_block`]); a block's R·C gradients stay in memory;
-//! * for each block, every column example (train, dev, test) is differentiated once (one forward
-//!   and C backward passes) and multiplied with the block in batches;
-//! * backward passes: C · (N_tr + Σ_blocks (N_tr − R_b + N_dev + N_test)), that is
-//!   C · (N_tr + N_dev + N_test) when the train gradients fit in one block per rank (plus one
-//!   example's C passes per rank to size the blocks when no row block is given), against the
-//!   reference's C · N_tr · (N_tr + N_dev + N_test) JVPs (twice for dev and test with
-//!   `asymmetric_signgd`);
+//! * for each block, every column example (train, dev, test) is differentiated once and
+//!   multiplied with the block in batches ([`KernelConfig::column_batch`]);
+//! * examples are differentiated [`KernelConfig::gradient_batch`] at a time, one forward and C
+//!   backward passes per batch, each split into the examples' own gradients
+//!   ([`per_example`]): C · ⌈N / batch⌉ passes for N example-gradients, where differentiating
+//!   each example alone (the first one of a run is, to learn which tensors have gradients) costs
+//!   C · N, and the reference C · N_tr · (N_tr + N_dev + N_test) JVPs (twice for dev and test
+//!   with `asymmetric_signgd`). Example-gradients: N_tr + Σ_blocks (N_tr − R_b + N_dev + N_test),
+//!   that is N_tr + N_dev + N_test when the train gradients fit in one block per rank;
 //! * bytes moved by the products: per block, its R·C·P gradient values once per column batch,
 //!   plus each column's C·P values once, with P the dense part plus the touched vocabulary rows.
 //!
@@ -26,6 +28,7 @@
 //! One writer at a time: `FILE.lock` beside the file is held for the whole computation.
 
 pub mod gradients;
+mod per_example;
 pub mod products;
 
 use crate::data::batch::shard;
@@ -55,10 +58,18 @@ pub struct KernelConfig {
     /// Train examples whose gradients a rank keeps at once; 0: as many as fit in
     /// [`KernelConfig::memory_budget`].
     pub row_block: usize,
-    /// Bytes of row-block gradients a rank may hold when `row_block` is 0.
-    pub memory_budget: u64,
+    /// Bytes of row-block gradients a rank may hold when `row_block` is 0; `None`: what the
+    /// device has free after the model, the column batch and the gradient batches (a GPU), or
+    /// [`DEFAULT_CPU_BUDGET`] (the CPU).
+    pub memory_budget: Option<u64>,
     /// Column examples multiplied with a block at once.
     pub column_batch: usize,
+    /// Examples differentiated together, in one forward and C backward passes (1: one at a time).
+    pub gradient_batch: usize,
+    /// Compute only these train rows (split over the ranks) and leave the file `.partial`: a
+    /// later run computes the rest. A long kernel in time-limited jobs, or one rank's share of a
+    /// larger run timed alone.
+    pub rows: Option<std::ops::Range<usize>>,
     pub out: PathBuf,
     /// Replace a complete file at `out`.
     pub overwrite: bool,
@@ -83,6 +94,8 @@ pub struct Summary {
     /// JVPs of the reference's schedule for the same kernels.
     pub reference_passes: u64,
     pub resumed_rows: usize,
+    /// Train rows still missing (`rows` limited the run): the file is still `.partial`.
+    pub missing_rows: usize,
     pub bytes_multiplied: f64,
     /// Where each rank's time went, in rank order (also the file's `seconds_by_rank` attribute).
     pub seconds_by_rank: Vec<BlockTiming>,
@@ -102,6 +115,31 @@ pub struct BlockTiming {
 }
 
 const SPLITS: [&str; 3] = ["train", "dev", "test"];
+
+/// Row-block memory on the CPU when none is given: 4 GiB.
+pub const DEFAULT_CPU_BUDGET: u64 = 4 << 30;
+
+/// Bytes of row-block gradients a rank may hold: `config`'s, or what the device has free once
+/// the column batch (f32 gradients, `per_example` bytes each) and two gradient batches' worth
+/// (the batch's gradients and their per-example products) are set aside, with a tenth of the
+/// free memory left for activations and the allocator.
+fn block_budget(config: &KernelConfig, device: Device, per_example: u64) -> Result<u64> {
+    if let Some(bytes) = config.memory_budget {
+        return Ok(bytes);
+    }
+    let Device::Cuda(ordinal) = device else { return Ok(DEFAULT_CPU_BUDGET) };
+    let (free, _) = crate::cuda::context(ordinal)?.mem_get_info().context("reading the GPU's free memory")?;
+    let reserved = (config.column_batch + 2 * config.gradient_batch) as u64 * per_example;
+    let budget = (free as u64 / 10 * 9).saturating_sub(reserved);
+    log::info!(
+        "GPU {ordinal}: {:.1} GiB free, {:.1} GiB set aside for column and gradient batches: row blocks of up \
+         to {:.1} GiB",
+        free as f64 / (1u64 << 30) as f64,
+        reserved as f64 / (1u64 << 30) as f64,
+        budget as f64 / (1u64 << 30) as f64
+    );
+    Ok(budget)
+}
 
 /// Computes the kernels of `model` on `data` into `config.out`; collective.
 pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelConfig) -> Result<Summary> {
@@ -166,7 +204,15 @@ pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelC
     write_outputs(&file, dist, model, data, &columns, c, config.binary)?;
 
     // This rank's rows still to do, in contiguous runs of at most R.
-    let mine = shard(n[0], dist.rank(), dist.size());
+    let wanted = config.rows.clone().unwrap_or(0..n[0]);
+    if wanted.is_empty() || wanted.end > n[0] {
+        bail!(InputError(format!(
+            "--rows {}..{}: the kernel has train rows 0..{}",
+            wanted.start, wanted.end, n[0]
+        )));
+    }
+    let share = shard(wanted.len(), dist.rank(), dist.size());
+    let mine = wanted.start + share.start..wanted.start + share.end;
     let mut todo: Vec<std::ops::Range<usize>> = Vec::new();
     let mut block_rows = config.row_block;
     for row in mine.clone().filter(|&r| !done[r]) {
@@ -175,7 +221,16 @@ pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelC
             let g = grads.example(&columns[0][row], pad)?;
             let values = (g.dense.numel() + g.sparse.iter().map(|s| s.rows.numel()).sum::<usize>()) as u64;
             let bytes = values * products::bytes_per_value(config.formula);
-            block_rows = ((config.memory_budget / bytes.max(1)) as usize).clamp(1, mine.len().max(1));
+            let budget = block_budget(config, model.device, values * 4)?;
+            if budget < bytes {
+                log::warn!(
+                    "one train example's gradients ({:.2} GiB) exceed the row-block memory ({:.2} GiB): \
+                     blocks of one example",
+                    bytes as f64 / (1u64 << 30) as f64,
+                    budget as f64 / (1u64 << 30) as f64
+                );
+            }
+            block_rows = ((budget / bytes.max(1)) as usize).clamp(1, mine.len().max(1));
             log::info!(
                 "row blocks of {block_rows} train examples ({:.1} MB of gradients each)",
                 bytes as f64 / 1e6
@@ -201,8 +256,8 @@ pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelC
             timing.rows += block.len();
             timing.blocks += 1;
             let clock = std::time::Instant::now();
-            let row_grads: Vec<ExampleGradient> =
-                block.clone().map(|r| grads.example(&columns[0][r], pad)).collect::<Result<_>>()?;
+            let block_features: Vec<&Feature> = block.clone().map(|r| &columns[0][r]).collect();
+            let row_grads = grads.examples(&block_features, pad, config.gradient_batch)?;
             timing.gradients += clock.elapsed().as_secs_f64();
             let row_refs: Vec<&ExampleGradient> = row_grads.iter().collect();
             let rows = RowBlock::new(&row_refs, config.formula);
@@ -215,12 +270,13 @@ pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelC
                 for start in (0..features.len()).step_by(config.column_batch.max(1)) {
                     let end = (start + config.column_batch.max(1)).min(features.len());
                     let clock = std::time::Instant::now();
-                    let mut fresh: Vec<(usize, ExampleGradient)> = Vec::new();
-                    for (x, feature) in features.iter().enumerate().take(end).skip(start) {
-                        if !(split == 0 && block.contains(&x)) {
-                            fresh.push((x, grads.example(feature, pad)?));
-                        }
-                    }
+                    let wanted: Vec<usize> =
+                        (start..end).filter(|x| !(split == 0 && block.contains(x))).collect();
+                    let wanted_features: Vec<&Feature> = wanted.iter().map(|&x| &features[x]).collect();
+                    let fresh: Vec<(usize, ExampleGradient)> = wanted
+                        .into_iter()
+                        .zip(grads.examples(&wanted_features, pad, config.gradient_batch)?)
+                        .collect();
                     timing.gradients += clock.elapsed().as_secs_f64();
                     let clock = std::time::Instant::now();
                     let batch: Vec<&ExampleGradient> = (start..end)
@@ -270,7 +326,8 @@ pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelC
         .map(|s| serde_json::from_str(s))
         .collect::<Result<_, _>>()?;
     set_text_attribute(&file, "seconds_by_rank", &serde_json::to_string(&seconds_by_rank)?)?;
-    if config.formula == Formula::Sgd {
+    let outside = (0..n[0]).filter(|r| !wanted.contains(r) && !done[*r]).count();
+    if config.formula == Formula::Sgd && outside == 0 {
         symmetrize_train(&file, dist, n[0])?;
     }
 
@@ -285,7 +342,21 @@ pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelC
     let reference_passes = (c * n[0] * total) as u64
         + if config.formula == Formula::AsymmetricSignGd { (c * n[0] * (n[1] + n[2])) as u64 } else { 0 };
     drop(skipped);
-    let path = file.commit(dist)?;
+    let path = if outside == 0 {
+        file.commit(dist)?
+    } else {
+        file.close()?;
+        let partial = partial_path(&config.out);
+        if dist.is_root() {
+            log::info!(
+                "{}: {outside} of {} train rows still to compute: run the command again without --rows to \
+                 finish it",
+                partial.display(),
+                n[0]
+            );
+        }
+        partial
+    };
     let summary = Summary {
         path,
         train: n[0],
@@ -297,6 +368,7 @@ pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelC
         backward_passes: counts[0],
         reference_passes,
         resumed_rows,
+        missing_rows: outside,
         bytes_multiplied: counts[1] as f64,
         seconds_by_rank,
     };

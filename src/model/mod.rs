@@ -73,6 +73,18 @@ pub struct LoadOptions {
     /// Load adapters saved by [`Model::save_adapter`] (their config overrides `lora` and
     /// `num_prefix`).
     pub adapter: Option<PathBuf>,
+    /// Random weights made on the device instead of the checkpoint's (which is not read: only
+    /// `config.json` is): benchmarks of model sizes nobody wants to write to disk.
+    pub random_weights: Option<RandomWeights>,
+}
+
+/// Weights as `transformers` initialises a new model: matrices N(0, std²), norm weights one,
+/// biases zero, tensors a checkpoint may lack (an untied head) left out; drawn from libtorch's
+/// generator on the device, seeded with `seed`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RandomWeights {
+    pub std: f64,
+    pub seed: i64,
 }
 
 impl LoadOptions {
@@ -86,6 +98,7 @@ impl LoadOptions {
             lora: None,
             num_prefix: None,
             adapter: None,
+            random_weights: None,
         }
     }
 }
@@ -170,7 +183,10 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<Model, InputError> {
         .ok_or_else(|| InputError(format!("{}: no model_type", config_path.display())))?
         .to_string();
     check_sizes(&config, &config_path)?;
-    let weights = weights::Weights::open(dir)?;
+    let weights = match options.random_weights {
+        Some(_) => weights::Weights::none(),
+        None => weights::Weights::open(dir)?,
+    };
     let kind = options.dtype.kind();
     let (lora, num_prefix, adapter) = match &options.adapter {
         Some(adapter_dir) => {
@@ -183,6 +199,7 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<Model, InputError> {
         Loader::new(&weights, options.device, kind, prefix)
             .with_lora(lora.clone(), adapter.as_ref())
             .with_prefix(num_prefix, adapter.as_ref())
+            .with_random_weights(options.random_weights)
     };
     let (body, params) = match model_type.as_str() {
         "roberta" | "bert" => {

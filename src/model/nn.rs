@@ -29,6 +29,13 @@ pub trait WeightView {
     /// `t`, `[..ids]`), the s-th of `sides` equal parts of `ids` reading side s's rows; `None`
     /// when `t` is used as stored.
     fn rows(&self, t: &Tensor, ids: &Tensor) -> Option<Tensor>;
+    /// The output `y` of a linear layer that used stored weight `w` whole on input `x` (one GEMM
+    /// for the whole batch), as the forward pass should go on with it. Per-example gradients
+    /// (kernels) keep `x` and add a zero probe to `y`: the probe's gradient is ∂/∂y, and each
+    /// example's gradient of `w` is then its ∂/∂yᵀ x, without `[B, out, in]` copies of `w`.
+    fn linear_output(&self, _w: &Tensor, _x: &Tensor, y: Tensor) -> Tensor {
+        y
+    }
 }
 
 thread_local! {
@@ -150,16 +157,32 @@ pub fn broadcast(x: &Tensor, p: &Seen, op: impl Fn(&Tensor, &Tensor) -> Tensor) 
 /// or, when `w` differs between sides, one per side written into its rows of the output (the
 /// GEMMs, and so the numbers, of separate forward passes).
 pub fn affine(x: &Tensor, w: &Seen, b: Option<&Seen>) -> Tensor {
+    let observed = |w: &Tensor, y: Tensor| match current_view() {
+        Some(view) => view.linear_output(w, x, y),
+        None => y,
+    };
     let w = match (w, b) {
-        (Seen::Shared(w), None) => return x.linear::<Tensor>(w, None),
-        (Seen::Shared(w), Some(Seen::Shared(b))) => return x.linear(w, Some(b)),
-        (Seen::Shared(w), Some(b)) => return broadcast(&x.linear::<Tensor>(w, None), b, |y, b| y + b),
+        (Seen::Shared(w), None) => return observed(w, x.linear::<Tensor>(w, None)),
+        (Seen::Shared(w), Some(Seen::Shared(b))) => return observed(w, x.linear(w, Some(b))),
+        (Seen::Shared(w), Some(b)) => {
+            return broadcast(&observed(w, x.linear::<Tensor>(w, None)), b, |y, b| y + b)
+        }
         (Seen::PerSide(w), _) => w,
     };
     let (sides, input, output) = (w.size()[0], w.size()[2], w.size()[1]);
     let mut shape = x.size();
     *shape.last_mut().expect("x has a feature axis") = output;
     let xs = x.reshape([sides, -1, input]);
+    if x.requires_grad() || w.requires_grad() || b.is_some_and(|b| b.side(0).requires_grad()) {
+        // Differentiated (per-example kernel gradients): the out= GEMMs below have no backward.
+        let y = xs.matmul(&w.transpose(1, 2));
+        let y = match b {
+            None => y,
+            Some(Seen::Shared(b)) => y + b,
+            Some(Seen::PerSide(b)) => y + b.unsqueeze(1),
+        };
+        return y.view(shape.as_slice());
+    }
     let y = Tensor::empty([sides, xs.size()[1], output], (x.kind(), x.device()));
     for s in 0..sides {
         let (x, w, y) = (xs.get(s), w.get(s).tr(), y.get(s));
@@ -207,6 +230,8 @@ pub struct Loader<'a> {
     /// Saved adapter tensors, used instead of a fresh initialisation.
     adapter: Option<&'a Weights>,
     seeded: bool,
+    /// Make every required tensor randomly on the device instead of reading it.
+    random: Option<super::RandomWeights>,
 }
 
 impl<'a> Loader<'a> {
@@ -222,7 +247,17 @@ impl<'a> Loader<'a> {
             num_prefix: None,
             adapter: None,
             seeded: false,
+            random: None,
         }
+    }
+
+    /// Random weights instead of the checkpoint's ([`super::RandomWeights`]).
+    pub fn with_random_weights(mut self, random: Option<super::RandomWeights>) -> Loader<'a> {
+        if let Some(r) = random {
+            tch::manual_seed(r.seed);
+        }
+        self.random = random;
+        self
     }
 
     /// Add `num_prefix` key/value prefix slots to every attention layer (from `adapter` when
@@ -335,6 +370,20 @@ impl<'a> Loader<'a> {
 
     /// A required parameter of `shape`.
     pub fn tensor(&mut self, name: &str, shape: &[i64]) -> Tensor {
+        if let Some(random) = self.random {
+            let _guard = tch::no_grad_guard();
+            let t = if name.ends_with("bias") {
+                Tensor::zeros(shape, (self.kind, self.device))
+            } else if shape.len() == 1 {
+                Tensor::ones(shape, (self.kind, self.device))
+            } else {
+                let mut t = Tensor::randn(shape, (self.kind, self.device));
+                let _ = t.g_mul_scalar_(random.std);
+                t
+            };
+            self.register(name, &t);
+            return t;
+        }
         match self.stored_name(name) {
             Some(stored) => self.read(name, &stored, shape),
             None => {

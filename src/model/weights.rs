@@ -51,6 +51,11 @@ impl Weights {
         Weights::open_files(files)
     }
 
+    /// No tensors at all (a model of random weights reads none).
+    pub fn none() -> Weights {
+        Weights { files: Vec::new(), entries: HashMap::new() }
+    }
+
     /// Opens one safetensors file (an adapter).
     pub fn open_file(path: &Path) -> Result<Weights, InputError> {
         Weights::open_files(vec![path.to_owned()])

@@ -122,11 +122,12 @@ pub fn perturb(params: &[Trainable], seed: u64, scale: f64, eps: f64) {
     let _guard = tch::no_grad_guard();
     tch::manual_seed(seed as i64);
     for p in params {
-        // In place, with the reference's rounding: ((z · s) · ε), then θ + that.
-        let mut z = Tensor::randn(p.tensor.size(), (p.tensor.kind(), p.tensor.device()));
-        let _ = z.g_mul_scalar_(scale);
-        let _ = z.g_mul_scalar_(eps);
-        let _ = p.tensor.shallow_clone().g_add_(&z);
+        // With the reference's rounding: ((s · z) · ε), then θ + that. The products are out of
+        // place, as the reference's are: libtorch's in-place `mul_` by a scalar rounds the scalar
+        // to an f16/bf16 tensor's dtype first, the out-of-place product multiplies in f32.
+        let z = Tensor::randn(p.tensor.size(), (p.tensor.kind(), p.tensor.device()));
+        let step = (z * scale) * eps;
+        let _ = p.tensor.shallow_clone().g_add_(&step);
     }
 }
 
@@ -142,14 +143,14 @@ pub fn update(
     let _guard = tch::no_grad_guard();
     tch::manual_seed(seed as i64);
     for p in params {
-        // In place, with the reference's rounding: θ − η · ((g · z) + λ θ).
-        let mut direction = Tensor::randn(p.tensor.size(), (p.tensor.kind(), p.tensor.device()));
-        let _ = direction.g_mul_scalar_(projected_grad);
+        // With the reference's rounding: θ − η · ((g · z) + λ θ), the scalar products out of
+        // place (see `perturb`).
+        let z = Tensor::randn(p.tensor.size(), (p.tensor.kind(), p.tensor.device()));
+        let mut direction = z * projected_grad;
         if weight_decay != 0.0 && decay.applies_to(&p.name) {
-            let _ = direction.g_add_(&(&p.tensor * weight_decay));
+            direction += &p.tensor * weight_decay;
         }
-        let _ = direction.g_mul_scalar_(lr);
-        let _ = p.tensor.shallow_clone().g_sub_(&direction);
+        let _ = p.tensor.shallow_clone().g_sub_(&(direction * lr));
     }
 }
 

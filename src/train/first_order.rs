@@ -106,7 +106,7 @@ pub fn train_first_order<T: TrainTask>(
     let mut run = Run::first_order(dist, config, data.selection())?;
     let nccl = match params[0].device() {
         Device::Cuda(ordinal) if dist.size() > 1 => {
-            Some(NcclComm::new(dist, &crate::cuda::context(ordinal)?).context("NCCL for the gradients")?)
+            crate::dist::nccl::for_gpus(dist, ordinal).context("NCCL for the gradients")?
         }
         _ => None,
     };

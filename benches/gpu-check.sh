@@ -46,14 +46,36 @@ make_bundle() {
   ldd "$bin" | awk '$3 ~ /^\// {print $3}' | grep -v -E '/(torch|nvidia)/' \
     | grep -v -E '/(libc|libm|libdl|librt|libpthread|libutil|libresolv|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so' \
     | while read -r lib; do cp -L "$lib" "$bundle/lib/"; done
+  # The PyTorch side (transformers with only the model families used here, h5py) for a node whose
+  # python3 has torch but not these; unpacked there only when its own are missing.
+  local site scratch
+  site="$("$repo/.venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  scratch="$(mktemp -d)"
+  (cd "$site" && tar -cf - --exclude='transformers/models/*' --exclude='__pycache__' transformers \
+    tokenizers huggingface_hub safetensors h5py h5py.libs regex yaml tqdm filelock packaging requests certifi \
+    idna urllib3 charset_normalizer fsspec typing_extensions.py) | tar -C "$scratch" -xf -
+  cp "$site/transformers/models/__init__.py" "$scratch/transformers/models/"
+  for family in opt llama roberta bert auto; do
+    cp -r "$site/transformers/models/$family" "$scratch/transformers/models/"
+  done
+  find "$scratch" -name __pycache__ -prune -exec rm -rf {} +
+  tar -C "$scratch" -czf "$bundle/python.tar.gz" .
+  rm -rf "$scratch"
   du -sh "$bundle"
   echo "bundle ready: $bundle ($(ls "$bundle/lib" | wc -l) libraries)"
 }
 
 failed=0
+# Runs a command, counting it when it fails; its exit status.
 step() {
   echo; echo "=== $*"
-  "$@" || { echo "=== FAILED ($?): $*"; failed=$((failed + 1)); }
+  local status=0
+  "$@" || status=$?
+  if ((status != 0)); then
+    echo "=== FAILED ($status): $*"
+    failed=$((failed + 1))
+  fi
+  return "$status"
 }
 
 # Both files exist and are equal byte for byte.
@@ -102,10 +124,186 @@ end_to_end() {
   step "${mezo[@]}" solve --kernels "$out/sgd.h5" --solver logistic --out "$out/sgd-logistic.json"
 }
 
+# One row of the summary table: what, measured, goal, verdict (pass/FAIL/info).
+summary_row() {
+  printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$summary"
+}
+
+# The value of key KEY in a `key=value ...` line of FILE (empty when absent).
+field() {
+  grep -o "\b$2=[^ ]*" "$1" 2>/dev/null | tail -1 | cut -d= -f2
+}
+
+# "pass" when A <= B (floats), else "FAIL"; "FAIL" when either is missing.
+at_most() {
+  awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "nan") print "FAIL"; else print (a + 0 <= b + 0) ? "pass" : "FAIL" }'
+}
+
+# A summary row NAME for a comparison that the rest of the arguments, a command, makes: "equal"
+# and pass when it succeeds.
+equal_row() {
+  local name="$1"
+  shift
+  if step "$@"; then
+    summary_row "$name" equal equal pass
+  else
+    summary_row "$name" differs equal FAIL
+  fi
+}
+
+ratio() {
+  awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print ""; else printf "%.2f", a / b }'
+}
+
+# Issue 19's measurements with BIN and the MeZO step benchmark STEP_BENCH on DEVICE, under OUT,
+# for a random OPT of SIZE (13b on a GPU; tiny for the CPU dry run, which also shrinks the kernel
+# share and the batches so that it checks the plumbing in minutes):
+# - MeZO steps of OPT-SIZE f16, batch 16 x 256 and 16 x 1024: forward alone, the paired pass and
+#   separate passes (time and device memory), the copy bandwidth and the fast stream's kernels
+#   against it;
+# - MeZO large's step in PyTorch + transformers, same model size, dtype and batch;
+# - --rng reference runs on DEVICE replayed bit for bit by PyTorch's step (f32, f16, bf16);
+# - rank 0's share of 8 of an SST-2 512-shot-sized sgd kernel of a random roberta-base;
+# - 2 ranks on the one device against 1: MeZO data- and direction-parallel, and kernels.
+at_scale() {
+  local bin="$1" step_bench="$2" device="$3" out="$4" size="$5"
+  mkdir -p "$out"
+  local batch=16 seqs=(256 1024) steps=5 share_rows=0..128 kernel_extra=()
+  if [[ "$size" == tiny ]]; then
+    seqs=(32 64) steps=2 share_rows=0..2 kernel_extra=(--train-rows 16)
+  fi
+  local mode seq f
+  for seq in "${seqs[@]}"; do
+    for mode in forward-only step separate-passes; do
+      f="$out/opt-$size-$seq-$mode.txt"
+      step "$step_bench" --random-opt "$size" --device "$device" --dtype f16 --batch "$batch" --seq "$seq" \
+        --threads "$(nproc)" --steps "$steps" $([[ $mode != step ]] && echo "--$mode") > "$f"
+      cat "$f"
+    done
+    local inference="$out/opt-$size-$seq-forward-only.txt" paired="$out/opt-$size-$seq-step.txt"
+    local separate="$out/opt-$size-$seq-separate-passes.txt" r
+    r="$(ratio "$(field "$paired" step_ms)" "$(field "$paired" forward_ms)")"
+    summary_row "OPT-$size f16 ${batch}x$seq: step / forward, paired pass" "$r" "<= 2.2" "$(at_most "$r" 2.2)"
+    r="$(ratio "$(field "$separate" step_ms)" "$(field "$separate" forward_ms)")"
+    summary_row "OPT-$size f16 ${batch}x$seq: step / forward, separate passes" "$r" "<= 2.2" "$(at_most "$r" 2.2)"
+    if [[ "$device" == cuda ]]; then
+      r="$(ratio "$(field "$separate" device_mem_mb)" "$(field "$inference" device_mem_mb)")"
+      summary_row "OPT-$size f16 ${batch}x$seq: device memory step / inference, separate passes" "$r" "<= 1.05" \
+        "$(at_most "$r" 1.05)"
+      r="$(ratio "$(field "$paired" device_mem_mb)" "$(field "$inference" device_mem_mb)")"
+      summary_row "OPT-$size f16 ${batch}x$seq: device memory step / inference, paired pass" "$r" "-" info
+    fi
+  done
+  f="$out/opt-$size-${seqs[0]}-step.txt"
+  if [[ "$device" == cuda ]]; then
+    summary_row "copy bandwidth (1 GiB device to device)" "$(field "$f" copy_gbs) GB/s" "-" info
+    local fraction
+    for kernel in perturb update; do
+      fraction="$(field "$f" ${kernel}_fraction)"
+      summary_row "fast stream $kernel kernels: fraction of the copy bandwidth" \
+        "$fraction ($(field "$f" ${kernel}_gbs) GB/s)" ">= 0.60" "$(at_most 0.60 "$fraction")"
+    done
+  fi
+
+  # PyTorch + transformers: MeZO large's step, same size, dtype and batch.
+  local python="${MEZO_TORCH_PYTHON:-python3}" pytorch="$out/pytorch-$size-${seqs[0]}.txt"
+  step "$python" "$repo/benches/mezo_large_step_pytorch.py" --size "$size" --device "$device" --dtype f16 \
+    --batch "$batch" --seq "${seqs[0]}" --steps "$steps" > "$pytorch"
+  cat "$pytorch"
+  local speedup
+  speedup="$(ratio "$(field "$pytorch" step_ms)" "$(field "$f" step_ms)")"
+  summary_row "OPT-$size f16 ${batch}x${seqs[0]}: PyTorch reference step / mezo step" "$speedup" ">= 1.5" \
+    "$(at_most 1.5 "$speedup")"
+  summary_row "  (PyTorch step $(field "$pytorch" step_ms) ms, forward $(field "$pytorch" forward_ms) ms; mezo step $(field "$f" step_ms) ms)" "" "" info
+
+  # The reference stream on this device, replayed by PyTorch.
+  if step "$python" "$repo/scripts/check_reference_replay.py" "$bin" --device "$device" > "$out/replay.txt"; then
+    summary_row "--rng reference = PyTorch's step on $device (f32, f16, bf16), 5 steps" "bit-identical" "identical" pass
+  else
+    summary_row "--rng reference = PyTorch's step on $device (f32, f16, bf16), 5 steps" "differs" "identical" FAIL
+  fi
+  cat "$out/replay.txt"
+
+  # Rank 0's share of 8 of an SST-2 512-shot-sized kernel.
+  step "$python" "$repo/benches/sst2_512_shot.py" "$out/sst2" --size "${MEZO_SST2_SIZE:-roberta-base}"
+  local began ended seconds
+  began="$(date +%s.%N)"
+  step "$bin" --device "$device" kernel --task SST-2 --data-dir "$out/sst2/data/SST-2/512-42" \
+    --model "$out/sst2/model" --random-weights 0 --formula sgd --rows "$share_rows" --gradient-batch 16 \
+    --column-batch 64 "${kernel_extra[@]}" --out "$out/sst2-share.h5" | tee "$out/kernel-share.txt"
+  ended="$(date +%s.%N)"
+  seconds="$(awk -v a="$began" -v b="$ended" 'BEGIN { printf "%.0f", b - a }')"
+  summary_row "SST-2 512-shot sgd kernel (1024 x 2920, C = 2, ${MEZO_SST2_SIZE:-roberta-base}): rank 0's share of 8, the whole command" \
+    "$seconds s" "<= 300 s" "$(at_most "$seconds" 300)"
+
+  # Two ranks on this one device against one.
+  if command -v mpirun > /dev/null; then
+    two_ranks_equal_one "$bin" "$device" "$out/two-ranks"
+  else
+    summary_row "2 ranks on one $device = 1 rank (MeZO data/direction parallel, kernels)" "not run: no mpirun here" \
+      "equal" FAIL
+  fi
+}
+
+# MeZO (data- and direction-parallel) and a kernel on 1 and on 2 ranks sharing DEVICE: the same
+# results up to reduction order.
+two_ranks_equal_one() {
+  local bin="$1" device="$2" out="$3"
+  local model="$repo/data/demo/model" split="$out/k-shot-1k-test/SST-2/16-42"
+  local python="${MEZO_TORCH_PYTHON:-python3}"
+  local launch=(mpirun --oversubscribe --allow-run-as-root -np 2 ${LD_LIBRARY_PATH:+-x LD_LIBRARY_PATH}
+    ${PYTHONPATH:+-x PYTHONPATH})
+  step "$bin" -q kshot --data-dir "$repo/data/demo/original" --out "$out" --mode k-shot-1k-test --k 16 \
+    --task SST-2 --seed 42
+  local train=(--device "$device" -q train --optimizer mezo --task SST-2 --data-dir "$split" --model "$model"
+    --batch-size 16 --lr 1e-3 --eps 1e-3 --seed 42 --steps 50 --eval-every 50)
+  local parallel
+  for parallel in data directions; do
+    # Two ranks with one direction each are n-SPSA with two directions on one rank.
+    local one=(--parallel data) two=(--parallel "$parallel")
+    [[ $parallel == directions ]] && one=(--zo-samples 2)
+    step "$bin" "${train[@]}" "${one[@]}" --out "$out/mezo-$parallel-1"
+    step "${launch[@]}" "$bin" "${train[@]}" "${two[@]}" --out "$out/mezo-$parallel-2"
+    equal_row "2 ranks on one $device = 1 rank: MeZO $parallel-parallel, 50 steps" \
+      "$python" - "$out/mezo-$parallel-1/trajectory.jsonl" "$out/mezo-$parallel-2/trajectory.jsonl" <<'PY'
+import json, sys
+def grads(path):
+    rows = [json.loads(line) for line in open(path)][1:]
+    return [g for r in rows for g in ([r["projected_grad"]] if "projected_grad" in r else
+                                      [d[1] for d in r.get("directions", [])])]
+a, b = grads(sys.argv[1]), grads(sys.argv[2])
+# g = (l+ - l-) / 2 eps magnifies the losses' rounding: measured against the largest |g|.
+scale = max([1.0] + [abs(x) for x in a])
+worst = max(abs(x - y) for x, y in zip(a, b)) / scale if a and len(a) == len(b) else float("inf")
+print(f"{len(a)} projected gradients, largest difference {worst:.2e} of the largest one")
+sys.exit(0 if worst <= 1e-3 else 1)
+PY
+  done
+  step "$bin" --device "$device" -q kernel --task SST-2 --data-dir "$split" --model "$model" --out "$out/kernel-1.h5"
+  step "${launch[@]}" "$bin" --device "$device" -q kernel --task SST-2 --data-dir "$split" --model "$model" \
+    --out "$out/kernel-2.h5"
+  equal_row "2 ranks on one $device = 1 rank: sgd kernels" "$python" - "$out/kernel-1.h5" "$out/kernel-2.h5" <<'PY'
+import sys
+import h5py, numpy as np
+with h5py.File(sys.argv[1]) as a, h5py.File(sys.argv[2]) as b:
+    worst = max(np.abs(a[s][...] - b[s][...]).max() / np.abs(a[s][...]).max() for s in ("train", "dev", "test"))
+print(f"largest relative difference of the kernels {worst:.2e}")
+sys.exit(0 if worst <= 1e-5 else 1)
+PY
+}
+
+print_summary() {
+  echo
+  echo "=== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || echo cpu))"
+  column -t -s $'\t' "$summary" 2>/dev/null || cat "$summary"
+}
+
 run_checks() {
   local out="${OUT:-$(mktemp -d)}"
   mkdir -p "$out"
   exec > >(tee "$out/gpu-check.log") 2>&1
+  summary="$out/summary.tsv"
+  printf 'check\tmeasured\tgoal\tverdict\n' > "$summary"
   echo "gpu-check on $(hostname) at $(date -u +%FT%TZ)"
   [[ -x "$bundle/mezo" ]] || { echo "no $bundle/mezo: run 'make gpu-bundle' on the build machine"; exit 1; }
 
@@ -116,6 +314,11 @@ run_checks() {
   local site nccl_link missing
   site="$(dirname "$torch_dir")"
   "$python" -c 'import torch; print("node torch", torch.__version__, "cuda", torch.version.cuda)'
+  if ! "$python" -c 'import transformers, h5py' 2> /dev/null; then
+    mkdir -p "$out/python" && tar -C "$out/python" -xzf "$bundle/python.tar.gz"
+    export PYTHONPATH="$out/python${PYTHONPATH:+:$PYTHONPATH}"
+    echo "transformers and h5py from the bundle: $("$python" -c 'import transformers; print(transformers.__version__)')"
+  fi
   # cudarc looks for libnccl.so, the wheel ships libnccl.so.2.
   nccl_link="$(mktemp -d)"
   [[ -e "$site/nvidia/nccl/lib/libnccl.so.2" ]] && ln -s "$site/nvidia/nccl/lib/libnccl.so.2" "$nccl_link/libnccl.so"
@@ -148,41 +351,10 @@ run_checks() {
   # The end-to-end run on the GPU: splits, zero-shot, MeZO (fast stream, NVRTC kernels) and Adam
   # fine-tuning of the built-in tiny RoBERTa.
   step "$bundle/mezo" --device cuda demo --demo-dir "$repo/data/demo" --out "$out/demo"
-  # Issue 5's GPU benchmark: a MeZO step (fast stream, NVRTC kernels) of a random OPT-1.3B on
-  # batch 8 x 64 against its forward pass, f16 and bf16: time and device memory, step over
-  # inference. The random model is written once (f16) and converted at load.
-  local opt="$out/opt-1.3b" dtype mode
-  rm -rf "$opt"
-  for dtype in f16 bf16; do
-    # step: ℓ+ and ℓ− in one paired pass (the default); separate-passes: two passes.
-    for mode in forward-only step separate-passes; do
-      step "$bundle/mezo_step" --random-opt 1.3b --model "$opt" --device cuda --dtype "$dtype" \
-        --threads "$(nproc)" --steps 10 $([[ $mode != step ]] && echo "--$mode") \
-        > "$out/opt-$dtype-$mode.txt"
-      cat "$out/opt-$dtype-$mode.txt"
-    done
-    python3 - "$dtype" "$out/opt-$dtype-forward-only.txt" "$out/opt-$dtype-step.txt" \
-      "$out/opt-$dtype-separate-passes.txt" <<'PY'
-import re, sys
-def numbers(path):
-    return dict(re.findall(r"(\w+)=([0-9.]+)", open(path).read()))
-dtype, inference = sys.argv[1], numbers(sys.argv[2])
-for label, path in (("paired pass", sys.argv[3]), ("separate passes", sys.argv[4])):
-    step = numbers(path)
-    try:
-        print(f"OPT-1.3B {dtype}, {label}: step {float(step['step_ms']):.1f} ms / forward "
-              f"{float(step['forward_ms']):.1f} ms = {float(step['step_ms']) / float(step['forward_ms']):.2f} "
-              f"(each step over the pass before it: {float(step['step_over_forward']):.2f}); "
-              f"device memory step {step['device_mem_mb']} MB / inference {inference['device_mem_mb']} MB = "
-              f"{float(step['device_mem_mb']) / float(inference['device_mem_mb']):.2f}")
-    except KeyError as e:
-        print(f"OPT-1.3B {dtype}, {label}: no numbers ({e} missing)")
-PY
-  done
-  rm -rf "$opt"
-
+  at_scale "$bundle/mezo" "$bundle/mezo_step" cuda "$out/at-scale" 13b
   end_to_end "$bundle/mezo" cuda "$out/end-to-end"
 
+  print_summary
   echo; echo "gpu-check: $failed step(s) failed; log in $out/gpu-check.log"
   exit "$failed"
 }
@@ -190,11 +362,25 @@ PY
 case "${1:-run}" in
   bundle) make_bundle ;;
   run) run_checks ;;
+  dry-run)
+    # Issue 19's part on this machine's CPU with a tiny OPT and a tiny kernel: the plumbing, not
+    # the numbers.
+    scratch="$(mktemp -d)"
+    summary="$scratch/summary.tsv"
+    printf 'check\tmeasured\tgoal\tverdict\n' > "$summary"
+    bench="$(cd "$repo" && cargo bench --no-run --bench mezo_step --message-format json 2>/dev/null \
+      | grep -o '"executable":"[^"]*mezo_step[^"]*"' | tail -1 | cut -d'"' -f4)"
+    export MEZO_TORCH_PYTHON="${MEZO_TORCH_PYTHON:-$repo/.venv/bin/python}" MEZO_SST2_SIZE=tiny
+    at_scale "$repo/target/release/mezo" "$bench" cpu "$scratch" tiny
+    print_summary
+    echo; echo "dry run: $failed step(s) failed (in $scratch)"
+    exit "$failed"
+    ;;
   end-to-end)
     scratch="$(mktemp -d)"
     end_to_end "$repo/target/release/mezo" "${2:-cpu}" "$scratch"
     echo; echo "end to end: $failed step(s) failed (in $scratch)"
     exit "$failed"
     ;;
-  *) echo "usage: $0 [bundle|run|end-to-end [cpu|cuda]]" >&2; exit 2 ;;
+  *) echo "usage: $0 [bundle|run|dry-run|end-to-end [cpu|cuda]]" >&2; exit 2 ;;
 esac

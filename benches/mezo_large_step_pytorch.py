@@ -41,9 +41,10 @@ import numpy as np
 import torch
 from transformers import OPTConfig, OPTForCausalLM
 
-# hidden, layers, heads, ffn: the published OPT configs (all with word_embed_proj_dim = hidden).
+# hidden, layers, heads, ffn: the published OPT configs (all with word_embed_proj_dim = hidden);
+# tiny is benches/mezo_step.rs's tiny, for the dry run.
 SIZES = {
-    "tiny": (64, 2, 4, 128),
+    "tiny": (64, 2, 4, 256),
     "125m": (768, 12, 12, 3072),
     "1.3b": (2048, 24, 32, 8192),
     "2.7b": (2560, 32, 32, 10240),
@@ -61,7 +62,7 @@ def sync(device):
 def build_model(size, device, dtype, attn):
     hidden, layers, heads, ffn = SIZES[size]
     config = OPTConfig(
-        vocab_size=1000 if size == "tiny" else 50272, max_position_embeddings=2048, hidden_size=hidden,
+        vocab_size=50272, max_position_embeddings=2048, hidden_size=hidden,
         word_embed_proj_dim=hidden, num_hidden_layers=layers, num_attention_heads=heads, ffn_dim=ffn,
         do_layer_norm_before=True, activation_function="relu", init_std=0.02, dropout=0.1,
         attention_dropout=0.0, pad_token_id=1, bos_token_id=2, eos_token_id=2, attn_implementation=attn,

@@ -243,7 +243,9 @@ fn main() {
                     perturb_pairs.push(start.elapsed().as_secs_f64() * 1e3);
                 }
             }
-            kernel_ms = Some((median(perturb_pairs.clone()).max(1e-9), median(update.clone())));
+            if !perturb_pairs.is_empty() {
+                kernel_ms = Some((median(perturb_pairs.clone()).max(1e-9), median(update.clone())));
+            }
             if dist.is_root() {
                 let paired = match paired.is_empty() {
                     true => String::new(),

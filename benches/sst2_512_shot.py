@@ -3,14 +3,14 @@
 LM-Kernel-FT's 512-shot SST-2 split has 1024 train examples (512 per label), and our kernels
 take 1024 dev and the 872 test examples; sentences average about 20 words.
 
-    python3 benches/sst2_512_shot.py OUT [--seed 42]
+    python3 benches/sst2_512_shot.py OUT [--seed 42] [--size roberta-base|tiny]
 
 OUT/data/SST-2/512-42/{train,dev,test}.tsv (LM-BFF's layout, "sentence<TAB>label") are built
 from the built-in demo task's sentences (data/demo/original/SST-2), four of one label joined per
 example, so every word is in the demo tokenizer's vocabulary. OUT/model is a roberta-base-sized
 model directory (config.json of roberta-base and the demo tokenizer, no weights): `mezo kernel
---random-weights SEED` makes its weights on the device. Standard library only: the GPU node's
-python3 runs it.
+--random-weights SEED` makes its weights on the device; `--size tiny` writes a 2-layer, hidden-64
+one instead, for a dry run on a CPU. Standard library only: the GPU node's python3 runs it.
 """
 import argparse
 import json
@@ -35,6 +35,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--size", choices=["roberta-base", "tiny"], default="roberta-base")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     by_label = {"0": [], "1": []}
@@ -55,7 +56,10 @@ def main():
     model = os.path.join(args.out, "model")
     os.makedirs(model, exist_ok=True)
     with open(os.path.join(model, "config.json"), "w") as f:
-        json.dump(ROBERTA_BASE, f, indent=2)
+        config = dict(ROBERTA_BASE)
+        if args.size == "tiny":
+            config.update(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+        json.dump(config, f, indent=2)
     shutil.copy(os.path.join(DEMO, "model", "tokenizer.json"), model)
     print(f"{split_dir}: {SIZES}; {model}: roberta-base config, demo tokenizer")
 

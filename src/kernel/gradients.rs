@@ -36,6 +36,13 @@ pub struct SparseRows {
     pub rows: Tensor,
 }
 
+/// A batch's model inputs on the device.
+struct Inputs {
+    ids: Tensor,
+    mask: Tensor,
+    mask_pos: Option<Tensor>,
+}
+
 /// Which tensors have dense and which sparse gradients; fixed by the first example.
 struct Layout {
     dense: Vec<usize>,
@@ -164,23 +171,10 @@ impl<'a> Gradients<'a> {
     /// The gradients of one example.
     pub fn example(&mut self, feature: &Feature, pad: i64) -> Result<ExampleGradient> {
         let device = self.model.device;
-        let batch = crate::data::batch::collate(&[(&feature.encoded, feature.label)], pad);
-        let ids = batch.input_ids.to_device(device);
-        let mask = batch.attention_mask.to_device(device);
-        let pos = batch.mask_pos.map(|p| p.to_device(device));
+        let inputs = self.inputs(&[feature], pad);
         let capture =
             Rc::new(RowCapture { sparse: self.vocabulary_sized.clone(), captured: RefCell::new(Vec::new()) });
-        let scores = nn::with_view(capture.clone(), || {
-            crate::eval::class_scores(
-                self.model,
-                self.few_shot_type,
-                &self.label_word_ids,
-                &ids,
-                &mask,
-                pos.as_ref(),
-            )
-        })?
-        .to_kind(Kind::Float);
+        let scores = self.scores(capture.clone(), &inputs)?;
         let outputs: Vec<Tensor> = if self.binary {
             vec![scores.get(0).get(1) - scores.get(0).get(0)]
         } else {
@@ -256,6 +250,33 @@ impl<'a> Gradients<'a> {
         Ok(ExampleGradient { dense: Tensor::stack(&dense_rows, 0), sparse })
     }
 
+    /// `features` as one padded batch on the model's device.
+    fn inputs(&self, features: &[&Feature], pad: i64) -> Inputs {
+        let device = self.model.device;
+        let pairs: Vec<_> = features.iter().map(|f| (&f.encoded, f.label)).collect();
+        let batch = crate::data::batch::collate(&pairs, pad);
+        Inputs {
+            ids: batch.input_ids.to_device(device),
+            mask: batch.attention_mask.to_device(device),
+            mask_pos: batch.mask_pos.map(|p| p.to_device(device)),
+        }
+    }
+
+    /// The class scores `[B, labels]` (f32) of a batch, the weights seen through `view`.
+    fn scores(&self, view: Rc<dyn nn::WeightView>, inputs: &Inputs) -> Result<Tensor> {
+        let scores = nn::with_view(view, || {
+            crate::eval::class_scores(
+                self.model,
+                self.few_shot_type,
+                &self.label_word_ids,
+                &inputs.ids,
+                &inputs.mask,
+                inputs.mask_pos.as_ref(),
+            )
+        })?;
+        Ok(scores.to_kind(Kind::Float))
+    }
+
     /// The gradients of `features`, in order, differentiated `batch` examples at a time; examples
     /// of similar lengths share a batch, so that little of it is padding.
     pub fn examples(
@@ -312,25 +333,11 @@ impl<'a> Gradients<'a> {
     ) -> Result<std::result::Result<Vec<ExampleGradient>, String>> {
         let device = self.model.device;
         let b = features.len() as i64;
-        let pairs: Vec<_> = features.iter().map(|f| (&f.encoded, f.label)).collect();
-        let batch = crate::data::batch::collate(&pairs, pad);
-        let ids = batch.input_ids.to_device(device);
-        let mask = batch.attention_mask.to_device(device);
-        let pos = batch.mask_pos.map(|p| p.to_device(device));
+        let inputs = self.inputs(features, pad);
         let included: HashMap<usize, usize> =
             self.params.iter().enumerate().map(|(i, t)| (t.data_ptr() as usize, i)).collect();
-        let view = Rc::new(PerExample::new(b, included, mask.shallow_clone()));
-        let scores = nn::with_view(view.clone(), || {
-            crate::eval::class_scores(
-                self.model,
-                self.few_shot_type,
-                &self.label_word_ids,
-                &ids,
-                &mask,
-                pos.as_ref(),
-            )
-        })?
-        .to_kind(Kind::Float);
+        let view = Rc::new(PerExample::new(b, included, inputs.mask.shallow_clone()));
+        let scores = self.scores(view.clone(), &inputs)?;
         let captured = view.captured.take();
         if let Some(why) = captured.problem(&self.names) {
             return Ok(Err(why));
@@ -463,21 +470,6 @@ mod tests {
     use crate::model::{self, FreezeRules, LoadOptions};
     use tch::Device;
 
-    fn load(fixture: &str, kind: Kind) -> Model {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(fixture);
-        let m = model::load(
-            &dir,
-            &LoadOptions { num_labels: Some(2), ..LoadOptions::new(Device::Cpu, model::Dtype::F32) },
-        )
-        .unwrap();
-        for p in &m.params {
-            let mut t = p.tensor.shallow_clone();
-            t.set_data(&p.tensor.to_kind(kind));
-        }
-        m
-    }
-
     /// Prompt features of different lengths (so that a batch pads), each ending in token 2 with
     /// its mask somewhere inside.
     fn features() -> Vec<Feature> {
@@ -536,7 +528,7 @@ mod tests {
         ];
         for (fixture, few_shot_type, binary) in cases {
             for (kind, tolerance) in [(Kind::Double, 1e-7), (Kind::Float, 1e-6)] {
-                let m = load(fixture, kind);
+                let m = crate::kernel::tests::fixture_model(fixture, kind);
                 let mut alone = gradients(&m, few_shot_type, binary);
                 let want: Vec<ExampleGradient> = refs.iter().map(|f| alone.example(f, 1).unwrap()).collect();
                 let mut together = gradients(&m, few_shot_type, binary);

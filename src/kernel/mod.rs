@@ -665,7 +665,7 @@ fn symmetrize_train(file: &H5File, dist: &Dist, n: usize) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::gradients::Gradients;
     use super::products::{Formula, RowBlock};
     use crate::data::dataset::{Feature, FewShotType};
@@ -686,7 +686,8 @@ mod tests {
         }
     }
 
-    fn directional_derivatives(fixture: &str, tolerance: f64) {
+    /// A test fixture model (with a 2-label classifier) with its weights in `kind`.
+    pub(crate) fn fixture_model(fixture: &str, kind: Kind) -> model::Model {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(fixture);
         let m = model::load(
@@ -696,8 +697,13 @@ mod tests {
         .unwrap();
         for p in &m.params {
             let mut t = p.tensor.shallow_clone();
-            t.set_data(&p.tensor.to_kind(Kind::Double));
+            t.set_data(&p.tensor.to_kind(kind));
         }
+        m
+    }
+
+    fn directional_derivatives(fixture: &str, tolerance: f64) {
+        let m = fixture_model(fixture, Kind::Double);
         let feature = |ids: &[i64], mask: usize| Feature {
             encoded: Encoded { input_ids: ids.to_vec(), mask_pos: Some(mask) },
             label: Label::Class(0),

@@ -42,6 +42,8 @@ make_bundle() {
   # The build machine's venv paths mean nothing on the node; DT_RPATH would also beat
   # LD_LIBRARY_PATH there.
   patchelf --remove-rpath "$bundle/mezo" "$bundle/mezo_step"
+  # The device tool carries at most 64 MiB with the working tree: no symbol tables.
+  strip --strip-unneeded "$bundle/mezo" "$bundle/mezo_step"
   # Everything ldd resolves outside torch and the C/C++ runtime, which the node must match itself.
   ldd "$bin" | awk '$3 ~ /^\// {print $3}' | grep -v -E '/(torch|nvidia)/' \
     | grep -v -E '/(libc|libm|libdl|librt|libpthread|libutil|libresolv|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so' \

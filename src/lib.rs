@@ -23,8 +23,9 @@
 //! eval     task metrics of a model on dev/test, features sharded over ranks; `eval::large`:
 //!          candidate scoring (shared prompt prefixes in a KV cache, `eval::options`) and greedy
 //!          generation for the large-model tasks
-//! kernel   eNTK kernels: per-example gradients computed once per row block (vocabulary rows kept
-//!          sparse), f64 products, row blocks over ranks into one HDF5 file, resumable
+//! kernel   eNTK kernels: per-example gradients computed once per row block, a batch of examples
+//!          per forward/backward pass (vocabulary rows kept sparse), f64 products, row blocks
+//!          over ranks into one HDF5 file, resumable and computable in parts
 //! solve    kernel solvers (lstsq, logistic with CV, SVR/SVC, asym) on a kernel HDF5 file, as
 //!          LM-Kernel-FT computes them; grid points or CV folds spread over ranks
 //! linearhead

@@ -1,27 +1,32 @@
 #!/usr/bin/env bash
 # Every GPU check of mezo in one call, for a GPU node that has no Rust toolchain.
 #
-#   make gpu-bundle                # on the build machine: target/gpu-bundle/{mezo,lib/}
-#   bash benches/gpu-check.sh      # on the GPU node, in the repository root, with
-#                                  # target/gpu-bundle copied there
+#   make gpu-bundle                # on the build machine: target/gpu-bundle/ and its packed
+#                                  # copy target/gpu-bundle.tar.xz (about 27 MB)
+#   bash benches/gpu-check.sh      # on the GPU node, in the repository root, with either copied
+#                                  # there (the packed one is unpacked first)
 #
-# The bundled binary has no rpath: on the node it runs against the node's own PyTorch 2.11
+# The bundled binaries have no rpath: on the node they run against the node's own PyTorch 2.11
 # libraries (found through `python3 -c 'import torch'`, or MEZO_TORCH_PYTHON) and the CUDA, NVRTC
 # and NCCL libraries of that PyTorch's nvidia-* packages. The OpenMPI and HDF5 libraries (and their
-# dependencies) travel in the bundle and are used only where the node lacks them. One process needs
-# no MPI launcher, so the node needs no OpenMPI installation.
+# dependencies) travel in the bundle and are used only where the node lacks them; so do OpenMPI's
+# launcher (relocated, for the two-rank checks), and `transformers` and `h5py` for the PyTorch side.
 #
 # What runs: nvidia-smi, `mezo info --all-ranks`, `mezo check --device cuda`, which covers
 # collectives, a collective HDF5 write, a tch matmul and randn on cuda, an NVRTC kernel through
 # cudarc, the fast perturbation stream's NVRTC kernels against the CPU stream (bit for bit, four
-# dtypes) and a one-rank NCCL all-reduce, `mezo demo` on cuda, and the MeZO step benchmark of
-# a random OPT-1.3B in f16 and bf16 (step / forward time, step / inference device memory), and
-# end to end on the demo task (`end_to_end`): a run with the reference stream replayed into the same
-# weights, a fast-stream run stopped by SIGTERM and resumed into the uninterrupted run's weights,
-# LoRA and prefix MeZO, and eNTK kernels solved by least squares. Output goes to stdout and to $OUT/gpu-check.log
-# (OUT: the device tool's output folder, else a temporary directory). Exit status: number of
-# failed steps. `bash benches/gpu-check.sh end-to-end [cpu|cuda]` runs the end-to-end part alone
-# (with a built target/release/mezo), e.g. on a CPU machine.
+# dtypes) and a one-rank NCCL all-reduce, `mezo demo` on cuda; the checks at scale (`at_scale`:
+# OPT-13B f16 MeZO steps against forward passes and against MeZO large's PyTorch step, the fast
+# stream's kernels against the copy bandwidth, the reference stream replayed by PyTorch, rank 0's
+# share of an SST-2 512-shot kernel, two ranks on the one GPU against one); and end to end on the
+# demo task (`end_to_end`): a run with the reference stream replayed into the same weights, a
+# fast-stream run stopped by SIGTERM and resumed into the uninterrupted run's weights, LoRA and
+# prefix MeZO, and eNTK kernels solved by least squares. It ends with one summary table (check,
+# measured, goal, verdict). Output goes to stdout and to $OUT/gpu-check.log (OUT: the device tool's
+# output folder, else a temporary directory). Exit status: number of failed steps.
+# `bash benches/gpu-check.sh end-to-end [cpu|cuda]` runs the end-to-end part alone and `bash
+# benches/gpu-check.sh dry-run` the at-scale part on this machine's CPU with a tiny OPT and a tiny
+# kernel (both with a built target/release/mezo).
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -63,8 +68,41 @@ make_bundle() {
   find "$scratch" -name __pycache__ -prune -exec rm -rf {} +
   tar -C "$scratch" -czf "$bundle/python.tar.gz" .
   rm -rf "$scratch"
-  du -sh "$bundle"
-  echo "bundle ready: $bundle ($(ls "$bundle/lib" | wc -l) libraries)"
+  bundle_openmpi
+  # One compressed file to carry (the device tool takes 64 MiB with the working tree); the check
+  # unpacks it on the node.
+  tar -C "$repo/target" -cJf "$repo/target/gpu-bundle.tar.xz" gpu-bundle
+  du -sh "$bundle" "$repo/target/gpu-bundle.tar.xz"
+  echo "bundle ready: $bundle ($(ls "$bundle/lib" | wc -l) libraries), packed as target/gpu-bundle.tar.xz"
+}
+
+# OpenMPI's launcher for the two-ranks-on-one-GPU checks on a node without OpenMPI: orterun,
+# orted, the help texts and the MCA components whose libraries are all in this list (shared
+# memory and TCP; not UCX, libfabric, verbs or PSM, which need the node's own network stack),
+# relocated under $bundle/openmpi (found there through OPAL_PREFIX, PMIx's through
+# PMIX_INSTALL_PREFIX). The libraries go to lib/.
+bundle_openmpi() {
+  local system=/usr/lib/x86_64-linux-gnu triple=x86_64-linux-gnu
+  local target="$bundle/openmpi" components="$system/openmpi/lib/openmpi3"
+  local allowed='lib(open-pal|open-rte|mpi|hwloc|event_core-2.1|event_pthreads-2.1|udev|z|numa|atomic|uuid|pmix|munge|mca_common_(ompio|sm|monitoring))\.so'
+  local runtime='/(libc|libm|libdl|librt|libpthread|libutil|libresolv|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so'
+  mkdir -p "$target/bin" "$target/lib/$triple/openmpi/lib/openmpi3" "$target/share"
+  cp -L /usr/bin/orterun /usr/bin/orted "$target/bin/"
+  ln -s orterun "$target/bin/mpirun"
+  cp -r /usr/share/openmpi "$target/share/"
+  # PMIx (ORTE's process management), relocated through PMIX_INSTALL_PREFIX.
+  cp -r "$system/pmix2" "$target/pmix"
+  rm -f "$target/pmix/lib/"libpmix.so* "$target/pmix/lib/pmix/pmix_mca_prm_slurm.so"
+  local file deps
+  for file in /usr/bin/orterun /usr/bin/orted "$components"/*.so; do
+    deps="$(ldd "$file" | awk '$3 ~ /^\// {print $3}' | grep -v -E "$runtime" || true)"
+    if [[ -n "$(grep -v -E "$allowed" <<< "$deps")" ]]; then
+      continue
+    fi
+    [[ "$file" == "$components"/* ]] && cp "$file" "$target/lib/$triple/openmpi/lib/openmpi3/"
+    for lib in $deps; do cp -L -n "$lib" "$bundle/lib/"; done
+  done
+  echo "OpenMPI $(orterun --version | head -1 | awk '{print $NF}'): $(ls "$target/lib/$triple/openmpi/lib/openmpi3" | wc -l) components"
 }
 
 failed=0
@@ -307,6 +345,9 @@ run_checks() {
   summary="$out/summary.tsv"
   printf 'check\tmeasured\tgoal\tverdict\n' > "$summary"
   echo "gpu-check on $(hostname) at $(date -u +%FT%TZ)"
+  if [[ ! -x "$bundle/mezo" && -f "$repo/target/gpu-bundle.tar.xz" ]]; then
+    tar -C "$repo/target" -xJf "$repo/target/gpu-bundle.tar.xz"
+  fi
   [[ -x "$bundle/mezo" ]] || { echo "no $bundle/mezo: run 'make gpu-bundle' on the build machine"; exit 1; }
 
   local python="${MEZO_TORCH_PYTHON:-python3}"
@@ -347,6 +388,13 @@ run_checks() {
     exit 1
   fi
 
+  # The node's OpenMPI if it has one (its libmpi must be ABI-compatible, 4.x), else the bundle's.
+  if ! command -v mpirun > /dev/null && [[ -x "$bundle/openmpi/bin/mpirun" ]]; then
+    # Last in the search path: only what the node lacks comes from the bundle.
+    export OPAL_PREFIX="$bundle/openmpi" PMIX_INSTALL_PREFIX="$bundle/openmpi/pmix" PATH="$bundle/openmpi/bin:$PATH" \
+      LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$bundle/lib"
+    echo "mpirun from the bundle (OPAL_PREFIX=$OPAL_PREFIX)"
+  fi
   step nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   step "$bundle/mezo" info --all-ranks
   step "$bundle/mezo" check --device cuda --scratch "$out"

@@ -270,7 +270,7 @@ at_scale() {
   began="$(date +%s.%N)"
   step "$bin" --device "$device" kernel --task SST-2 --data-dir "$out/sst2/data/SST-2/512-42" \
     --model "$out/sst2/model" --random-weights 0 --formula sgd --rows "$share_rows" --gradient-batch 16 \
-    --column-batch 64 "${kernel_extra[@]}" --out "$out/sst2-share.h5" | tee "$out/kernel-share.txt"
+    --column-batch 16 "${kernel_extra[@]}" --out "$out/sst2-share.h5" | tee "$out/kernel-share.txt"
   ended="$(date +%s.%N)"
   seconds="$(awk -v a="$began" -v b="$ended" 'BEGIN { printf "%.0f", b - a }')"
   summary_row "SST-2 512-shot sgd kernel (1024 x 2920, C = 2, ${MEZO_SST2_SIZE:-roberta-base}): rank 0's share of 8, the whole command" \

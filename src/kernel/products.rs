@@ -51,9 +51,12 @@ impl Formula {
 const CHUNK: i64 = 1 << 18;
 
 /// One part of the row block's gradients (the dense part, or one row-sparse tensor over the
-/// block's rows) in the forms its formula multiplies: f64 values for `sgd`; f32 signs for
-/// `signgd`, whose chunked f32 products are exact integers; f64 signs and values for
-/// `asymmetric_signgd`. Converted once per block, not per column batch.
+/// block's rows) in the forms its formula multiplies, kept in f32: values for `sgd`, signs for
+/// `signgd` (whose chunked f32 products are exact integers), both for `asymmetric_signgd`. The
+/// f64 products convert one chunk of P at a time (exactly: every f32 is an f64), so that a block
+/// holds 4 bytes per value and form, not 8 (`sgd`: 8 bytes a value with the block's own f32
+/// gradients, not 12, so half as many rows again in the same memory), at the price of converting
+/// the block's chunk once per column batch, which the GEMM reads anyway.
 struct Part {
     values: Option<Tensor>,
     signs: Option<Tensor>,
@@ -62,21 +65,18 @@ struct Part {
 impl Part {
     fn new(values: Tensor, formula: Formula) -> Part {
         match formula {
-            Formula::Sgd => Part { values: Some(values.to_kind(Kind::Double)), signs: None },
+            Formula::Sgd => Part { values: Some(values), signs: None },
             Formula::SignGd => Part { values: None, signs: Some(values.sign()) },
-            Formula::AsymmetricSignGd => Part {
-                signs: Some(values.sign().to_kind(Kind::Double)),
-                values: Some(values.to_kind(Kind::Double)),
-            },
+            Formula::AsymmetricSignGd => Part { signs: Some(values.sign()), values: Some(values) },
         }
     }
 
-    /// Bytes per f32 gradient value a block holds for `formula` (the f32 gradients included).
+    /// Bytes per f32 gradient value a block holds for `formula` (the block's own gradients, kept
+    /// as columns of the train split, included).
     pub fn bytes_per_value(formula: Formula) -> u64 {
         match formula {
-            Formula::Sgd => 4 + 8,
-            Formula::SignGd => 4 + 4,
-            Formula::AsymmetricSignGd => 4 + 16,
+            Formula::Sgd | Formula::SignGd => 4 + 4,
+            Formula::AsymmetricSignGd => 4 + 8,
         }
     }
 
@@ -95,12 +95,13 @@ impl Part {
             let len = CHUNK.min(p - start);
             let col = columns.narrow(1, start, len);
             let rows = |t: &Option<Tensor>| t.as_ref().expect("formula's form").narrow(1, start, len);
+            let wide = |t: &Option<Tensor>| rows(t).to_kind(Kind::Double);
             match formula {
-                Formula::Sgd => out[0] += rows(&self.values).matmul(&col.to_kind(Kind::Double).tr()),
+                Formula::Sgd => out[0] += wide(&self.values).matmul(&col.to_kind(Kind::Double).tr()),
                 Formula::SignGd => out[0] += rows(&self.signs).matmul(&col.sign().tr()).to_kind(Kind::Double),
                 Formula::AsymmetricSignGd => {
-                    out[0] += rows(&self.signs).matmul(&col.to_kind(Kind::Double).tr());
-                    out[1] += rows(&self.values).matmul(&col.sign().to_kind(Kind::Double).tr());
+                    out[0] += wide(&self.signs).matmul(&col.to_kind(Kind::Double).tr());
+                    out[1] += wide(&self.values).matmul(&col.sign().to_kind(Kind::Double).tr());
                 }
             }
             start += len;

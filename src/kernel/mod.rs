@@ -201,7 +201,7 @@ pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelC
         );
     }
     // f0 (the outputs at θ) and labels: cheap, recomputed on every run.
-    write_outputs(&file, dist, model, data, &columns, c, config.binary)?;
+    write_outputs(&file, dist, model, data, &columns, c, config)?;
 
     // This rank's rows still to do, in contiguous runs of at most R.
     let wanted = config.rows.clone().unwrap_or(0..n[0]);
@@ -601,7 +601,8 @@ fn open(
     Ok((file, vec![false; n[0]]))
 }
 
-/// Labels (class ids) and f0 of every split; every rank computes its share of the outputs.
+/// Labels (class ids) and f0 of every split, a column batch of examples a forward pass; every
+/// rank computes its share of the outputs.
 fn write_outputs(
     file: &H5File,
     dist: &Dist,
@@ -609,16 +610,18 @@ fn write_outputs(
     data: &TaskData,
     columns: &[Vec<Feature>; 3],
     c: usize,
-    binary: bool,
+    config: &KernelConfig,
 ) -> Result<()> {
+    let (binary, batch) = (config.binary, config.column_batch);
     let words = Tensor::from_slice(data.encoder.label_word_ids()).to_device(model.device);
     let pad = data.encoder.special().pad;
     for (split, features) in SPLITS.iter().zip(columns) {
         let mine = shard(features.len(), dist.rank(), dist.size());
         let mut f0 = Vec::with_capacity(mine.len() * c);
         let _guard = tch::no_grad_guard();
-        for f in &features[mine.clone()] {
-            let b = crate::data::batch::collate(&[(&f.encoded, f.label)], pad);
+        for chunk in features[mine.clone()].chunks(batch.max(1)) {
+            let pairs: Vec<_> = chunk.iter().map(|f| (&f.encoded, f.label)).collect();
+            let b = crate::data::batch::collate(&pairs, pad);
             let pos = b.mask_pos.map(|p| p.to_device(model.device));
             let scores = crate::eval::class_scores(
                 model,
@@ -630,11 +633,14 @@ fn write_outputs(
             )?
             .to_kind(Kind::Double)
             .to_device(Device::Cpu);
+            let labels = scores.size()[1] as usize;
             let s: Vec<f64> = Vec::try_from(scores.view([-1]))?;
-            if binary {
-                f0.push(s[1] - s[0]);
-            } else {
-                f0.extend(s);
+            for row in s.chunks(labels) {
+                if binary {
+                    f0.push(row[1] - row[0]);
+                } else {
+                    f0.extend_from_slice(row);
+                }
             }
         }
         let f0 = ArrayD::from_shape_vec(IxDyn(&[mine.len(), c]), f0)?;

@@ -257,10 +257,9 @@ pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelC
             timing.blocks += 1;
             let clock = std::time::Instant::now();
             let block_features: Vec<&Feature> = block.clone().map(|r| &columns[0][r]).collect();
-            let row_grads = grads.examples(&block_features, pad, config.gradient_batch)?;
+            let (rows, row_grads) =
+                build_block(&mut grads, &block_features, pad, config.gradient_batch, config.formula)?;
             timing.gradients += clock.elapsed().as_secs_f64();
-            let row_refs: Vec<&ExampleGradient> = row_grads.iter().collect();
-            let rows = RowBlock::new(&row_refs, config.formula);
             let per_value = row_grads[0].dense.size()[1] as f64 * 4.0;
             for (split, features) in columns.iter().enumerate() {
                 let out = Tensor::zeros(
@@ -382,6 +381,38 @@ pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelC
         computed_dim
     );
     Ok(summary)
+}
+
+/// The row block of `features` and their gradients, whose dense parts are views of the block's
+/// matrix (signs for `signgd`: what the products use of a column). The examples are
+/// differentiated a gradient batch at a time and copied into the block's matrix as they come, so
+/// that a block never holds its gradients twice.
+fn build_block(
+    grads: &mut Gradients,
+    features: &[&Feature],
+    pad: i64,
+    gradient_batch: usize,
+    formula: Formula,
+) -> Result<(RowBlock, Vec<ExampleGradient>)> {
+    let mut dense: Option<Tensor> = None;
+    let mut row_grads: Vec<ExampleGradient> = Vec::with_capacity(features.len());
+    for chunk in features.chunks(gradient_batch.max(1)) {
+        for g in grads.examples(chunk, pad, gradient_batch)? {
+            let (c, p) = g.dense.size2()?;
+            let matrix = dense.get_or_insert_with(|| {
+                Tensor::empty([features.len() as i64 * c, p], (Kind::Float, g.dense.device()))
+            });
+            matrix.narrow(0, row_grads.len() as i64 * c, c).copy_(&g.dense);
+            row_grads.push(ExampleGradient { dense: Tensor::new(), sparse: g.sparse });
+        }
+    }
+    let dense = dense.context("a row block of no example")?;
+    let sparse: Vec<&[gradients::SparseRows]> = row_grads.iter().map(|g| g.sparse.as_slice()).collect();
+    let rows = RowBlock::from_parts(dense, &sparse, formula);
+    for (i, g) in row_grads.iter_mut().enumerate() {
+        g.dense = rows.dense_of(i);
+    }
+    Ok((rows, row_grads))
 }
 
 /// Sets a string attribute of the file's root (collective: every rank calls it with the same

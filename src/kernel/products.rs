@@ -7,7 +7,7 @@
 //! accumulation error. Row-sparse tensors enter the same way, over the union of the rows the
 //! block's examples touch: a column's rows outside that union meet zeros on the row side.
 
-use super::gradients::ExampleGradient;
+use super::gradients::{ExampleGradient, SparseRows};
 use tch::{Kind, Tensor};
 
 /// The kernel formulas of LM-Kernel-FT.
@@ -54,8 +54,8 @@ const CHUNK: i64 = 1 << 18;
 /// block's rows) in the forms its formula multiplies, kept in f32: values for `sgd`, signs for
 /// `signgd` (whose chunked f32 products are exact integers), both for `asymmetric_signgd`. The
 /// f64 products convert one chunk of P at a time (exactly: every f32 is an f64), so that a block
-/// holds 4 bytes per value and form, not 8 (`sgd`: 8 bytes a value with the block's own f32
-/// gradients, not 12, so half as many rows again in the same memory), at the price of converting
+/// holds 4 bytes per value and form, not 8 (`sgd`: 4 bytes a value, its examples' gradients as
+/// columns being views of it, where f64 copies beside them took 12), at the price of converting
 /// the block's chunk once per column batch, which the GEMM reads anyway.
 struct Part {
     values: Option<Tensor>,
@@ -63,21 +63,31 @@ struct Part {
 }
 
 impl Part {
-    fn new(values: Tensor, formula: Formula) -> Part {
+    /// The part of `values`, which it takes over (`signgd` overwrites them with their signs).
+    fn new(mut values: Tensor, formula: Formula) -> Part {
         match formula {
             Formula::Sgd => Part { values: Some(values), signs: None },
-            Formula::SignGd => Part { values: None, signs: Some(values.sign()) },
+            Formula::SignGd => {
+                let _ = values.sign_();
+                Part { values: None, signs: Some(values) }
+            }
             Formula::AsymmetricSignGd => Part { signs: Some(values.sign()), values: Some(values) },
         }
     }
 
-    /// Bytes per f32 gradient value a block holds for `formula` (the block's own gradients, kept
-    /// as columns of the train split, included).
+    /// Bytes per f32 gradient value a block holds for `formula` (its own gradients, used as the
+    /// train split's columns too, are views of it).
     pub fn bytes_per_value(formula: Formula) -> u64 {
         match formula {
-            Formula::Sgd | Formula::SignGd => 4 + 4,
-            Formula::AsymmetricSignGd => 4 + 8,
+            Formula::Sgd | Formula::SignGd => 4,
+            Formula::AsymmetricSignGd => 8,
         }
+    }
+
+    /// Rows `first .. first + count` of the f32 form a column needs (values, or signs).
+    fn rows(&self, first: i64, count: i64) -> Tensor {
+        let form = self.values.as_ref().or(self.signs.as_ref()).expect("a part has values or signs");
+        form.narrow(0, first, count)
     }
 
     /// The block's kernels against `columns` `[N, P]` f32 (K, or K⁰ and K¹), over chunks of P.
@@ -127,21 +137,32 @@ pub struct RowBlock {
 
 impl RowBlock {
     pub fn new(gradients: &[&ExampleGradient], formula: Formula) -> RowBlock {
-        let outputs = gradients[0].dense.size()[0] as usize;
         let dense = Tensor::cat(&gradients.iter().map(|g| g.dense.shallow_clone()).collect::<Vec<_>>(), 0);
-        let sparse = (0..gradients[0].sparse.len())
+        let sparse: Vec<&[SparseRows]> = gradients.iter().map(|g| g.sparse.as_slice()).collect();
+        RowBlock::from_parts(dense, &sparse, formula)
+    }
+
+    /// The block of R examples whose dense gradients are the rows of `dense` `[R·C, P]` (f32,
+    /// taken over) and whose row-sparse gradients are `sparse`, one list per example.
+    pub fn from_parts(dense: Tensor, sparse: &[&[SparseRows]], formula: Formula) -> RowBlock {
+        let rows = sparse.len();
+        let outputs = dense.size()[0] as usize / rows.max(1);
+        let sparse = (0..sparse.first().map_or(0, |s| s.len()))
             .map(|j| {
-                let ids = Tensor::cat(
-                    &gradients.iter().map(|g| g.sparse[j].ids.shallow_clone()).collect::<Vec<_>>(),
-                    0,
-                );
+                let ids =
+                    Tensor::cat(&sparse.iter().map(|s| s[j].ids.shallow_clone()).collect::<Vec<_>>(), 0);
                 let (union, _, _) = ids.internal_unique2(true, false, false);
-                let scattered: Vec<Tensor> =
-                    gradients.iter().map(|g| scatter(&g.sparse[j], &union)).collect();
+                let scattered: Vec<Tensor> = sparse.iter().map(|s| scatter(&s[j], &union)).collect();
                 (union, Part::new(Tensor::cat(&scattered, 0), formula))
             })
             .collect();
-        RowBlock { rows: gradients.len(), outputs, formula, dense: Part::new(dense, formula), sparse }
+        RowBlock { rows, outputs, formula, dense: Part::new(dense, formula), sparse }
+    }
+
+    /// Example `r`'s dense gradient `[C, P]` as the products use it as a column, a view of the
+    /// block: its values (its signs for `signgd`, whose products take signs of both sides).
+    pub fn dense_of(&self, r: usize) -> Tensor {
+        self.dense.rows((r * self.outputs) as i64, self.outputs as i64)
     }
 
     /// The kernels `[R, C, B, C]` (f64) of this block against `columns` (K, or K⁰ and K¹).

@@ -277,23 +277,40 @@ impl<'a> Gradients<'a> {
         Ok(scores.to_kind(Kind::Float))
     }
 
-    /// The gradients of `features`, in order, differentiated `batch` examples at a time; examples
-    /// of similar lengths share a batch, so that little of it is padding.
+    /// Differentiates `features` `batch` examples at a time, examples of similar lengths in the
+    /// same batch (so that little of it is padding), and hands each gradient to `take` with the
+    /// example's index in `features` as soon as its batch is done.
+    pub fn each_example(
+        &mut self,
+        features: &[&Feature],
+        pad: i64,
+        batch: usize,
+        mut take: impl FnMut(usize, ExampleGradient) -> Result<()>,
+    ) -> Result<()> {
+        let mut order: Vec<usize> = (0..features.len()).collect();
+        order.sort_by_key(|&i| features[i].encoded.input_ids.len());
+        for chunk in order.chunks(batch.max(1)) {
+            let batch: Vec<&Feature> = chunk.iter().map(|&i| features[i]).collect();
+            for (&i, g) in chunk.iter().zip(self.batch(&batch, pad)?) {
+                take(i, g)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The gradients of `features`, in order, differentiated `batch` examples at a time
+    /// ([`Gradients::each_example`]).
     pub fn examples(
         &mut self,
         features: &[&Feature],
         pad: i64,
         batch: usize,
     ) -> Result<Vec<ExampleGradient>> {
-        let mut order: Vec<usize> = (0..features.len()).collect();
-        order.sort_by_key(|&i| features[i].encoded.input_ids.len());
         let mut computed: Vec<Option<ExampleGradient>> = features.iter().map(|_| None).collect();
-        for chunk in order.chunks(batch.max(1)) {
-            let batch: Vec<&Feature> = chunk.iter().map(|&i| features[i]).collect();
-            for (&i, g) in chunk.iter().zip(self.batch(&batch, pad)?) {
-                computed[i] = Some(g);
-            }
-        }
+        self.each_example(features, pad, batch, |i, g| {
+            computed[i] = Some(g);
+            Ok(())
+        })?;
         Ok(computed.into_iter().map(|g| g.expect("every example computed")).collect())
     }
 

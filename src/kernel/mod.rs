@@ -385,8 +385,8 @@ pub fn compute(model: &Model, data: &mut TaskData, dist: &Dist, config: &KernelC
 
 /// The row block of `features` and their gradients, whose dense parts are views of the block's
 /// matrix (signs for `signgd`: what the products use of a column). The examples are
-/// differentiated a gradient batch at a time and copied into the block's matrix as they come, so
-/// that a block never holds its gradients twice.
+/// differentiated a gradient batch at a time and copied into the block's matrix as each batch is
+/// done, so that a block never holds its gradients twice.
 fn build_block(
     grads: &mut Gradients,
     features: &[&Feature],
@@ -395,23 +395,23 @@ fn build_block(
     formula: Formula,
 ) -> Result<(RowBlock, Vec<ExampleGradient>)> {
     let mut dense: Option<Tensor> = None;
-    let mut row_grads: Vec<ExampleGradient> = Vec::with_capacity(features.len());
-    for chunk in features.chunks(gradient_batch.max(1)) {
-        for g in grads.examples(chunk, pad, gradient_batch)? {
-            let (c, p) = g.dense.size2()?;
-            let matrix = dense.get_or_insert_with(|| {
-                Tensor::empty([features.len() as i64 * c, p], (Kind::Float, g.dense.device()))
-            });
-            matrix.narrow(0, row_grads.len() as i64 * c, c).copy_(&g.dense);
-            row_grads.push(ExampleGradient { dense: Tensor::new(), sparse: g.sparse });
-        }
-    }
+    let mut sparse: Vec<Vec<gradients::SparseRows>> = features.iter().map(|_| Vec::new()).collect();
+    grads.each_example(features, pad, gradient_batch, |i, g| {
+        let (c, p) = g.dense.size2()?;
+        let matrix = dense.get_or_insert_with(|| {
+            Tensor::empty([features.len() as i64 * c, p], (Kind::Float, g.dense.device()))
+        });
+        matrix.narrow(0, i as i64 * c, c).copy_(&g.dense);
+        sparse[i] = g.sparse;
+        Ok(())
+    })?;
     let dense = dense.context("a row block of no example")?;
-    let sparse: Vec<&[gradients::SparseRows]> = row_grads.iter().map(|g| g.sparse.as_slice()).collect();
-    let rows = RowBlock::from_parts(dense, &sparse, formula);
-    for (i, g) in row_grads.iter_mut().enumerate() {
-        g.dense = rows.dense_of(i);
-    }
+    let rows = RowBlock::from_parts(dense, &sparse.iter().map(Vec::as_slice).collect::<Vec<_>>(), formula);
+    let row_grads = sparse
+        .into_iter()
+        .enumerate()
+        .map(|(i, sparse)| ExampleGradient { dense: rows.dense_of(i), sparse })
+        .collect();
     Ok((rows, row_grads))
 }
 
